@@ -1,0 +1,47 @@
+# tts-batch: two commands for a newcomer with Python 3.11: `make up` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install up test test-unit test-integration bench lint clean help
+
+help:
+	@echo "make up       create .venv, install, start redis + worker + api + flower + exporter"
+	@echo "make test     create .venv, install, run the whole test suite"
+	@echo "make install  only create .venv and install the package with the dev extra"
+	@echo "make bench    run the engine benchmark"
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PIP) install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(PY) scripts/run_stack.py
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) scripts/bench_engine.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .pytest_cache

@@ -1,0 +1,242 @@
+"""The one place that reads the environment.
+
+Every tunable of tts-batch is a field of :class:`Settings`, read once from environment
+variables with the ``TTS_`` prefix (plus ``REDIS_URL``). Nothing else in the code base
+calls ``os.environ``; everything asks :func:`get_settings`.
+
+Defaults are documented beside each field and in ``docs/operations.md``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["Settings", "SettingsError", "get_settings", "reset_settings"]
+
+#: OpenAI voice names mapped to local voice ids (``TTS_OPENAI_VOICES`` overrides, as JSON).
+DEFAULT_OPENAI_VOICES: dict[str, str] = {
+    "alloy": "heart",
+    "ash": "joe",
+    "ballad": "joe",
+    "coral": "heart",
+    "echo": "joe",
+    "fable": "joe",
+    "onyx": "joe",
+    "nova": "heart",
+    "sage": "heart",
+    "shimmer": "heart",
+    "verse": "joe",
+}
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration, with the defaults a user sees when nothing is set."""
+
+    # --- connections -------------------------------------------------------------------
+    #: Redis for broker, job store and audio cache. Empty: start an embedded Redis.
+    redis_url: str = ""
+    #: Optional separate Redis for the audio cache (so the broker never evicts).
+    cache_url: str = ""
+    #: Where the embedded Redis keeps its append-only file.
+    data_dir: str = str(_project_root() / "var")
+    #: Port of the embedded Redis (0: pick a free one; default avoids a system Redis on 6379).
+    embedded_redis_port: int = 6390
+
+    # --- engine ------------------------------------------------------------------------
+    onnx_threads: int = 1
+    voices_dir: str = ""
+    kokoro_voices: str = ""
+    model_cache_dir: str = ""
+    default_voice: str = "heart"
+    default_format: str = "mp3"
+
+    # --- API ---------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8354
+    max_text_chars: int = 100_000
+    max_batch_inputs: int = 10_000
+    result_ttl: int = 24 * 3600
+    api_keys: tuple[str, ...] = ()
+    speech_timeout: float = 60.0
+    openai_voices: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_OPENAI_VOICES))
+
+    # --- queue and worker --------------------------------------------------------------
+    queue: str = "synthesis"
+    worker_concurrency: int = 0  # 0: number of cores
+    task_soft_time_limit: int = 600
+    task_time_limit: int = 660
+    visibility_timeout: int = 3600
+    #: Seconds between sweeps that give unacknowledged messages of dead workers back to the queue.
+    unacked_restore_interval: int = 10
+    #: Only every Nth sweep scans Redis (kombu's throttle); interval x throttle is the sweep period.
+    unacked_restore_throttle: int = 6
+    worker_max_memory_kb: int = 2_000_000
+    chunk_fanout_chars: int = 2_000
+
+    # --- retry policy ------------------------------------------------------------------
+    max_attempts: int = 3
+    base_delay_ms: int = 100
+    max_delay_ms: int = 5_000
+    exponential_base: float = 2.0
+    #: Full jitter (delay drawn uniformly from 0 to the exponential cap). Off only in tests.
+    retry_jitter: bool = True
+
+    # --- cache -------------------------------------------------------------------------
+    cache_ttl: int = 7 * 24 * 3600
+    cache_max_entry_bytes: int = 50 * 1024 * 1024
+    cache_max_bytes: int = 1024 * 1024 * 1024
+
+    # --- testing only: never reachable from the API ---------------------------------------
+    #: "transient:N" fails each job's first N attempts; "permanent" always fails;
+    #: "crash" kills the worker child (SIGKILL) on every attempt.
+    fault_injection: str = ""
+
+    # --- monitoring --------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_json: bool = True
+    log_file: str = ""
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backup_count: int = 5
+    exporter_port: int = 9808
+    #: Address the standalone exporter binds (``0.0.0.0`` to let a Prometheus elsewhere scrape).
+    exporter_host: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_user: str = "admin"
+    flower_password: str = "tts-batch"
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str = ""
+    webhook_timeout: float = 5.0
+    webhook_max_attempts: int = 8
+    alert_error_rate: float = 0.05
+    alert_response_time_p95_ms: float = 1000.0
+    alert_queue_length: int = 1000
+    alert_interval: int = 60
+    #: Seconds of history the error-rate and p95 alerts look at.
+    alert_window: int = 300
+    #: Finished jobs needed in the window before the error-rate alert may fire.
+    alert_min_jobs: int = 5
+    metrics_history_max: int = 2880
+    metrics_sample_interval: int = 30
+
+    @property
+    def var_dir(self) -> Path:
+        """Folder for run-time state (embedded Redis data, model cache, Flower db)."""
+        return Path(self.data_dir)
+
+    @property
+    def broker_url(self) -> str:
+        """The Redis URL in use: ``REDIS_URL``, or the embedded Redis that ``make up`` starts."""
+        return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port}/0"
+
+    @property
+    def audio_cache_url(self) -> str:
+        """The Redis holding the audio cache (``TTS_CACHE_URL``, else the main one)."""
+        return self.cache_url or self.broker_url
+
+    @property
+    def model_cache(self) -> Path:
+        """Folder the Kokoro model is assembled into."""
+        return Path(self.model_cache_dir) if self.model_cache_dir else self.var_dir / "models"
+
+    @property
+    def concurrency(self) -> int:
+        """Worker processes: the setting, or the number of cores."""
+        return self.worker_concurrency or (os.cpu_count() or 1)
+
+    @property
+    def fault(self) -> tuple[str, int]:
+        """The parsed fault switch: (kind, count)."""
+        raw = self.fault_injection.strip()
+        if not raw:
+            return ("", 0)
+        kind, _, count = raw.partition(":")
+        return (kind, int(count or 0))
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (for tests and sub-processes)."""
+        return dataclasses.replace(self, **changes)
+
+
+_ENV_NAMES: dict[str, str] = {"redis_url": "REDIS_URL"}
+
+
+def _env_name(name: str) -> str:
+    return _ENV_NAMES.get(name, "TTS_" + name.upper())
+
+
+def _convert(f: dataclasses.Field, raw: str) -> Any:
+    kind = str(f.type)
+    try:
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if kind.startswith("tuple"):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if kind.startswith("Mapping"):
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                raise ValueError("expected a JSON object")
+            return {str(k): str(v) for k, v in value.items()}
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"{_env_name(f.name)}={raw!r} is not a valid {kind}: {exc}") from exc
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from an environment mapping (``os.environ`` by default)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = env.get(_env_name(f.name))
+        if raw is not None:
+            values[f.name] = _convert(f, raw)
+    settings = Settings(**values)
+    if settings.max_attempts < 1:
+        raise SettingsError("TTS_MAX_ATTEMPTS must be at least 1")
+    if settings.task_time_limit <= settings.task_soft_time_limit:
+        raise SettingsError("TTS_TASK_TIME_LIMIT must exceed TTS_TASK_SOFT_TIME_LIMIT")
+    if settings.visibility_timeout <= settings.task_time_limit:
+        raise SettingsError("TTS_VISIBILITY_TIMEOUT must exceed TTS_TASK_TIME_LIMIT")
+    if settings.max_delay_ms / 1000 >= settings.visibility_timeout:
+        # An ETA beyond the visibility timeout makes Redis hand the task to a second worker.
+        raise SettingsError("TTS_MAX_DELAY_MS must stay below TTS_VISIBILITY_TIMEOUT (seconds)")
+    return settings
+
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first call."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def reset_settings(settings: Settings | None = None) -> Settings:
+    """Replace (or re-read) the process-wide settings. For entry points and tests."""
+    global _current
+    _current = settings if settings is not None else load_settings()
+    return _current
