@@ -1,0 +1,417 @@
+"""Audio encoding and decoding: float32 mono samples in, container bytes out.
+
+Formats follow OpenAI's speech API (``response_format``): wav, mp3, opus, flac, aac
+and pcm. wav/flac/mp3/opus are encoded in-process by libsndfile (through
+``soundfile``) into an ``io.BytesIO``; aac goes through the ffmpeg binary bundled
+with ``imageio-ffmpeg`` (never a system ffmpeg); pcm is raw s16le.
+
+Codecs that only support some sample rates (Opus: 8/12/16/24/48 kHz; MP3 and AAC:
+the nine MPEG rates from 8 to 48 kHz) are encoded at 48000 Hz when another rate is
+asked for; :func:`effective_rate` and :attr:`AudioEncoder.sample_rate` tell which.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from math import gcd
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from engine.exceptions import EncodingError, EngineError, OptionError
+
+__all__ = [
+    "AudioFormat", "FORMATS", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE", "FALLBACK_RATE",
+    "AudioEncoder", "encode", "decode", "resample", "to_pcm16", "silence",
+    "validate_format", "validate_sample_rate", "effective_rate",
+]
+
+log = logging.getLogger(__name__)
+
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 48000
+#: Rate used when a codec cannot encode the requested rate natively.
+FALLBACK_RATE = 48000
+_MPEG_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+_ADTS_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025,
+               8000, 7350)
+_AAC_DEFAULT_KBPS = 64
+_AAC_PRIMING = 1024  # ffmpeg's aac encoder delay; ADTS cannot signal it, decode() drops it
+_FFMPEG_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """An output format: its API name, HTTP Content-Type and file extension."""
+
+    name: str
+    media_type: str
+    extension: str
+    #: Sample rates the codec encodes natively; None means any rate.
+    rates: tuple[int, ...] | None = None
+
+
+# Content-Types as OpenAI-style clients and browsers expect them: audio/wav (not the
+# legacy audio/x-wav), audio/mpeg (RFC 3003), audio/ogg for Ogg Opus (RFC 7845;
+# audio/opus is the RTP payload type, RFC 7587), audio/flac, audio/aac (ADTS stream).
+# pcm is headerless little-endian s16: audio/L16 (RFC 2586) means big-endian with
+# rate parameters, so octet-stream is the honest type.
+FORMATS: dict[str, AudioFormat] = {
+    "wav": AudioFormat("wav", "audio/wav", "wav"),
+    "mp3": AudioFormat("mp3", "audio/mpeg", "mp3", _MPEG_RATES),
+    "opus": AudioFormat("opus", "audio/ogg", "opus", _OPUS_RATES),
+    "flac": AudioFormat("flac", "audio/flac", "flac"),
+    "aac": AudioFormat("aac", "audio/aac", "aac", _MPEG_RATES),
+    "pcm": AudioFormat("pcm", "application/octet-stream", "pcm"),
+}
+# libsndfile (format, subtype) for the in-process formats.
+_SNDFILE = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "opus": ("OGG", "OPUS"),
+}
+
+
+def validate_format(fmt: str) -> AudioFormat:
+    """Return the :class:`AudioFormat` named ``fmt`` (case-insensitive) or raise OptionError."""
+    key = fmt.strip().lower() if isinstance(fmt, str) else None
+    if key not in FORMATS:
+        raise OptionError(f"unknown audio format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    return FORMATS[key]
+
+
+def validate_sample_rate(rate: int) -> int:
+    """Return ``rate`` as an int if it is a whole number of Hz in 8000..48000, else OptionError."""
+    if isinstance(rate, (int, np.integer)) and not isinstance(rate, bool):
+        if MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            return int(rate)
+    raise OptionError(
+        f"invalid sample rate {rate!r}; valid: an integer from {MIN_SAMPLE_RATE} to "
+        f"{MAX_SAMPLE_RATE} Hz (e.g. 8000, 16000, 22050, 24000, 44100, 48000)"
+    )
+
+
+def effective_rate(fmt: str, rate: int) -> int:
+    """Return the rate ``fmt`` is actually encoded at when ``rate`` is requested."""
+    spec, rate = validate_format(fmt), validate_sample_rate(rate)
+    return rate if spec.rates is None or rate in spec.rates else FALLBACK_RATE
+
+
+def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """Resample float32 mono audio from ``src_rate`` to ``dst_rate`` (polyphase filter)."""
+    x = np.asarray(samples, dtype=np.float32)
+    if src_rate <= 0 or dst_rate <= 0:
+        raise OptionError(f"sample rates must be positive, got {src_rate} -> {dst_rate}")
+    if src_rate == dst_rate or x.size == 0:
+        return x
+    g = gcd(int(src_rate), int(dst_rate))
+    return resample_poly(x, int(dst_rate) // g, int(src_rate) // g).astype(np.float32, copy=False)
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    """Clip to [-1, 1], scale by 32767 and return little-endian int16 bytes."""
+    x = np.clip(np.nan_to_num(np.asarray(samples, dtype=np.float32)), -1.0, 1.0)
+    return np.rint(x * 32767.0).astype("<i2").tobytes()
+
+
+def silence(seconds: float, rate: int) -> np.ndarray:
+    """Return ``seconds`` of float32 zeros at ``rate`` Hz."""
+    if seconds < 0:
+        raise OptionError(f"silence length must be >= 0 seconds, got {seconds}")
+    return np.zeros(int(round(seconds * rate)), dtype=np.float32)
+
+
+@lru_cache(maxsize=1)
+def _ffmpeg_exe() -> str:
+    """The ffmpeg binary shipped inside imageio-ffmpeg (no env override, no PATH lookup)."""
+    import imageio_ffmpeg
+
+    found = sorted(Path(imageio_ffmpeg.__file__).parent.joinpath("binaries").glob("ffmpeg*"))
+    if not found:
+        raise EncodingError("aac: the ffmpeg binary bundled with imageio-ffmpeg is missing")
+    return str(found[0])
+
+
+def _stderr_tail(stream: IO[bytes] | bytes | None, limit: int = 800) -> str:
+    if stream is None:
+        return ""
+    if not isinstance(stream, bytes):
+        stream.seek(0)
+        stream = stream.read()
+    return stream.decode("utf-8", "replace").strip()[-limit:]
+
+
+def _as_mono(chunk: np.ndarray) -> np.ndarray:
+    x = np.asarray(chunk, dtype=np.float32)
+    if x.ndim == 2 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 1:
+        raise EngineError(f"expected mono audio as a 1-D array, got shape {x.shape}")
+    return x
+
+
+class AudioEncoder:
+    """Streaming encoder: ``write()`` float32 mono chunks, then ``finish()`` for the bytes.
+
+    Chunks are at ``input_rate`` (default: ``sample_rate``) and are resampled one by
+    one to the output rate; pass whole sentences so the chunk edges stay clean.
+    As a context manager it finishes on a clean exit and aborts on an exception;
+    ``finish()`` may be called again afterwards and returns the same bytes.
+    ``bitrate_kbps`` applies to mp3 (average bitrate; default VBR), opus (default
+    libsndfile's) and aac (default 64k); wav, flac and pcm ignore it.
+    """
+
+    def __init__(self, fmt: str, sample_rate: int, input_rate: int | None = None,
+                 bitrate_kbps: int | None = None) -> None:
+        self.format = validate_format(fmt)
+        self.sample_rate = effective_rate(self.format.name, sample_rate)
+        if self.sample_rate != sample_rate:
+            log.info("%s cannot encode %d Hz; encoding at %d Hz", self.format.name, sample_rate,
+                     self.sample_rate)
+        self.input_rate = int(sample_rate if input_rate is None else input_rate)
+        if self.input_rate <= 0:
+            raise OptionError(f"input rate must be a positive number of Hz, got {input_rate}")
+        if bitrate_kbps is not None and not 8 <= int(bitrate_kbps) <= 320:
+            raise OptionError(f"invalid bitrate {bitrate_kbps} kbps; valid: 8 to 320 kbps")
+        self.bitrate_kbps = None if bitrate_kbps is None else int(bitrate_kbps)
+        self._samples = 0
+        self._result: bytes | None = None
+        self._closed = False
+        self._buf = io.BytesIO()
+        self._sf: sf.SoundFile | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self._out: list[bytes] = []
+        self._reader: threading.Thread | None = None
+        self._started = time.perf_counter()
+        name = self.format.name
+        if name in _SNDFILE:
+            self._open_sndfile(name)
+        elif name == "aac":
+            self._start_ffmpeg()
+
+    @property
+    def samples_written(self) -> int:
+        """Number of output samples written so far (at :attr:`sample_rate`)."""
+        return self._samples
+
+    @property
+    def duration_seconds(self) -> float:
+        """Duration of the audio written so far, in seconds."""
+        return self._samples / self.sample_rate
+
+    def _open_sndfile(self, name: str) -> None:
+        container, subtype = _SNDFILE[name]
+        level, mode = None, None
+        if self.bitrate_kbps is not None and name == "mp3":
+            # libsndfile maps level 0..1 linearly onto the MPEG version's bitrate range
+            # and rejects exactly 1.0. Average (ABR), not constant: LAME drops the
+            # gapless-info tag from small CBR frames, and decoders then add ~1500 samples.
+            rate = self.sample_rate
+            lo, hi = (32, 320) if rate >= 32000 else (8, 160) if rate >= 16000 else (8, 64)
+            level = min((hi - min(max(self.bitrate_kbps, lo), hi)) / (hi - lo), 0.999)
+            mode = "AVERAGE"
+        elif self.bitrate_kbps is not None and name == "opus":
+            # libsndfile: target bitrate = (1 - level) * 250 kbps + 6 kbps.
+            level = min(max((256 - self.bitrate_kbps) / 250, 0.0), 1.0)
+        try:
+            self._sf = sf.SoundFile(self._buf, "w", samplerate=self.sample_rate, channels=1,
+                                    format=container, subtype=subtype,
+                                    compression_level=level, bitrate_mode=mode)
+        except (RuntimeError, ValueError) as exc:
+            raise EncodingError(f"{name} encoding failed to start: {exc}") from exc
+
+    def _start_ffmpeg(self) -> None:
+        kbps = self.bitrate_kbps or _AAC_DEFAULT_KBPS
+        cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "s16le",
+               "-ar", str(self.sample_rate), "-ac", "1", "-i", "pipe:0",
+               "-c:a", "aac", "-b:a", f"{kbps}k", "-f", "adts", "pipe:1"]
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=self._stderr)
+        except OSError as exc:
+            self._release()
+            raise EncodingError(f"aac encoding failed: cannot start ffmpeg: {exc}") from exc
+        stdout, out = self._proc.stdout, self._out
+        # Drain stdout concurrently so ffmpeg never blocks on a full pipe while we write.
+        self._reader = threading.Thread(
+            target=lambda: out.extend(iter(lambda: stdout.read(65536), b"")),
+            name="aac-encoder-reader", daemon=True)
+        self._reader.start()
+
+    def _ffmpeg_error(self, what: str) -> EncodingError:
+        if self._proc is not None:
+            try:  # let a dying ffmpeg finish writing its complaint
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        return EncodingError(f"aac encoding failed: {what}: {_stderr_tail(self._stderr)}")
+
+    def write(self, chunk: np.ndarray) -> None:
+        """Encode one chunk of mono float32 samples at ``input_rate``."""
+        if self._closed:
+            raise EngineError("write() after finish() or close()")
+        x = resample(_as_mono(chunk), self.input_rate, self.sample_rate)
+        if x.size == 0:
+            return
+        x = np.clip(np.nan_to_num(x), -1.0, 1.0)  # libsndfile would wrap, not clip
+        if self._proc is not None and self._proc.stdin is not None:
+            try:
+                self._proc.stdin.write(to_pcm16(x))
+            except OSError as exc:  # ffmpeg died: report why, then clean up
+                err = self._ffmpeg_error(f"ffmpeg stopped reading ({exc})")
+                self.close()
+                raise err from exc
+        elif self._sf is not None:
+            try:
+                self._sf.write(x)
+            except RuntimeError as exc:
+                self.close()
+                raise EncodingError(f"{self.format.name} encoding failed: {exc}") from exc
+        else:
+            self._buf.write(to_pcm16(x))
+        self._samples += x.size
+
+    def finish(self) -> bytes:
+        """Flush the encoder and return the complete file (idempotent)."""
+        if self._result is not None:
+            return self._result
+        if self._closed:
+            raise EngineError("finish() after close(): the encoder was aborted")
+        self._closed = True
+        try:
+            if self._sf is not None:
+                self._sf.close()
+                data = self._buf.getvalue()
+            elif self._proc is not None:
+                data = self._finish_ffmpeg()
+            else:
+                data = self._buf.getvalue()
+        except RuntimeError as exc:
+            raise EncodingError(f"{self.format.name} encoding failed: {exc}") from exc
+        finally:
+            self._release()
+        self._result = data
+        log.debug("encoded %.2f s as %s at %d Hz: %d bytes in %.1f ms", self.duration_seconds,
+                  self.format.name, self.sample_rate, len(data),
+                  (time.perf_counter() - self._started) * 1000)
+        return data
+
+    def _finish_ffmpeg(self) -> bytes:
+        proc = self._proc
+        if proc is None:
+            raise EngineError("aac encoder has no ffmpeg process")
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            rc = proc.wait(timeout=_FFMPEG_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            raise self._ffmpeg_error(f"ffmpeg still running after {_FFMPEG_TIMEOUT:.0f} s") from exc
+        except OSError as exc:
+            raise self._ffmpeg_error(f"ffmpeg stopped reading ({exc})") from exc
+        if self._reader is not None:
+            self._reader.join()
+        if rc != 0:
+            raise self._ffmpeg_error(f"ffmpeg exited with status {rc}")
+        return b"".join(self._out)
+
+    def close(self) -> None:
+        """Abort: release the encoder (and any ffmpeg process) without producing output."""
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        if self._sf is not None and not self._sf.closed:
+            try:
+                self._sf.close()
+            except RuntimeError:
+                log.debug("ignoring error while closing an aborted %s encoder", self.format.name)
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+            if self._reader is not None:
+                self._reader.join()  # ffmpeg is gone, so the reader sees EOF
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except OSError:
+                        pass
+            self._proc = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def __enter__(self) -> AudioEncoder:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.close()
+
+
+def encode(samples: np.ndarray, sample_rate: int, fmt: str, input_rate: int | None = None,
+           bitrate_kbps: int | None = None) -> bytes:
+    """Encode a whole mono float32 signal into ``fmt`` at ``sample_rate`` (see AudioEncoder)."""
+    with AudioEncoder(fmt, sample_rate, input_rate, bitrate_kbps) as enc:
+        enc.write(samples)
+    return enc.finish()
+
+
+def decode(data: bytes, fmt: str, pcm_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode ``data`` in ``fmt`` to (float32 mono samples, sample rate).
+
+    pcm has no header, so its rate must be given as ``pcm_rate``. aac loses the
+    1024-sample encoder priming (ADTS cannot signal it) but keeps up to one frame of
+    end padding.
+    """
+    spec = validate_format(fmt)
+    if spec.name == "pcm":
+        if pcm_rate is None:
+            raise OptionError("decoding pcm needs pcm_rate (e.g. 24000): raw pcm has no header")
+        if len(data) % 2:
+            raise EncodingError(f"pcm decoding failed: {len(data)} bytes is not whole 16-bit samples")
+        return np.frombuffer(data, "<i2").astype(np.float32) / 32767.0, validate_sample_rate(pcm_rate)
+    if spec.name == "aac":
+        return _decode_aac(data)
+    try:
+        x, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise EncodingError(f"{spec.name} decoding failed: {exc}") from exc
+    return (x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)), int(rate)
+
+
+def _decode_aac(data: bytes) -> tuple[np.ndarray, int]:
+    if len(data) < 7 or data[0] != 0xFF or data[1] & 0xF6 != 0xF0:
+        raise EncodingError("aac decoding failed: data does not start with an ADTS header")
+    index = (data[2] >> 2) & 0x0F
+    if index >= len(_ADTS_RATES):
+        raise EncodingError(f"aac decoding failed: bad ADTS sampling index {index}")
+    cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "aac", "-i", "pipe:0",
+           "-f", "f32le", "-ac", "1", "pipe:1"]
+    try:
+        done = subprocess.run(cmd, input=data, capture_output=True, timeout=_FFMPEG_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EncodingError(f"aac decoding failed: {exc}") from exc
+    if done.returncode != 0:
+        raise EncodingError(f"aac decoding failed: ffmpeg exited with status {done.returncode}: "
+                            f"{_stderr_tail(done.stderr)}")
+    x = np.frombuffer(done.stdout, "<f4")[_AAC_PRIMING:]
+    return x.astype(np.float32), _ADTS_RATES[index]

