@@ -1,0 +1,83 @@
+"""Every error leaves the API as ``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx status.
+
+Redis unreachable is a 503 with ``Retry-After``; anything unexpected is logged with its
+traceback and answered with a generic 500 (which a test treats as a bug).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kombu.exceptions
+import redis.exceptions
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from engine.exceptions import EngineError, UnknownVoiceError
+from tasks.exceptions import PipelineError
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 2
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a machine code and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   **details: Any) -> Any:
+    """A JSON error body with ``status``."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    body.update({k: v for k, v in details.items() if v is not None})
+    response = jsonify({"error": body})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map every exception to the JSON error shape."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Any:
+        return error_response(exc.status, exc.code, exc.message, **exc.details)
+
+    @app.errorhandler(PipelineError)
+    def _pipeline_error(exc: PipelineError) -> Any:
+        return error_response(exc.http_status, exc.code, str(exc))
+
+    @app.errorhandler(EngineError)
+    def _engine_error(exc: EngineError) -> Any:
+        details = {"valid_voices": exc.valid} if isinstance(exc, UnknownVoiceError) else {}
+        return error_response(400, exc.code, str(exc), **details)
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    @app.errorhandler(kombu.exceptions.OperationalError)
+    def _redis_down(exc: Exception) -> Any:
+        log.warning("Redis unavailable: %s", exc)
+        return error_response(503, "service_unavailable",
+                              "the job store is unreachable; nothing was accepted, try again shortly",
+                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        headers = {}
+        if exc.code == 405 and exc.valid_methods if hasattr(exc, "valid_methods") else False:
+            headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return error_response(exc.code or 500, code, exc.description or exc.name, headers=headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Any:
+        log.exception("unhandled error: %s", exc)
+        return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")

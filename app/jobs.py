@@ -1,0 +1,104 @@
+"""``/v1/jobs``: submit, poll, download, cancel and list synthesis jobs."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+
+from tasks.job import Job
+from tasks.service import JobService, parse_job_request
+from tasks.status import JobStatus
+
+from .errors import ApiError
+from .requests import MAX_LIMIT, int_arg, json_body
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def service() -> JobService:
+    """The job service of this app."""
+    return current_app.extensions["tts"]["service"]
+
+
+def job_links(job: Job) -> dict[str, str]:
+    """Where to poll, download and cancel a job."""
+    return {
+        "self": url_for("jobs.get_job", job_id=job.id),
+        "audio": url_for("jobs.get_audio", job_id=job.id),
+    }
+
+
+def job_body(job: Job, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The JSON the API returns for a job."""
+    body = job.public(history)
+    body["links"] = job_links(job)
+    return body
+
+
+@bp.post("")
+def submit() -> Any:
+    """Accept a synthesis job: 202 queued, or 200 when served from the cache at once."""
+    settings = current_app.extensions["tts"]["settings"]
+    job_request = parse_job_request(json_body(request), defaults={"voice": settings.default_voice,
+                                                                  "format": settings.default_format},
+                                    max_chars=settings.max_text_chars)
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and (not key.strip() or len(key) > 255):
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
+    job, created = service().submit(job_request, correlation_id=g.get("correlation_id"), idempotency_key=key)
+    response = jsonify(job_body(job))
+    response.status_code = 202 if created and not job.status.finished else 200
+    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("")
+def list_jobs() -> Any:
+    """Jobs newest first: ``?status=&limit=&cursor=``."""
+    status = request.args.get("status") or None
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise ApiError(400, "invalid_parameter",
+                       f"status must be one of {', '.join(s.value for s in JobStatus)}, got {status!r}")
+    limit = int_arg(request, "limit", 50, low=1, high=MAX_LIMIT)
+    cursor = int_arg(request, "cursor", None, low=0)
+    jobs, next_cursor = service().list(status=status, limit=limit or 50, cursor=cursor)
+    return jsonify({"jobs": [job_body(j) for j in jobs],
+                    "next_cursor": str(next_cursor) if next_cursor is not None else None})
+
+
+@bp.get("/<job_id>")
+def get_job(job_id: str) -> Any:
+    """A job's status, attempts, times, audio facts and error."""
+    svc = service()
+    job = svc.get(job_id)
+    return jsonify(job_body(job, history=svc.rt.jobs.history(job_id)))
+
+
+@bp.get("/<job_id>/audio")
+def get_audio(job_id: str) -> Any:
+    """The audio bytes of a succeeded job (409 while unfinished)."""
+    job, data = service().audio(job_id)
+    etag = hashlib.sha256(data).hexdigest()[:32]
+    if request.if_none_match.contains(etag):
+        return Response(status=304, headers={"ETag": f'"{etag}"'})
+    from engine import FORMATS
+
+    fmt = FORMATS[job.format]
+    filename = f"{job.name or job.id}.{fmt.extension}".replace('"', "")
+    response = Response(data, mimetype=job.media_type or fmt.media_type)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@bp.delete("/<job_id>")
+def cancel(job_id: str) -> Any:
+    """Cancel a queued job, revoke a running one, or delete a finished one's audio."""
+    job = service().cancel(job_id)
+    return jsonify(job_body(job))

@@ -1,0 +1,83 @@
+"""Errors of the job pipeline. Messages name the id they are about."""
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class."""
+
+    code = "pipeline_error"
+    http_status = 400
+
+
+class JobNotFound(PipelineError):
+    """No job with that id (never existed, or expired)."""
+
+    code = "job_not_found"
+    http_status = 404
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r} (unknown or expired)")
+
+
+class JobNotFinished(PipelineError):
+    """The job's audio is asked for before it succeeded."""
+
+    code = "job_not_finished"
+    http_status = 409
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id!r} is {status}; audio is available once it has succeeded")
+
+
+class AudioGone(PipelineError):
+    """The job succeeded but its audio was deleted or expired."""
+
+    code = "audio_gone"
+    http_status = 410
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"the audio of job {job_id!r} was deleted or has expired")
+
+
+class DeadLetterNotFound(PipelineError):
+    """No dead-letter record for that job."""
+
+    code = "dead_letter_not_found"
+    http_status = 404
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no dead-letter record for job {job_id!r}")
+
+
+class IdempotencyConflict(PipelineError):
+    """An Idempotency-Key was reused with a different request body."""
+
+    code = "idempotency_key_reused"
+    http_status = 422
+
+    def __init__(self, key: str, job_id: str) -> None:
+        self.key = key
+        self.job_id = job_id
+        super().__init__(f"Idempotency-Key {key!r} was already used for job {job_id!r} with a different request")
+
+
+class TextTooLong(PipelineError):
+    """Text longer than TTS_MAX_TEXT_CHARS."""
+
+    code = "text_too_long"
+    http_status = 413
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"text has {length} characters; the limit is {limit}")
+
+
+class InvalidRequest(PipelineError):
+    """A request field is missing or of the wrong type."""
+
+    code = "invalid_request"
+    http_status = 400

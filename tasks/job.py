@@ -1,0 +1,324 @@
+"""Jobs and the Redis store that keeps them.
+
+A job is a Redis hash (``tts:job:{id}``) holding the request, status, timings and
+outcome; its audio and attempt history sit beside it. All three expire
+``TTS_RESULT_TTL`` seconds after the job was last written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterator
+
+import redis
+
+from . import keys
+from .exceptions import JobNotFound
+from .status import JobStatus
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Job", "JobStore", "new_job_id", "now"]
+
+
+def now() -> float:
+    """Wall-clock time in seconds (float), the unit of every timestamp in a job."""
+    return time.time()
+
+
+def new_job_id() -> str:
+    """A new random job id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def job_score(created_at: float) -> int:
+    """The listing index score of a job: its creation time in microseconds."""
+    return int(created_at * 1_000_000)
+
+
+def iso(ts: float | None) -> str | None:
+    """An ISO 8601 UTC string for a timestamp, or None."""
+    if not ts:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
+
+
+@dataclass
+class Job:
+    """One synthesis request and everything known about its progress."""
+
+    id: str
+    text: str
+    voice: str
+    format: str = "mp3"
+    speed: float = 1.0
+    sample_rate: int | None = None
+    seed: int | None = None
+    markdown: bool = False
+    cache: bool = True
+    status: JobStatus = JobStatus.QUEUED
+    characters: int = 0
+    attempts: int = 0
+    max_attempts: int = 3
+    created_at: float = 0.0
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    next_retry_at: float | None = None
+    error_code: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    cache_key: str | None = None
+    cache_hit: bool = False
+    audio_bytes: int | None = None
+    duration: float | None = None
+    output_sample_rate: int | None = None
+    media_type: str | None = None
+    correlation_id: str | None = None
+    task_id: str | None = None
+    worker: str | None = None
+    batch_id: str | None = None
+    batch_index: int | None = None
+    name: str | None = None
+    idempotency_key: str | None = None
+    replays: int = 0
+    synthesis_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # --- (de)serialisation ------------------------------------------------------------------
+    def to_redis(self) -> dict[str, str]:
+        """Flat string mapping for HSET (None fields are left out)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, JobStatus):
+                value = value.value
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            elif isinstance(value, dict):
+                value = json.dumps(value)
+            out[f.name] = str(value)
+        return out
+
+    @classmethod
+    def from_redis(cls, data: dict[str, str]) -> Job:
+        """Rebuild a job from HGETALL output (decoded strings)."""
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            raw = data[f.name]
+            kind = str(f.type)
+            if f.name == "status":
+                kwargs[f.name] = JobStatus(raw)
+            elif kind.startswith("bool"):
+                kwargs[f.name] = raw == "1"
+            elif kind.startswith("int"):
+                kwargs[f.name] = int(raw)
+            elif kind.startswith("float"):
+                kwargs[f.name] = float(raw)
+            elif kind.startswith("dict"):
+                kwargs[f.name] = json.loads(raw)
+            else:
+                kwargs[f.name] = raw
+        return cls(**kwargs)
+
+    def options(self) -> dict[str, Any]:
+        """The synthesis options as a dict for ``engine.SynthesisOptions``."""
+        return {
+            "voice": self.voice,
+            "speed": self.speed,
+            "format": self.format,
+            "sample_rate": self.sample_rate,
+            "seed": self.seed,
+            "markdown": self.markdown,
+        }
+
+    def public(self, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The job as the API shows it (no text, ISO times)."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status.value,
+            "voice": self.voice,
+            "format": self.format,
+            "speed": self.speed,
+            "sample_rate": self.output_sample_rate or self.sample_rate,
+            "seed": self.seed,
+            "characters": self.characters,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "cache_hit": self.cache_hit,
+            "created_at": iso(self.created_at),
+            "queued_at": iso(self.queued_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "next_retry_at": iso(self.next_retry_at),
+            "audio": None,
+            "error": None,
+        }
+        if self.name:
+            body["name"] = self.name
+        if self.batch_id:
+            body["batch_id"] = self.batch_id
+            body["batch_index"] = self.batch_index
+        if self.correlation_id:
+            body["correlation_id"] = self.correlation_id
+        if self.status is JobStatus.SUCCEEDED:
+            body["audio"] = {
+                "duration_seconds": self.duration,
+                "bytes": self.audio_bytes,
+                "media_type": self.media_type,
+                "sample_rate": self.output_sample_rate,
+            }
+        if self.error:
+            body["error"] = {"code": self.error_code or "synthesis_failed", "message": self.error,
+                             "type": self.error_type}
+        if history is not None:
+            body["history"] = history
+        return body
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field (for dead-letter records and debugging)."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+
+class JobStore:
+    """Jobs in Redis. ``ttl``: seconds a job, its audio and history live after the last write."""
+
+    def __init__(self, client: redis.Redis, ttl: int = 24 * 3600) -> None:
+        self.redis = client
+        self.ttl = ttl
+
+    def create(self, job: Job, audio: bytes | None = None) -> Job:
+        """Store a new job (and, for a cache hit, its audio) and index it for listing."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.job(job.id), mapping=job.to_redis())
+        pipe.expire(keys.job(job.id), self.ttl)
+        if audio is not None:
+            pipe.set(keys.job_audio(job.id), audio, ex=self.ttl)
+        pipe.zadd(keys.JOBS_INDEX, {job.id: job_score(job.created_at)})
+        pipe.zremrangebyscore(keys.JOBS_INDEX, 0, job_score(now() - self.ttl))
+        pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """The job, or :class:`JobNotFound`."""
+        data = self.redis.hgetall(keys.job(job_id))
+        if not data:
+            raise JobNotFound(job_id)
+        return Job.from_redis(_decode(data))
+
+    def exists(self, job_id: str) -> bool:
+        """True when the job is stored."""
+        return bool(self.redis.exists(keys.job(job_id)))
+
+    def update(self, job_id: str, **changes: Any) -> None:
+        """Set some fields (None deletes the field) and refresh the TTL."""
+        sets: dict[str, str] = {}
+        dels: list[str] = []
+        probe = Job(id=job_id, text="", voice="")
+        for name, value in changes.items():
+            if value is None:
+                dels.append(name)
+                continue
+            setattr(probe, name, value)
+            sets[name] = probe.to_redis()[name]
+        pipe = self.redis.pipeline(transaction=True)
+        if sets:
+            pipe.hset(keys.job(job_id), mapping=sets)
+        if dels:
+            pipe.hdel(keys.job(job_id), *dels)
+        pipe.expire(keys.job(job_id), self.ttl)
+        pipe.expire(keys.job_history(job_id), self.ttl)
+        pipe.execute()
+
+    def transition(self, job_id: str, expected: set[JobStatus], **changes: Any) -> bool:
+        """Apply ``changes`` only if the job's status is one of ``expected`` (optimistic lock)."""
+        key = keys.job(job_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    status = pipe.hget(key, "status")
+                    if status is None or JobStatus(_s(status)) not in expected:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    probe = Job(id=job_id, text="", voice="")
+                    sets, dels = {}, []
+                    for name, value in changes.items():
+                        if value is None:
+                            dels.append(name)
+                        else:
+                            setattr(probe, name, value)
+                            sets[name] = probe.to_redis()[name]
+                    if sets:
+                        pipe.hset(key, mapping=sets)
+                    if dels:
+                        pipe.hdel(key, *dels)
+                    pipe.expire(key, self.ttl)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def incr_attempts(self, job_id: str) -> int:
+        """Count one more delivery of the job to a worker; returns the new count."""
+        return int(self.redis.hincrby(keys.job(job_id), "attempts", 1))
+
+    def add_history(self, job_id: str, entry: dict[str, Any]) -> None:
+        """Append one attempt's record."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(keys.job_history(job_id), json.dumps(entry))
+        pipe.expire(keys.job_history(job_id), self.ttl)
+        pipe.execute()
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """Every attempt's record, oldest first."""
+        return [json.loads(_s(raw)) for raw in self.redis.lrange(keys.job_history(job_id), 0, -1)]
+
+    def store_audio(self, job_id: str, audio: bytes) -> None:
+        """Keep the job's audio for the TTL."""
+        self.redis.set(keys.job_audio(job_id), audio, ex=self.ttl)
+
+    def audio(self, job_id: str) -> bytes | None:
+        """The job's audio bytes, if still there."""
+        return self.redis.get(keys.job_audio(job_id))
+
+    def delete_audio(self, job_id: str) -> bool:
+        """Drop the job's audio; True if there was some."""
+        return bool(self.redis.delete(keys.job_audio(job_id)))
+
+    def iter_recent(self, before: int | None = None, batch: int = 200) -> Iterator[tuple[int, Job]]:
+        """Jobs newest first, as (score, job), skipping expired ones; ``before``: an exclusive score cursor."""
+        upper: str | int = f"({before}" if before is not None else "+inf"
+        while True:
+            rows = self.redis.zrevrangebyscore(keys.JOBS_INDEX, upper, "-inf", start=0, num=batch, withscores=True)
+            if not rows:
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for member, _ in rows:
+                pipe.hgetall(keys.job(_s(member)))
+            for (member, score), data in zip(rows, pipe.execute()):
+                if data:
+                    yield int(score), Job.from_redis(_decode(data))
+                else:
+                    self.redis.zrem(keys.JOBS_INDEX, member)
+            upper = f"({int(rows[-1][1])}"
+            if len(rows) < batch:
+                return
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(data: dict[Any, Any]) -> dict[str, str]:
+    return {_s(k): _s(v) for k, v in data.items()}

@@ -1,0 +1,78 @@
+"""Every Redis key tts-batch uses, in one place. One prefix, ``tts:``.
+
+==============================  ======================================================
+key                             what
+==============================  ======================================================
+``tts:job:{id}``                hash: the job record (TTL ``TTS_RESULT_TTL``)
+``tts:job:{id}:audio``          string: the job's encoded audio (same TTL)
+``tts:job:{id}:history``        list of JSON: one entry per attempt (same TTL)
+``tts:jobs``                    sorted set: job ids by creation time (ms), for listing
+``tts:audio:{sha256}``          string: cached audio, content-addressed (TTL ``TTS_CACHE_TTL``)
+``tts:audio:index``             sorted set: cache keys by last use, for size-bounded eviction
+``tts:audio:sizes``             hash: cache key -> bytes
+``tts:audio:bytes``             integer: bytes held by the cache
+``tts:idem:{key}``              string: Idempotency-Key -> job id (TTL ``TTS_RESULT_TTL``)
+``tts:dlq``                     sorted set: dead-lettered job ids by time
+``tts:dlq:{id}``                hash: the dead-letter record
+``tts:batch:{id}``              hash: the batch record
+``tts:batch:{id}:items``        list: job ids in input order
+``tts:batch:{id}:done``         set: item job ids already counted as finished
+``tts:batches``                 sorted set: batch ids by creation time
+``tts:metrics:*``               counters, histograms and history samples (monitoring/)
+==============================  ======================================================
+"""
+from __future__ import annotations
+
+PREFIX = "tts:"
+JOBS_INDEX = PREFIX + "jobs"
+AUDIO_INDEX = PREFIX + "audio:index"
+AUDIO_SIZES = PREFIX + "audio:sizes"
+AUDIO_BYTES = PREFIX + "audio:bytes"
+DLQ_INDEX = PREFIX + "dlq"
+BATCHES_INDEX = PREFIX + "batches"
+METRICS_PREFIX = PREFIX + "metrics:"
+
+
+def job(job_id: str) -> str:
+    """The job record hash."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def job_audio(job_id: str) -> str:
+    """The job's encoded audio."""
+    return f"{PREFIX}job:{job_id}:audio"
+
+
+def job_history(job_id: str) -> str:
+    """The job's attempt history."""
+    return f"{PREFIX}job:{job_id}:history"
+
+
+def audio(cache_key: str) -> str:
+    """A cached audio entry."""
+    return f"{PREFIX}audio:{cache_key}"
+
+
+def idempotency(key: str) -> str:
+    """An Idempotency-Key mapping."""
+    return f"{PREFIX}idem:{key}"
+
+
+def dead_letter(job_id: str) -> str:
+    """A dead-letter record."""
+    return f"{PREFIX}dlq:{job_id}"
+
+
+def batch(batch_id: str) -> str:
+    """A batch record."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_items(batch_id: str) -> str:
+    """A batch's job ids in input order."""
+    return f"{PREFIX}batch:{batch_id}:items"
+
+
+def batch_done(batch_id: str) -> str:
+    """The set of a batch's items already counted as finished."""
+    return f"{PREFIX}batch:{batch_id}:done"

@@ -1,0 +1,107 @@
+"""Worker life-cycle hooks: logging, per-child state, heartbeats, and failures that
+the task itself never sees.
+
+``task_failure`` fires in the worker's main process for a hard time limit (the child
+was killed), which the task's own code cannot handle; the job is retried or
+dead-lettered from here. A child killed outright (SIGKILL, OOM) is requeued by
+``task_reject_on_worker_lost`` and the next delivery counts the lost attempt.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from billiard.exceptions import WorkerLostError
+from celery import signals
+from celery.exceptions import TimeLimitExceeded
+
+from monitoring.correlation import bind
+from settings import get_settings
+
+from .exceptions import JobNotFound
+from .job import now
+from .runtime import get_runtime, reset_runtime
+from .status import JobStatus
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 10.0
+_heartbeat_stop = threading.Event()
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    from monitoring.logs import configure_logging
+
+    configure_logging(get_settings(), component="worker")
+
+
+@signals.worker_process_init.connect
+def _child_init(**_: Any) -> None:
+    # Fresh Redis connections and models in each prefork child; load the default voice now
+    # so the first job does not pay for it.
+    rt = reset_runtime()
+    try:
+        rt.catalog.backend(rt.settings.default_voice)
+    except Exception as exc:  # noqa: BLE001 - a bad default voice must not stop the worker
+        log.warning("could not preload voice %s: %s", rt.settings.default_voice, exc)
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    hostname = getattr(sender, "hostname", None) or "worker"
+    concurrency = get_settings().concurrency
+
+    def beat() -> None:
+        from celery.worker import state
+        from monitoring.workers import WorkerRegistry
+
+        registry = WorkerRegistry(get_runtime().redis)
+        while not _heartbeat_stop.is_set():
+            try:
+                registry.heartbeat(hostname, busy=len(state.active_requests), concurrency=concurrency)
+            except Exception as exc:  # noqa: BLE001 - monitoring must never take the worker down
+                log.debug("heartbeat failed: %s", exc)
+            _heartbeat_stop.wait(HEARTBEAT_SECONDS)
+
+    threading.Thread(target=beat, name="tts-heartbeat", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    _heartbeat_stop.set()
+
+
+@signals.task_failure.connect
+def _task_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
+                  args: Any = None, **_: Any) -> None:
+    if getattr(sender, "name", None) != "tts.synthesize" or not args:
+        return
+    if not isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
+        return
+    job_id = str(args[0])
+    rt = get_runtime()
+    try:
+        job = rt.jobs.get(job_id)
+    except JobNotFound:
+        return
+    if job.status.finished:
+        return
+    from .synthesize import dead_letter, enqueue
+
+    with bind(correlation_id=job.correlation_id, job_id=job_id, voice=job.voice):
+        error_type = type(exception).__name__
+        message = str(exception) or error_type
+        rt.jobs.add_history(job_id, {"attempt": job.attempts, "finished_at": now(), "outcome": "failed",
+                                     "error": f"{error_type}: {message}"})
+        if job.attempts < job.max_attempts:
+            delay = rt.retry_policy.delay_seconds(job.attempts)
+            rt.jobs.transition(job_id, {JobStatus.RUNNING, JobStatus.QUEUED}, status=JobStatus.QUEUED,
+                               queued_at=now() + delay, next_retry_at=now() + delay, error=message,
+                               error_type=error_type, error_code="time_limit")
+            rt.metrics.job_retried(job.voice, "synthesis")
+            enqueue(rt, job, countdown=delay)
+            log.warning("job %s hit %s; retrying in %.3fs", job_id, error_type, delay)
+        else:
+            dead_letter(rt, job, error_type, message, code="retry_exhausted")
