@@ -1,0 +1,170 @@
+"""Faults the pipeline must survive: transient errors, permanent errors, dead workers, dead Redis.
+
+The fault switch (``TTS_FAULT_INJECTION``) is a worker setting, unreachable from the API.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from app import create_app
+from scripts.embedded_redis import EmbeddedRedis
+from settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+
+def unique(text: str) -> str:
+    return f"{text} Tag {uuid.uuid4().hex[:6]}."
+
+
+def test_transient_faults_retry_with_growing_backoff_then_succeed(make_stack):
+    stack = make_stack(TTS_FAULT_INJECTION="transient:2", TTS_RETRY_JITTER="false",
+                       TTS_BASE_DELAY_MS="300", TTS_MAX_ATTEMPTS="3")
+    job_id = stack.client.post("/v1/jobs", json={"text": unique("Try, try again."), "voice": "heart"}).get_json()["id"]
+    done = stack.wait_for(job_id)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 3
+    history = done["history"]
+    assert [h["outcome"] for h in history] == ["failed", "failed", "succeeded"]
+    assert all("injected transient fault" in h["error"] for h in history[:2])
+    # Without jitter the delays are exactly base * 2**(n-1): 0.3 s, then 0.6 s.
+    assert [h["retry_in"] for h in history[:2]] == [0.3, 0.6]
+    gap1 = history[1]["started_at"] - history[0]["finished_at"]
+    gap2 = history[2]["started_at"] - history[1]["finished_at"]
+    assert gap1 >= 0.3 - 0.02
+    assert gap2 >= 0.6 - 0.02
+    assert gap2 > gap1
+    assert stack.client.get(f"/v1/jobs/{job_id}/audio").status_code == 200
+    assert stack.client.get("/v1/dlq").get_json()["total"] == 0
+
+
+def test_transient_faults_exhausted_go_to_the_dlq(make_stack):
+    stack = make_stack(TTS_FAULT_INJECTION="transient:5", TTS_MAX_ATTEMPTS="2", TTS_BASE_DELAY_MS="50")
+    job_id = stack.client.post("/v1/jobs", json={"text": unique("Never works."), "voice": "heart"}).get_json()["id"]
+    done = stack.wait_for(job_id)
+    assert done["status"] == "failed"
+    assert done["attempts"] == 2
+    assert done["error"]["code"] == "retry_exhausted"
+    dlq = stack.client.get("/v1/dlq").get_json()
+    assert dlq["total"] == 1
+    assert dlq["items"][0]["error_type"] == "SynthesisRuntimeError"
+
+
+def test_permanent_fault_dead_letters_once_and_replay_succeeds(make_stack):
+    stack = make_stack(TTS_FAULT_INJECTION="permanent")
+    client = stack.client
+    text = unique("This request will be dead-lettered.")
+    r = client.post("/v1/jobs", json={"text": text, "voice": "heart"}, headers={"X-Request-ID": "req-perm-1"})
+    job_id = r.get_json()["id"]
+    done = stack.wait_for(job_id)
+    assert done["status"] == "failed"
+    assert done["attempts"] == 1  # permanent: no retry
+    dlq = client.get("/v1/dlq").get_json()
+    assert dlq["total"] == 1
+    record = dlq["items"][0]
+    assert record["job_id"] == job_id
+    assert record["request"]["text"] == text
+    assert record["error_type"] == "EngineError"
+    assert "injected permanent fault" in record["error"]
+    assert "Traceback" in record["traceback"]
+    assert record["attempts"] == 1
+    assert record["correlation_id"] == "req-perm-1"
+    assert record["worker"]
+    assert record["failed_at"]
+    assert client.get(f"/v1/dlq/{job_id}").status_code == 200
+
+    # The fault is fixed: a worker without it takes over, and the replay succeeds.
+    stack.stop()
+    stack.workers.clear()
+    stack.start_worker(TTS_FAULT_INJECTION="")
+    r = client.post(f"/v1/dlq/{job_id}/replay")
+    assert r.status_code == 202
+    replayed = stack.wait_for(job_id)
+    assert replayed["status"] == "succeeded", replayed
+    assert replayed["attempts"] == 1  # a fresh attempt series
+    assert client.get("/v1/dlq").get_json()["total"] == 0
+    assert client.post(f"/v1/dlq/{job_id}/replay").status_code == 404
+
+
+def test_dlq_delete_and_purge(make_stack):
+    stack = make_stack(TTS_FAULT_INJECTION="permanent")
+    client = stack.client
+    ids = [client.post("/v1/jobs", json={"text": unique(f"Doomed {i}."), "voice": "heart"}).get_json()["id"]
+           for i in range(3)]
+    for job_id in ids:
+        assert stack.wait_for(job_id)["status"] == "failed"
+    assert client.get("/v1/dlq").get_json()["total"] == 3
+    assert client.delete(f"/v1/dlq/{ids[0]}").status_code == 200
+    assert client.delete(f"/v1/dlq/{ids[0]}").status_code == 404
+    assert client.delete("/v1/dlq").get_json() == {"purged": 2}
+    assert client.get("/v1/dlq").get_json()["total"] == 0
+
+
+def test_worker_killed_mid_task_still_finishes_the_job(make_stack):
+    # Short visibility timeout so the dead worker's unacknowledged message comes back quickly.
+    stack = make_stack(TTS_VISIBILITY_TIMEOUT="20", TTS_TASK_TIME_LIMIT="18", TTS_TASK_SOFT_TIME_LIMIT="15",
+                       TTS_MAX_DELAY_MS="2000")
+    client = stack.client
+    text = unique("A worker may die at any moment, and the job must survive it. " * 12)
+    job_id = client.post("/v1/jobs", json={"text": text, "voice": "joe", "format": "wav"}).get_json()["id"]
+    stack.wait_for(job_id, statuses=("running",), timeout=60)
+    stack.workers[0].kill()  # SIGKILL to the main process and its children
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "running"
+    stack.start_worker()
+    done = stack.wait_for(job_id, timeout=120)
+    assert done["status"] == "succeeded", (done, stack.workers[1].log_tail())
+    assert done["attempts"] == 2
+    assert client.get(f"/v1/jobs/{job_id}/audio").status_code == 200
+
+
+def test_poison_job_that_kills_its_worker_is_dead_lettered(make_stack):
+    stack = make_stack(TTS_FAULT_INJECTION="crash", TTS_MAX_ATTEMPTS="2")
+    client = stack.client
+    job_id = client.post("/v1/jobs", json={"text": unique("I crash the worker."), "voice": "heart"}).get_json()["id"]
+    done = stack.wait_for(job_id, timeout=120)
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "worker_lost"
+    records = client.get("/v1/dlq").get_json()["items"]
+    assert [r["job_id"] for r in records] == [job_id]
+    assert records[0]["error_type"] == "WorkerLostError"
+    # The worker survived its children's deaths and still works.
+    assert stack.workers[0].proc.poll() is None
+
+
+def test_redis_down_gives_quick_503_then_recovers(tmp_path, model_cache):
+    server = EmbeddedRedis(port=0, data_dir=tmp_path / "redis", appendonly=True)
+    server.start()
+    try:
+        settings = load_settings({"REDIS_URL": server.url, "TTS_DATA_DIR": str(tmp_path),
+                                  "TTS_MODEL_CACHE_DIR": str(model_cache)})
+        client = create_app(settings).test_client()
+        body = {"text": "Are you there?", "voice": "heart"}
+        accepted = client.post("/v1/jobs", json=body)
+        assert accepted.status_code == 202
+        job_id = accepted.get_json()["id"]
+
+        server.kill()
+        for request in (lambda: client.post("/v1/jobs", json=body),
+                        lambda: client.get(f"/v1/jobs/{job_id}"),
+                        lambda: client.get("/v1/jobs")):
+            started = time.monotonic()
+            r = request()
+            elapsed = time.monotonic() - started
+            assert r.status_code == 503, r.get_data(as_text=True)
+            assert r.headers["Retry-After"]
+            assert r.get_json()["error"]["code"] == "service_unavailable"
+            assert elapsed < 2.5, f"took {elapsed:.2f}s"
+        health = client.get("/health")
+        assert health.status_code == 503
+
+        server.restart()
+        # The job accepted before the outage survived it (append-only file).
+        assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "queued"
+        again = client.post("/v1/jobs", json={**body, "text": "Back again?"})
+        assert again.status_code == 202
+        assert client.get("/health").status_code in (200, 503)  # no worker here; Redis itself is back
+    finally:
+        server.stop()
