@@ -39,11 +39,14 @@ def _setup_logging(**_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _child_init(**_: Any) -> None:
-    # Fresh Redis connections and models in each prefork child; load the default voice now
-    # so the first job does not pay for it.
+    # Fresh Redis connections and models in each prefork child.
     rt = reset_runtime()
     try:
-        rt.catalog.backend(rt.settings.default_voice)
+        import engine
+
+        # A short synthesis loads the model and the G2P lexicons before the first job arrives.
+        engine.synthesize("Ready.", engine.SynthesisOptions(voice=rt.settings.default_voice, format="pcm"),
+                          rt.catalog)
     except Exception as exc:  # noqa: BLE001 - a bad default voice must not stop the worker
         log.warning("could not preload voice %s: %s", rt.settings.default_voice, exc)
 
