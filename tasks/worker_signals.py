@@ -51,9 +51,33 @@ def _child_init(**_: Any) -> None:
         log.warning("could not preload voice %s: %s", rt.settings.default_voice, exc)
 
 
+_hostname: dict[str, str] = {}
+
+
+def _queue_of(request: Any) -> str:
+    info = getattr(request, "delivery_info", None) or {}
+    return str(info.get("routing_key") or "unknown")
+
+
+@signals.task_success.connect
+def _count_success(sender: Any = None, **_: Any) -> None:
+    get_runtime().metrics.task_succeeded(getattr(sender, "name", "?"), _queue_of(getattr(sender, "request", None)))
+
+
+@signals.task_retry.connect
+def _count_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
+    get_runtime().metrics.task_retried(getattr(sender, "name", "?"), _queue_of(request))
+
+
+@signals.task_failure.connect
+def _count_failure(sender: Any = None, **_: Any) -> None:
+    get_runtime().metrics.task_failed(getattr(sender, "name", "?"), _queue_of(getattr(sender, "request", None)))
+
+
 @signals.worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None) or "worker"
+    _hostname["name"] = hostname
     concurrency = get_settings().concurrency
 
     def beat() -> None:
@@ -74,6 +98,13 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
 @signals.worker_shutdown.connect
 def _stop_heartbeat(**_: Any) -> None:
     _heartbeat_stop.set()
+    if "name" in _hostname:
+        from monitoring.workers import WorkerRegistry
+
+        try:
+            WorkerRegistry(get_runtime().redis).remove(_hostname["name"])
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+            log.debug("could not remove heartbeat: %s", exc)
 
 
 @signals.task_failure.connect

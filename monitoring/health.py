@@ -1,0 +1,249 @@
+"""Component health checks for ``/health`` and friends: bounded in time, never raising.
+
+Each check returns ``{"status": "healthy" | "degraded" | "unhealthy", "latency_ms": float,
+"detail": str, ...}`` (plus a few numbers of its own). Every check runs in a helper thread
+and is abandoned after ``timeout`` seconds (1 s by default), answering ``unhealthy`` with
+"timed out"; the abandoned thread ends when the client's own socket timeout fires, so pass
+clients that have one.
+
+:func:`run_checks` runs several checks at once, so a page of checks costs one timeout, not
+their sum. :func:`overall` folds the components into one status: ``unhealthy`` when Redis or
+the broker is, ``degraded`` when anything else is not healthy.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from monitoring import queues as broker
+from monitoring.workers import WorkerRegistry
+
+__all__ = [
+    "CRITICAL_COMPONENTS",
+    "DEGRADED",
+    "HEALTHY",
+    "UNHEALTHY",
+    "check_broker",
+    "check_cache",
+    "check_disk",
+    "check_redis",
+    "check_workers",
+    "http_status",
+    "overall",
+    "run_check",
+    "run_checks",
+]
+
+HEALTHY = "healthy"
+DEGRADED = "degraded"
+UNHEALTHY = "unhealthy"
+DEFAULT_TIMEOUT = 1.0
+#: Components without which no job can be accepted or run: their failure is ``unhealthy``.
+CRITICAL_COMPONENTS: frozenset[str] = frozenset({"redis", "broker"})
+#: A Redis answering slower than this (ms) is ``degraded``.
+SLOW_MS = 250.0
+
+Check = Callable[[], Mapping[str, Any]]
+
+
+def _result(status: str, latency_ms: float, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"status": status, "latency_ms": round(latency_ms, 2), "detail": detail, **extra}
+
+
+def run_check(check: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """Run ``check`` in a helper thread for at most ``timeout`` seconds; never raises.
+
+    ``check`` returns a dict with at least ``status`` (and optionally ``detail`` and other
+    keys), or a bool (True: healthy). ``latency_ms`` is measured here. An exception or a
+    timeout answers ``unhealthy``. Use it for the engine check too.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = check()
+        except BaseException as exc:  # noqa: BLE001 - a check must never raise
+            outcome["error"] = exc
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=target, name="health-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    elapsed = (time.perf_counter() - started) * 1000.0
+    if thread.is_alive():
+        return _result(UNHEALTHY, elapsed, f"timed out after {timeout:g} s")
+    if "error" in outcome:
+        exc = outcome["error"]
+        return _result(UNHEALTHY, elapsed, f"{type(exc).__name__}: {exc}")
+    value = outcome.get("value")
+    if isinstance(value, bool):
+        return _result(HEALTHY if value else UNHEALTHY, elapsed, "ok" if value else "check failed")
+    if isinstance(value, Mapping):
+        status = value.get("status")
+        if status not in (HEALTHY, DEGRADED, UNHEALTHY):
+            return _result(UNHEALTHY, elapsed, f"check answered an unknown status {status!r}")
+        extra = {k: v for k, v in value.items() if k not in ("status", "latency_ms", "detail")}
+        return _result(status, elapsed, str(value.get("detail", "ok")), **extra)
+    return _result(UNHEALTHY, elapsed, f"check answered {type(value).__name__}, not a dict")
+
+
+def run_checks(checks: Mapping[str, Check], timeout: float = DEFAULT_TIMEOUT) -> dict[str, dict[str, Any]]:
+    """Run named checks concurrently, each bounded by ``timeout``; ``{name: result}``."""
+    results: dict[str, dict[str, Any]] = {}
+    threads = []
+    for name, check in checks.items():
+        def target(name: str = name, check: Check = check) -> None:
+            results[name] = run_check(check, timeout)
+
+        thread = threading.Thread(target=target, name=f"health-{name}", daemon=True)
+        thread.start()
+        threads.append((name, thread))
+    deadline = time.monotonic() + timeout + 0.5
+    for name, thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if name not in results:
+            results[name] = _result(UNHEALTHY, timeout * 1000.0, f"timed out after {timeout:g} s")
+    return {name: results[name] for name in checks}
+
+
+def check_redis(client: redis.Redis, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """PING and INFO: unhealthy when unreachable, degraded when slow or near ``maxmemory``."""
+
+    def probe() -> dict[str, Any]:
+        started = time.perf_counter()
+        client.ping()
+        ping_ms = (time.perf_counter() - started) * 1000.0
+        info = client.info()
+        used = int(info.get("used_memory", 0))
+        limit = int(info.get("maxmemory", 0) or 0)
+        extra = {
+            "version": info.get("redis_version"),
+            "used_memory_bytes": used,
+            "maxmemory_bytes": limit,
+            "connected_clients": info.get("connected_clients"),
+            "ping_ms": round(ping_ms, 2),
+        }
+        if limit and used > 0.9 * limit:
+            return {"status": DEGRADED, "detail": f"memory {used}/{limit} bytes (>90%)", **extra}
+        if ping_ms > SLOW_MS:
+            return {"status": DEGRADED, "detail": f"slow: PING took {ping_ms:.0f} ms", **extra}
+        return {"status": HEALTHY, "detail": "ok", **extra}
+
+    return run_check(probe, timeout)
+
+
+def check_broker(
+    client: redis.Redis,
+    queues: Sequence[str],
+    timeout: float = DEFAULT_TIMEOUT,
+    max_queue_length: int | None = None,
+) -> dict[str, Any]:
+    """Queue lengths and reserved messages; degraded when a queue exceeds ``max_queue_length``."""
+
+    def probe() -> dict[str, Any]:
+        lengths = broker.queue_lengths(client, queues)
+        reserved = broker.reserved_count(client)
+        dead = broker.dead_letter_count(client)
+        extra = {"queues": lengths, "reserved": reserved, "dead_letter": dead}
+        if max_queue_length is not None:
+            backed_up = sorted(q for q, n in lengths.items() if n > max_queue_length)
+            if backed_up:
+                return {
+                    "status": DEGRADED,
+                    "detail": f"queue(s) {', '.join(backed_up)} above {max_queue_length} messages",
+                    **extra,
+                }
+        return {"status": HEALTHY, "detail": "ok", **extra}
+
+    return run_check(probe, timeout)
+
+
+def check_workers(registry: WorkerRegistry, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """Live worker heartbeats: unhealthy with none (jobs would wait forever)."""
+
+    def probe() -> dict[str, Any]:
+        workers = registry.list()
+        busy = sum(w["busy"] for w in workers)
+        slots = sum(w["concurrency"] for w in workers)
+        extra = {
+            "workers": len(workers),
+            "busy": busy,
+            "concurrency": slots,
+            "hostnames": [w["hostname"] for w in workers],
+        }
+        if not workers:
+            return {"status": UNHEALTHY, "detail": "no worker heartbeat", **extra}
+        return {"status": HEALTHY, "detail": f"{len(workers)} worker(s), {busy}/{slots} busy", **extra}
+
+    return run_check(probe, timeout)
+
+
+def check_disk(
+    path: str | Path,
+    timeout: float = DEFAULT_TIMEOUT,
+    degraded_free_ratio: float = 0.10,
+    unhealthy_free_ratio: float = 0.02,
+) -> dict[str, Any]:
+    """Free space where ``path`` lives (its nearest existing parent): degraded under 10 %
+    free, unhealthy under 2 %."""
+
+    def probe() -> dict[str, Any]:
+        target = Path(path).resolve()
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        usage = shutil.disk_usage(target)
+        free_ratio = usage.free / usage.total if usage.total else 0.0
+        extra = {
+            "path": str(target),
+            "total_bytes": usage.total,
+            "free_bytes": usage.free,
+            "free_ratio": round(free_ratio, 4),
+        }
+        if free_ratio < unhealthy_free_ratio:
+            return {"status": UNHEALTHY, "detail": f"only {free_ratio:.1%} free", **extra}
+        if free_ratio < degraded_free_ratio:
+            return {"status": DEGRADED, "detail": f"only {free_ratio:.1%} free", **extra}
+        return {"status": HEALTHY, "detail": f"{free_ratio:.1%} free", **extra}
+
+    return run_check(probe, timeout)
+
+
+def check_cache(
+    client: redis.Redis, timeout: float = DEFAULT_TIMEOUT, max_bytes: int | None = None
+) -> dict[str, Any]:
+    """The audio cache's Redis and size; degraded when above ``max_bytes`` (eviction lagging)."""
+
+    def probe() -> dict[str, Any]:
+        client.ping()
+        stats = broker.cache_stats(client)
+        extra = {"entries": stats["entries"], "bytes": stats["bytes"]}
+        if max_bytes is not None and stats["bytes"] > max_bytes:
+            return {"status": DEGRADED, "detail": f"{stats['bytes']} bytes, above {max_bytes}", **extra}
+        return {"status": HEALTHY, "detail": f"{stats['entries']} entries", **extra}
+
+    return run_check(probe, timeout)
+
+
+def overall(components: Mapping[str, Mapping[str, Any]]) -> str:
+    """One status for all components.
+
+    ``unhealthy`` when a critical component (:data:`CRITICAL_COMPONENTS`) is unhealthy;
+    ``degraded`` when any component is not healthy; else ``healthy``.
+    """
+    statuses = {name: str(result.get("status", UNHEALTHY)) for name, result in components.items()}
+    if any(statuses.get(name) == UNHEALTHY for name in CRITICAL_COMPONENTS):
+        return UNHEALTHY
+    if any(status != HEALTHY for status in statuses.values()):
+        return DEGRADED
+    return HEALTHY
+
+
+def http_status(status: str) -> int:
+    """200 for ``healthy``, 503 for ``degraded`` or ``unhealthy``."""
+    return 200 if status == HEALTHY else 503
