@@ -1,0 +1,214 @@
+"""``scripts/bulk_convert.py`` as a user runs it: a subprocess talking HTTP to a running API.
+
+The API is ``stack.app`` (real Celery worker, real voices) served by a werkzeug server in a
+thread of the test process. Input is a copy of ``../shared/corpus``, ``long/chapter.txt``
+(about 30,000 characters, 20-40 s of worker time) included.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.serving import make_server
+
+from engine.audio import decode
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "bulk_convert.py"
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+GOOD = {
+    "README.md": "README.mp3",
+    "letters/reminder.txt": "letters/reminder.mp3",
+    "letters/welcome.txt": "letters/welcome.mp3",
+    "long/chapter.txt": "long/chapter.mp3",
+    "news/briefing.md": "news/briefing.mp3",
+    "numbers.txt": "numbers.mp3",
+    "unicode.txt": "unicode.mp3",
+}
+EDGE = {
+    "edge/empty.txt": "empty file (0 bytes)",
+    "edge/whitespace.txt": "only whitespace",
+    "edge/latin1.txt": "not UTF-8: invalid byte 0xe9 at offset 3",
+    "edge/binary.txt": "binary file",
+}
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (free port) in a thread; yields the base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="wsgi-test-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def api(stack: Any) -> Iterator[str]:
+    """The shared stack's API, served over HTTP."""
+    with serve(stack.app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of ../shared/corpus (tests may change it)."""
+    if not (CORPUS / "edge").is_dir():
+        pytest.fail(f"the shared corpus is missing: expected it at {CORPUS} (with edge/, letters/, long/, news/)")
+    copy = tmp_path_factory.mktemp("bulk") / "corpus"
+    shutil.copytree(CORPUS, copy)
+    return copy
+
+
+def bulk(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the script; returns the finished process (stdout: summary, stderr: per-file lines / bar)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_") and k != "REDIS_URL"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], check=False, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def summary(proc: subprocess.CompletedProcess[str]) -> str:
+    """The final summary line."""
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, f"no output; stderr:\n{proc.stderr}"
+    return lines[-1]
+
+
+def manifest(out: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's entries keyed by source path relative to the corpus copy root."""
+    data = json.loads((out / "manifest.json").read_text())
+    return {e["source"]: e for e in data["files"]}
+
+
+def outputs(out: Path) -> set[str]:
+    """Every file under ``out`` except the manifest, relative, POSIX style."""
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+
+
+def test_corpus_converts_reports_edge_files_and_resumes(api: str, corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    started = time.monotonic()
+    first = bulk(str(corpus), "--out", str(out), "--api", api, "--concurrency", "4", "--quiet")
+    wall = time.monotonic() - started
+    print(f"\nfirst run ({wall:.1f} s):\n{first.stderr}\n{first.stdout}")
+    assert first.returncode == 1, first.stderr
+    assert summary(first).startswith("converted 7, skipped 0, failed 4,"), first.stdout
+
+    # Every edge file is reported with its reason, and none of them was sent.
+    for rel, reason in EDGE.items():
+        line = next((ln for ln in first.stderr.splitlines() if f"FAILED {corpus / rel}:" in ln), None)
+        assert line is not None and reason in line, (rel, first.stderr)
+
+    # The tree is mirrored: exactly one output per good file, nothing for the edge files.
+    assert outputs(out) == set(GOOD.values())
+    entries = manifest(out)
+    assert set(entries) == {str(corpus / rel) for rel in [*GOOD, *EDGE]}
+    for rel, output in GOOD.items():
+        entry = entries[str(corpus / rel)]
+        assert entry["status"] == "succeeded" and entry["output"] == output and entry["error"] is None, entry
+        assert entry["job_id"] and entry["chars"] > 0 and entry["sha256"]
+        assert entry["markdown"] is rel.endswith(".md")
+        samples, rate = decode((out / output).read_bytes(), "mp3")
+        assert abs(len(samples) / rate - entry["duration"]) < 0.2, (rel, len(samples) / rate, entry["duration"])
+    assert entries[str(corpus / "long/chapter.txt")]["duration"] > 10 * 60  # ~30,000 characters of prose
+    for rel, reason in EDGE.items():
+        entry = entries[str(corpus / rel)]
+        assert entry["status"] == "failed" and reason in entry["error"] and entry["job_id"] is None, entry
+    assert not list(out.rglob(".*")), "temporary files left behind"
+
+    # A rerun converts nothing and fails for the same four files, with the same reasons.
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")}
+    second = bulk(str(corpus), "--out", str(out), "--api", api, "--quiet")
+    print(f"second run:\n{second.stdout}")
+    assert second.returncode == 1, second.stderr
+    assert summary(second).startswith("converted 0, skipped 7, failed 4,"), second.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")} == mtimes
+    again = manifest(out)
+    failed = {src for src, e in again.items() if e["status"] == "failed"}
+    assert failed == {str(corpus / rel) for rel in EDGE}
+    assert all(again[s]["error"] == entries[s]["error"] for s in failed)
+
+    # A changed source is converted again; the others stay skipped.
+    welcome = corpus / "letters" / "welcome.txt"
+    welcome.write_text(welcome.read_text() + "\nP.S. See you soon.\n")
+    third = bulk(str(corpus), "--out", str(out), "--api", api, "--quiet")
+    assert summary(third).startswith("converted 1, skipped 6, failed 4,"), third.stdout
+    assert manifest(out)[str(welcome)]["sha256"] != entries[str(welcome)]["sha256"]
+
+
+def test_progress_bar_and_glob_inputs(api: str, corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "md"
+    proc = bulk(f"{corpus}/**/*.md", "--out", str(out), "--api", api, "--format", "wav", "--voice", "joe")
+    print(f"\nprogress bar run:\n{proc.stderr}\n{proc.stdout}")
+    assert proc.returncode == 0, proc.stderr
+    # Relative to the glob's fixed folder: the tree under the corpus is kept.
+    assert outputs(out) == {"README.wav", "news/briefing.wav"}
+    assert "2/2 files" in proc.stderr and "audio" in proc.stderr and "eta" in proc.stderr, proc.stderr
+    assert summary(proc).startswith("converted 2, skipped 0, failed 0,")
+    samples, rate = decode((out / "news" / "briefing.wav").read_bytes(), "wav")
+    assert rate == 22050 and len(samples) / rate > 5
+
+
+def test_ctrl_c_leaves_a_consistent_manifest(api: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    sentence = "Every file in this folder is new, so nothing can come from the cache. "
+    for i in range(10):
+        (src / f"part{i:02d}.txt").write_text(f"Part {i}, {uuid.uuid4().hex}. " + sentence * 12)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), str(src), "--out", str(out), "--api", api, "--concurrency", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if (out / "manifest.json").exists() and manifest(out):
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "interrupted" in stdout
+    entries = manifest(out)  # valid JSON, written atomically
+    done = {s for s, e in entries.items() if e["status"] == "succeeded"}
+    assert 1 <= len(done) < 10, entries
+    for entry in entries.values():
+        samples, rate = decode((out / entry["output"]).read_bytes(), "mp3")
+        assert len(samples) / rate > 1
+    assert not list(out.rglob(".*")), "temporary files left behind"
+
+    rerun = bulk(str(src), "--out", str(out), "--api", api, "--quiet")
+    assert rerun.returncode == 0, rerun.stderr
+    assert summary(rerun).startswith(f"converted {10 - len(done)}, skipped {len(done)}, failed 0,"), rerun.stdout
+    assert len(outputs(out)) == 10
+
+
+def test_unreachable_api_and_unknown_voice_are_usage_errors(api: str, corpus: Path, tmp_path: Path) -> None:
+    down = bulk(str(corpus / "letters"), "--out", str(tmp_path / "a"), "--api", "http://127.0.0.1:9", "--quiet")
+    assert down.returncode == 2 and "cannot reach the API" in down.stderr, down.stderr
+    voice = bulk(str(corpus / "letters"), "--out", str(tmp_path / "b"), "--api", api, "--voice", "nobody")
+    assert voice.returncode == 2 and "nobody" in voice.stderr, voice.stderr
+    missing = bulk(str(tmp_path / "missing"), "--out", str(tmp_path / "c"), "--api", api)
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr
