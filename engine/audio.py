@@ -1,9 +1,11 @@
 """Audio encoding and decoding: float32 mono samples in, container bytes out.
 
 Formats follow OpenAI's speech API (``response_format``): wav, mp3, opus, flac, aac
-and pcm. wav/flac/mp3/opus are encoded in-process by libsndfile (through
-``soundfile``) into an ``io.BytesIO``; aac goes through the ffmpeg binary bundled
-with ``imageio-ffmpeg`` (never a system ffmpeg); pcm is raw s16le.
+and pcm. wav/flac/mp3 are encoded in-process by libsndfile (through ``soundfile``)
+into an ``io.BytesIO``; opus (libopus in Ogg) and aac (ADTS) stream through the
+ffmpeg binary bundled with ``imageio-ffmpeg`` (never a system ffmpeg); pcm is raw
+s16le. libsndfile can write Ogg Opus too, but at about 30x real time it cost more
+than some voices take to synthesize; ffmpeg's libopus is over 10x faster.
 
 Codecs that only support some sample rates (Opus: 8/12/16/24/48 kHz; MP3 and AAC:
 the nine MPEG rates from 8 to 48 kHz) are encoded at 48000 Hz when another rate is
@@ -46,7 +48,6 @@ _MPEG_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 _ADTS_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025,
                8000, 7350)
-_AAC_DEFAULT_KBPS = 64
 _AAC_PRIMING = 1024  # ffmpeg's aac encoder delay; ADTS cannot signal it, decode() drops it
 _FFMPEG_TIMEOUT = 300.0
 
@@ -80,7 +81,28 @@ _SNDFILE = {
     "wav": ("WAV", "PCM_16"),
     "flac": ("FLAC", "PCM_16"),
     "mp3": ("MP3", "MPEG_LAYER_III"),
-    "opus": ("OGG", "OPUS"),
+}
+
+
+@dataclass(frozen=True)
+class _FfmpegCodec:
+    """How the bundled ffmpeg encodes one format: codec arguments, muxer, default bitrate."""
+
+    args: tuple[str, ...]
+    muxer: str
+    default_kbps: int
+
+
+# Formats encoded by streaming s16le through the bundled ffmpeg.
+# opus: "audio" (CELT/hybrid) mode at complexity 3 encodes 60 s of 24 kHz speech in
+# about 0.17 s (libsndfile's Ogg Opus: about 2.1 s) with a lower spectral distortion
+# than libsndfile's default; complexity 10 or "voip" (SILK) mode is 2-4x slower.
+# aac: the "fast" coder takes about 0.2 s for the same minute (the default "twoloop"
+# coder about 0.7 s) at the same size and a similar distortion on speech.
+_FFMPEG_CODECS = {
+    "aac": _FfmpegCodec(("-c:a", "aac", "-aac_coder", "fast"), "adts", 64),
+    "opus": _FfmpegCodec(("-c:a", "libopus", "-application", "audio", "-compression_level", "3",
+                          "-vbr", "on"), "ogg", 48),
 }
 
 
@@ -140,7 +162,7 @@ def _ffmpeg_exe() -> str:
 
     found = sorted(Path(imageio_ffmpeg.__file__).parent.joinpath("binaries").glob("ffmpeg*"))
     if not found:
-        raise EncodingError("aac: the ffmpeg binary bundled with imageio-ffmpeg is missing")
+        raise EncodingError("the ffmpeg binary bundled with imageio-ffmpeg is missing")
     return str(found[0])
 
 
@@ -169,8 +191,8 @@ class AudioEncoder:
     one to the output rate; pass whole sentences so the chunk edges stay clean.
     As a context manager it finishes on a clean exit and aborts on an exception;
     ``finish()`` may be called again afterwards and returns the same bytes.
-    ``bitrate_kbps`` applies to mp3 (average bitrate; default VBR), opus (default
-    libsndfile's) and aac (default 64k); wav, flac and pcm ignore it.
+    ``bitrate_kbps`` applies to mp3 (average bitrate; default VBR), opus (VBR target,
+    default 48k) and aac (default 64k); wav, flac and pcm ignore it.
     """
 
     def __init__(self, fmt: str, sample_rate: int, input_rate: int | None = None,
@@ -199,8 +221,8 @@ class AudioEncoder:
         name = self.format.name
         if name in _SNDFILE:
             self._open_sndfile(name)
-        elif name == "aac":
-            self._start_ffmpeg()
+        elif name in _FFMPEG_CODECS:
+            self._start_ffmpeg(_FFMPEG_CODECS[name])
 
     @property
     def samples_written(self) -> int:
@@ -223,9 +245,6 @@ class AudioEncoder:
             lo, hi = (32, 320) if rate >= 32000 else (8, 160) if rate >= 16000 else (8, 64)
             level = min((hi - min(max(self.bitrate_kbps, lo), hi)) / (hi - lo), 0.999)
             mode = "AVERAGE"
-        elif self.bitrate_kbps is not None and name == "opus":
-            # libsndfile: target bitrate = (1 - level) * 250 kbps + 6 kbps.
-            level = min(max((256 - self.bitrate_kbps) / 250, 0.0), 1.0)
         try:
             self._sf = sf.SoundFile(self._buf, "w", samplerate=self.sample_rate, channels=1,
                                     format=container, subtype=subtype,
@@ -233,23 +252,24 @@ class AudioEncoder:
         except (RuntimeError, ValueError) as exc:
             raise EncodingError(f"{name} encoding failed to start: {exc}") from exc
 
-    def _start_ffmpeg(self) -> None:
-        kbps = self.bitrate_kbps or _AAC_DEFAULT_KBPS
+    def _start_ffmpeg(self, codec: _FfmpegCodec) -> None:
+        name = self.format.name
+        kbps = self.bitrate_kbps or codec.default_kbps
         cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "s16le",
                "-ar", str(self.sample_rate), "-ac", "1", "-i", "pipe:0",
-               "-c:a", "aac", "-b:a", f"{kbps}k", "-f", "adts", "pipe:1"]
+               *codec.args, "-b:a", f"{kbps}k", "-f", codec.muxer, "pipe:1"]
         self._stderr = tempfile.TemporaryFile()
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=self._stderr)
         except OSError as exc:
             self._release()
-            raise EncodingError(f"aac encoding failed: cannot start ffmpeg: {exc}") from exc
+            raise EncodingError(f"{name} encoding failed: cannot start ffmpeg: {exc}") from exc
         stdout, out = self._proc.stdout, self._out
         # Drain stdout concurrently so ffmpeg never blocks on a full pipe while we write.
         self._reader = threading.Thread(
             target=lambda: out.extend(iter(lambda: stdout.read(65536), b"")),
-            name="aac-encoder-reader", daemon=True)
+            name=f"{name}-encoder-reader", daemon=True)
         self._reader.start()
 
     def _ffmpeg_error(self, what: str) -> EncodingError:
@@ -258,7 +278,7 @@ class AudioEncoder:
                 self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        return EncodingError(f"aac encoding failed: {what}: {_stderr_tail(self._stderr)}")
+        return EncodingError(f"{self.format.name} encoding failed: {what}: {_stderr_tail(self._stderr)}")
 
     def write(self, chunk: np.ndarray) -> None:
         """Encode one chunk of mono float32 samples at ``input_rate``."""
@@ -313,7 +333,7 @@ class AudioEncoder:
     def _finish_ffmpeg(self) -> bytes:
         proc = self._proc
         if proc is None:
-            raise EngineError("aac encoder has no ffmpeg process")
+            raise EngineError(f"{self.format.name} encoder has no ffmpeg process")
         try:
             if proc.stdin is not None:
                 proc.stdin.close()

@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -120,7 +121,7 @@ def style_names(path: str | Path) -> list[str]:
     try:
         with np.load(path) as npz:
             return sorted(npz.files)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ModelAssetError(f"Kokoro voices file {path} cannot be read: {exc}") from exc
 
 
@@ -129,7 +130,7 @@ def load_style_file(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as npz:
             return {name: np.asarray(npz[name], np.float32).reshape(-1, 256) for name in npz.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ModelAssetError(f"Kokoro voices file {path} cannot be read: {exc}") from exc
 
 

@@ -139,7 +139,8 @@ def looks_like_markdown(text: str) -> bool:
 
 
 # --- sentences and chunks ---------------------------------------------------------------
-_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
+# Group 1: closing quotes and brackets, which stay with the sentence they close.
+_SENT_END = re.compile(r"(?<=[.!?])([\"')\]]*)\s+(?=\S)")
 _CLAUSE = re.compile(r"(?<=[,;:])\s+")
 _TITLES = frozenset(
     "mr mrs ms dr prof sr jr st mt vs etc inc ltd co corp no vol fig jan feb mar apr jun jul aug sep sept oct nov dec"
@@ -170,7 +171,7 @@ def split_sentences(text: str) -> list[str]:
         cut = 0
         for m in _SENT_END.finditer(para):
             if _ends_sentence(para, m.start(), para[m.end()]):
-                out.append(para[cut : m.start()].strip())
+                out.append(para[cut : m.end(1)].strip())
                 cut = m.end()
         out.append(para[cut:].strip())
     return [s for s in out if s]
