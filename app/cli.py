@@ -4,6 +4,10 @@
     List the voices on this machine.
 ``tts-batch say TEXT | -f FILE -v VOICE -o OUT [--format F] [--speed S] [--seed N] ...``
     Synthesize directly with the engine, in this process (no queue, no Redis).
+``tts-batch dlq list | show ID | replay ID | replay --all | delete ID | purge``
+    Operate on the dead-letter queue in the Redis named by ``REDIS_URL``.
+``tts-batch bulk INPUT... --out DIR [...]``
+    Convert folders of text files through a running API (see :mod:`app.bulk`).
 
 Each subcommand is one ``cmd_*(args) -> int`` function registered in
 :func:`build_parser`; add a subparser and a function to add a command. User
@@ -27,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["main", "build_parser", "build_catalog", "cmd_voices", "cmd_say", "UsageError"]
+__all__ = ["main", "build_parser", "build_catalog", "cmd_voices", "cmd_say", "cmd_dlq", "UsageError"]
 
 PROG = "tts-batch"
 #: Exit status for a user error (bad input or options), as argparse uses.
@@ -227,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one subparser per command, each with ``func`` set to its ``cmd_*``."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Queued batch text-to-speech. These commands run the engine directly, without the queue.",
+        description="Queued batch text-to-speech: voices and say run the engine directly; dlq and bulk talk "
+                    "to a running stack.",
     )
     parser.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -261,11 +266,76 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--markdown", action="store_true", help="strip Markdown markup before speaking")
     say.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary on stderr")
     say.set_defaults(func=cmd_say)
+
+    dlq = sub.add_parser("dlq", help="list, replay or purge dead-lettered jobs (needs the stack's Redis)",
+                         description="Operate on the dead-letter queue in the Redis named by REDIS_URL.")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="list records, newest first")
+    dlq_list.add_argument("--json", action="store_true", help="print the records as JSON")
+    dlq_list.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    dlq_show = dlq_sub.add_parser("show", help="one record with its traceback")
+    dlq_show.add_argument("job_id")
+    dlq_replay = dlq_sub.add_parser("replay", help="send jobs through a fresh series of attempts")
+    target = dlq_replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("job_id", nargs="?", help="the job to replay")
+    target.add_argument("--all", action="store_true", help="replay every record")
+    dlq_delete = dlq_sub.add_parser("delete", help="drop one record (the job stays failed)")
+    dlq_delete.add_argument("job_id")
+    dlq_sub.add_parser("purge", help="drop every record")
+    dlq.set_defaults(func=cmd_dlq)
+
+    sub.add_parser("bulk", help="convert folders of .txt/.md files through a running API (see 'tts-batch bulk -h')",
+                   add_help=False)
     return parser
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """``tts-batch dlq list | show ID | replay ID | replay --all | delete ID | purge``."""
+    import redis.exceptions
+
+    from tasks.exceptions import PipelineError
+    from tasks.runtime import Runtime
+    from tasks.service import JobService
+
+    rt = Runtime()
+    service = JobService(rt)
+    try:
+        if args.dlq_command == "list":
+            records = rt.dlq.list(limit=max(1, args.limit))
+            if args.json:
+                print(json.dumps(records, indent=2))
+            else:
+                for r in records:
+                    print(f"{r['job_id']}  {r['failed_at']}  attempts={r['attempts']}  "
+                          f"{r['error_type']}: {r['error'][:80]}")
+                print(f"{len(rt.dlq)} dead-lettered job(s)", file=sys.stderr)
+        elif args.dlq_command == "show":
+            print(json.dumps(rt.dlq.get(args.job_id), indent=2))
+        elif args.dlq_command == "replay":
+            ids = rt.dlq.ids() if args.all else [args.job_id]
+            for job_id in ids:
+                service.replay(job_id)
+                print(f"replayed {job_id}")
+        elif args.dlq_command == "delete":
+            rt.dlq.remove(args.job_id)
+            print(f"deleted {args.job_id}")
+        elif args.dlq_command == "purge":
+            print(f"purged {rt.dlq.purge()} record(s)")
+    except PipelineError as exc:
+        raise UsageError(str(exc)) from exc
+    except redis.exceptions.RedisError as exc:
+        print(f"{PROG} dlq: error: cannot reach Redis at {rt.settings.broker_url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tts-batch`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bulk"]:
+        from .bulk import main as bulk_main
+
+        return bulk_main(argv[1:], prog=f"{PROG} bulk")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,

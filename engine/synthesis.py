@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -130,21 +130,27 @@ def stream(text: str, options: SynthesisOptions, catalog: VoiceCatalog) -> Itera
     return stream_chunks(prepare(text, options, catalog), options, catalog)
 
 
-def synthesize(text: str, options: SynthesisOptions, catalog: VoiceCatalog) -> SynthesisResult:
-    """Text to an encoded audio file in ``options.format``."""
+def synthesize(text: str, options: SynthesisOptions, catalog: VoiceCatalog,
+               on_chunk: Callable[[AudioChunk], None] | None = None) -> SynthesisResult:
+    """Text to an encoded audio file in ``options.format``.
+
+    ``on_chunk`` is called after each sentence is synthesized; an exception it raises
+    (a cancellation, say) stops the work and releases the encoder.
+    """
     started = time.perf_counter()
     info = options.validate(catalog)
     chunks = prepare(text, options, catalog)
     fmt = audio.validate_format(options.format)
-    encoder = audio.AudioEncoder(options.format, options.output_rate(info), input_rate=info.sample_rate)
     model_seconds = 0.0
-    tick = time.perf_counter()
-    for piece in stream_chunks(chunks, options, catalog):
-        now = time.perf_counter()
-        model_seconds += now - tick
-        encoder.write(piece.samples)
+    with audio.AudioEncoder(options.format, options.output_rate(info), input_rate=info.sample_rate) as encoder:
         tick = time.perf_counter()
-    data = encoder.finish()
+        for piece in stream_chunks(chunks, options, catalog):
+            model_seconds += time.perf_counter() - tick
+            encoder.write(piece.samples)
+            if on_chunk is not None:
+                on_chunk(piece)
+            tick = time.perf_counter()
+        data = encoder.finish()
     total = time.perf_counter() - started
     result = SynthesisResult(
         audio=data,

@@ -1,11 +1,11 @@
-"""``scripts.bulk_convert.classify``: which files are sent, and the reason given for the others."""
+"""``app.bulk.classify``: which files are sent, and the reason given for the others."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from scripts.bulk_convert import BINARY_CONTROL_RATIO, classify
+from app.bulk import BINARY_CONTROL_RATIO, classify
 
 
 def test_empty_file() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scripts.bulk_convert import FileResult, Manifest, Summary, _write_atomic
+from app.bulk import FileResult, Manifest, Summary, _write_atomic
 
 
 def test_manifest_round_trip_and_no_temp_files(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Path safety and discovery of ``scripts.bulk_convert``: nothing may land outside ``--out``."""
+"""Path safety and discovery of ``app.bulk``: nothing may land outside ``--out``."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from scripts.bulk_convert import (
+from app.bulk import (
     Manifest,
     SourceFile,
     UnsafePathError,
