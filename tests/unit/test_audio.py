@@ -1,7 +1,11 @@
 """Unit tests for engine.audio: every format round-trips, rates, errors, media types."""
 from __future__ import annotations
 
+import gc
 import stat
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +38,9 @@ def check_roundtrip(data: bytes, fmt: str, seconds: float, rate: int) -> np.ndar
     decoded, decoded_rate = audio.decode(data, fmt, pcm_rate=rate)
     assert decoded.dtype == np.float32 and decoded.ndim == 1
     assert decoded_rate == rate
-    assert len(decoded) / decoded_rate == pytest.approx(seconds, rel=0.02)
+    # ADTS cannot signal aac's end padding: decode() keeps up to one 1024-sample frame of it.
+    slack = 1024 / rate if fmt == "aac" else 0.0
+    assert len(decoded) / decoded_rate == pytest.approx(seconds, abs=0.02 * seconds + slack)
     assert rms(decoded) > 0.1, "decoded audio is (nearly) silent"
     assert np.max(np.abs(decoded)) < 0.99, "decoded audio is clipped"
     assert np.mean(np.abs(decoded) > 0.98) < 0.001
@@ -91,14 +97,40 @@ def test_resample_identity_and_downsample() -> None:
     assert len(audio.resample(np.zeros(0, np.float32), 22050, 24000)) == 0
 
 
-@pytest.mark.parametrize("fmt,rate", [("opus", 22050), ("opus", 44100), ("mp3", 10000), ("aac", 30000)])
-def test_unsupported_codec_rate_falls_back_to_48000(fmt: str, rate: int) -> None:
-    assert audio.effective_rate(fmt, rate) == audio.FALLBACK_RATE == 48000
+@pytest.mark.parametrize("fmt,rate,expected", [
+    ("opus", 22050, 24000), ("opus", 44100, 48000), ("opus", 10000, 12000), ("opus", 47999, 48000),
+    ("mp3", 10000, 11025), ("mp3", 23000, 24000), ("aac", 30000, 32000), ("aac", 8001, 11025),
+])
+def test_unsupported_codec_rate_uses_the_nearest_supported_rate_above(fmt: str, rate: int, expected: int) -> None:
+    assert audio.effective_rate(fmt, rate) == expected
     enc = audio.AudioEncoder(fmt, rate)
-    assert enc.sample_rate == 48000
-    enc.write(tone(1.0, rate))
-    assert enc.duration_seconds == pytest.approx(1.0, rel=0.001)
-    check_roundtrip(enc.finish(), fmt, 1.0, 48000)
+    assert enc.sample_rate == expected
+    enc.write(tone(2.0, rate))
+    assert enc.duration_seconds == pytest.approx(2.0, rel=0.001)
+    check_roundtrip(enc.finish(), fmt, 2.0, expected)
+
+
+@pytest.mark.parametrize("fmt", ["opus", "mp3", "aac"])
+def test_effective_rate_is_the_smallest_supported_rate_not_below_the_request(fmt: str) -> None:
+    rates = audio.FORMATS[fmt].rates
+    assert rates is not None
+    for rate in [*range(audio.MIN_SAMPLE_RATE, audio.MAX_SAMPLE_RATE + 1, 97), *rates, audio.MAX_SAMPLE_RATE]:
+        chosen = audio.effective_rate(fmt, rate)
+        assert chosen in rates and chosen >= rate
+        assert not [r for r in rates if rate <= r < chosen]
+
+
+@pytest.mark.parametrize("fmt,expected", [("opus", 24000), ("mp3", 22050), ("aac", 22050)])
+def test_a_22050_hz_voice_is_resampled_only_where_the_codec_needs_it(fmt: str, expected: int) -> None:
+    """joe speaks at 22050 Hz: opus goes up to 24000 Hz (not 48000); mp3 and aac take 22050 as is."""
+    signal = tone(2.0, 22050)
+    with audio.AudioEncoder(fmt, 22050, input_rate=22050) as enc:
+        enc.write(signal)
+    assert enc.sample_rate == expected == audio.effective_rate(fmt, 22050)
+    decoded = check_roundtrip(enc.finish(), fmt, 2.0, expected)
+    assert dominant_freq(decoded[:expected], expected) == pytest.approx(220, abs=3)
+    if fmt != "aac":  # aac keeps up to a frame of end padding (see decode())
+        assert len(decoded) == enc.samples_written == round(len(signal) * expected / 22050)
 
 
 @pytest.mark.parametrize("rate", [8000, 12000, 16000, 48000])
@@ -223,7 +255,7 @@ def test_bitrate_changes_size() -> None:
     assert len(mp3) * 8 / 2.0 / 1000 == pytest.approx(64, rel=0.15)
 
 
-@pytest.mark.parametrize("fmt", ["aac", "opus"])
+@pytest.mark.parametrize("fmt", ["aac", "opus", "mp3"])
 def test_context_manager_aborts_on_exception_and_kills_ffmpeg(fmt: str) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         with audio.AudioEncoder(fmt, RATE) as enc:
@@ -235,7 +267,7 @@ def test_context_manager_aborts_on_exception_and_kills_ffmpeg(fmt: str) -> None:
         enc.finish()
 
 
-@pytest.mark.parametrize("fmt", ["aac", "opus"])
+@pytest.mark.parametrize("fmt", ["aac", "opus", "mp3"])
 def test_ffmpeg_failure_raises_encoding_error_with_stderr(fmt: str, tmp_path, monkeypatch) -> None:
     fake = tmp_path / "ffmpeg"
     fake.write_text(f"#!/bin/sh\necho 'fake ffmpeg: no {fmt} for you' >&2\nexit 3\n")
@@ -256,6 +288,119 @@ def test_opus_is_libopus_in_ogg_with_exact_length() -> None:
     assert rate == RATE and len(decoded) == len(signal)
     # 48 kbps VBR target by default
     assert len(data) * 8 / 3.0 / 1000 == pytest.approx(48, rel=0.35)
+
+
+# --- mp3: LAME in the bundled ffmpeg, written to a temporary file ---------------------------------
+def lame_tag(data: bytes) -> tuple[bytes, int, int]:
+    """(Xing tag id, encoder delay, end padding) of a mono MPEG-2/2.5 layer III file starting with its info frame."""
+    tag = 4 + 9  # frame header, then mono MPEG-2 side information
+    lame = tag + 120  # Xing id, flags, frames, bytes, 100-byte seek table, quality
+    d = data[lame + 21:lame + 24]
+    return data[tag:tag + 4], (d[0] << 4) | (d[1] >> 4), ((d[1] & 0x0F) << 8) | d[2]
+
+
+@pytest.mark.parametrize("seconds", [1.0, 60.0])
+def test_mp3_is_lame_from_the_bundled_ffmpeg_and_decodes_to_exactly_the_input_length(seconds: float) -> None:
+    signal = tone(seconds)
+    data = audio.encode(signal, RATE, "mp3")
+    assert data[0] == 0xFF and data[1] & 0xE0 == 0xE0  # a frame first: no ID3v2 tag in front
+    tag, delay, padding = lame_tag(data)
+    assert tag == b"Xing" and data[13 + 120:13 + 124] == b"LAME"  # VBR info frame with the gapless tag
+    assert delay > 0 and padding > 0
+    decoded, rate = audio.decode(data, "mp3")  # libsndfile (mpg123) honours the tag
+    assert rate == RATE and len(decoded) == len(signal)
+    assert dominant_freq(decoded[:RATE], RATE) == pytest.approx(220, abs=3)
+    assert rms(decoded) == pytest.approx(rms(signal), rel=0.05)
+
+
+@pytest.mark.parametrize("kbps", [None, 8, 64, 160])
+@pytest.mark.parametrize("rate,seconds", [(22050, 1.7), (11025, 1.1), (12000, 0.05), (8000, 1.0), (16000, 2.5),
+                                          (24000, 0.3), (32000, 1.0), (44100, 1.0), (48000, 0.77)])
+def test_mp3_length_is_exact_at_every_rate_and_bitrate(rate: int, seconds: float, kbps: int | None) -> None:
+    """ffmpeg alone writes too little end padding when LAME padded more than a frame (22050 Hz, 1.7 s: 2
+    samples too many; 12000 Hz, 0.05 s: 23); the encoder rewrites it from the frame count."""
+    signal = tone(seconds, rate)
+    decoded, decoded_rate = audio.decode(audio.encode(signal, rate, "mp3", bitrate_kbps=kbps), "mp3")
+    assert decoded_rate == rate and len(decoded) == len(signal)
+
+
+def test_mp3_with_a_rewritten_tag_is_read_by_ffmpeg_without_complaint(tmp_path: Path) -> None:
+    signal = tone(1.7, 22050)
+    path = tmp_path / "clip.mp3"
+    path.write_bytes(audio.encode(signal, 22050, "mp3"))
+    done = subprocess.run([audio._ffmpeg_exe(), "-hide_banner", "-v", "warning", "-i", str(path), "-f", "f32le",
+                           "pipe:1"], capture_output=True, check=True)
+    assert done.stderr == b""  # the LAME tag's CRC matches the rewritten padding
+    assert len(done.stdout) // 4 == len(signal)
+
+
+def test_mp3_default_is_vbr_and_a_bitrate_is_constant() -> None:
+    signal = tone(2.0) + np.random.default_rng(0).normal(0, 0.05, 2 * RATE).astype(np.float32)
+    vbr = audio.encode(signal, RATE, "mp3")
+    assert 35 <= len(vbr) * 8 / 2.0 / 1000 <= 70  # LAME -V4: about 45-60 kbps on speech-like audio
+    assert lame_tag(vbr)[0] == b"Xing"
+    assert len(audio.encode(tone(2.0), RATE, "mp3")) < len(vbr) / 2  # a plain tone needs far fewer bits
+    for kbps in (32, 128):
+        cbr = audio.encode(signal, RATE, "mp3", bitrate_kbps=kbps)
+        assert lame_tag(cbr)[0] == b"Info"  # ffmpeg's name for the info frame of a CBR stream
+        assert len(cbr) * 8 / 2.0 / 1000 == pytest.approx(kbps, rel=0.1)
+
+
+def mp3_encoder_in_progress() -> tuple[audio.AudioEncoder, Path]:
+    """An mp3 encoder with audio written, and the temporary file its ffmpeg writes to."""
+    enc = audio.AudioEncoder("mp3", RATE)
+    enc.write(tone(0.5))
+    assert enc._out_path is not None
+    path = Path(enc._out_path)
+    assert path.is_file() and path.parent == Path(tempfile.gettempdir()) and path.name.startswith("tts-batch-mp3-")
+    return enc, path
+
+
+def test_mp3_temporary_file_is_removed_after_finish() -> None:
+    enc, path = mp3_encoder_in_progress()
+    data = enc.finish()
+    assert not path.exists()
+    assert enc.finish() is data and len(audio.decode(data, "mp3")[0]) == RATE // 2
+
+
+def test_mp3_temporary_file_is_removed_after_close() -> None:
+    enc, path = mp3_encoder_in_progress()
+    proc = enc._proc
+    enc.close()
+    assert not path.exists() and proc is not None and proc.poll() is not None
+    with pytest.raises(EngineError):
+        enc.finish()
+
+
+def test_mp3_temporary_file_is_removed_when_the_context_manager_aborts() -> None:
+    with pytest.raises(RuntimeError, match="boom"), audio.AudioEncoder("mp3", RATE) as enc:
+        enc.write(tone(0.5))
+        path = Path(str(enc._out_path))
+        assert path.is_file()
+        raise RuntimeError("boom")
+    assert not path.exists()
+
+
+def test_mp3_temporary_file_is_removed_when_ffmpeg_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\necho 'fake ffmpeg: disk full' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(audio, "_ffmpeg_exe", lambda: str(fake))
+    enc = audio.AudioEncoder("mp3", RATE)
+    path = Path(str(enc._out_path))
+    with pytest.raises(EncodingError, match="disk full"):
+        enc.write(tone(2.0))
+        enc.finish()
+    assert not path.exists()
+
+
+def test_mp3_encoder_dropped_unfinished_kills_ffmpeg_and_removes_its_file() -> None:
+    enc, path = mp3_encoder_in_progress()
+    proc = enc._proc
+    del enc
+    gc.collect()
+    assert proc is not None and proc.poll() is not None
+    assert not path.exists()
 
 
 def test_bundled_ffmpeg_is_used() -> None:

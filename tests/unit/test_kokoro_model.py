@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import signal
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +182,73 @@ def test_concurrent_assembly_from_two_processes_yields_one_valid_file(tmp_path: 
     assert outcomes == [("ok", str(cache / kokoro_model.MODEL_FILENAME))] * 2
     assert sorted(p.name for p in cache.iterdir()) == [kokoro_model.MODEL_FILENAME]  # no .part left over
     assert sha256(cache / kokoro_model.MODEL_FILENAME) == kokoro_model.expected_sha256()
+
+
+# --- leftovers of interrupted assemblies -------------------------------------------------------------
+STALE = kokoro_model.STALE_PART_SECONDS
+
+
+def make_part(cache: Path, age_seconds: float, size: int = 4096) -> Path:
+    """A temporary model file named as an assembly names it, last written ``age_seconds`` ago."""
+    fd, name = tempfile.mkstemp(prefix=kokoro_model.MODEL_FILENAME + ".", suffix=".part", dir=cache)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(b"\0" * size)
+    age(Path(name), age_seconds)
+    return Path(name)
+
+
+def age(path: Path, seconds: float) -> None:
+    """Set ``path``'s access and modification times to ``seconds`` ago."""
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+
+
+def test_assembly_removes_stale_part_files_but_not_fresh_ones(tmp_path: Path) -> None:
+    stale = [make_part(tmp_path, STALE + 60), make_part(tmp_path, 3 * 86400)]
+    fresh = [make_part(tmp_path, 5), make_part(tmp_path, STALE - 60)]  # another process may be writing these
+    unrelated = [tmp_path / "notes.part", tmp_path / "other-model.onnx.x1y2.part",
+                 tmp_path / f"{kokoro_model.MODEL_FILENAME}.bak"]
+    for path in unrelated:
+        path.write_bytes(b"keep me")
+        age(path, 3 * 86400)
+    path = kokoro_model.assemble_model(tmp_path)
+    assert sha256(path) == kokoro_model.expected_sha256()
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in fresh) and all(p.exists() for p in unrelated)
+
+
+def test_stale_parts_are_removed_when_the_model_is_already_assembled(tmp_path: Path) -> None:
+    path = kokoro_model.assemble_model(tmp_path)
+    mtime = path.stat().st_mtime_ns
+    stale = make_part(tmp_path, STALE + 1)
+    fresh = make_part(tmp_path, 1)
+    assert kokoro_model.assemble_model(tmp_path) == path
+    assert path.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert not stale.exists() and fresh.exists()
+    assert kokoro_model.remove_stale_parts(tmp_path) == []
+    assert kokoro_model.remove_stale_parts(tmp_path, max_age=0) == [fresh]
+
+
+def test_part_left_by_a_process_killed_mid_assembly_is_removed_once_stale(tmp_path: Path) -> None:
+    cache = tmp_path / "models"
+    cache.mkdir()
+    child = multiprocessing.get_context("spawn").Process(target=kokoro_model.assemble_model, args=(str(cache),))
+    child.start()
+    pattern = f"{kokoro_model.MODEL_FILENAME}.*.part"
+    deadline = time.monotonic() + 120
+    try:
+        while not any(p.stat().st_size > 0 for p in cache.glob(pattern) if p.exists()):
+            assert child.is_alive(), "the child finished before it could be killed mid-assembly"
+            assert time.monotonic() < deadline, "the child never started writing the model"
+            time.sleep(0.002)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.join(timeout=60)
+    assert child.exitcode == -signal.SIGKILL
+    [leftover] = cache.glob(pattern)
+    assert not (cache / kokoro_model.MODEL_FILENAME).exists()
+    path = kokoro_model.assemble_model(cache)  # the leftover is fresh: it might be a live writer's
+    assert leftover.exists() and sha256(path) == kokoro_model.expected_sha256()
+    age(leftover, STALE + 1)  # ten minutes later
+    assert kokoro_model.assemble_model(cache) == path
+    assert sorted(p.name for p in cache.iterdir()) == [kokoro_model.MODEL_FILENAME]

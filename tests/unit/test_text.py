@@ -71,8 +71,47 @@ def test_zero_width_and_control_characters_are_dropped() -> None:
 
 def test_emoji_and_pictographs_are_removed() -> None:
     out = normalize("Great work \U0001F642\U0001F44D! \u2764 Done \u2705.")
-    assert out == "Great work ! Done ."
+    assert out == "Great work! Done."
     assert not any(ord(ch) > 0x2000 for ch in out)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("I don't want anything \U0001F642, nor that \U0001F44D.", "I don't want anything, nor that."),
+    ("Really \u2728?! Yes \U0001F44D; fine \u2705: ok", "Really?! Yes; fine: ok"),
+    ('She said "wow \U0001F642." Then left \u2764 .', 'She said "wow." Then left.'),
+    ("Well ... what , exactly ?", "Well... what, exactly?"),
+    ("\U0001F642 Hi \U0001F44D\nthere \u2728 !", "Hi\nthere!"),
+])
+def test_no_space_is_left_before_punctuation(text: str, expected: str) -> None:
+    assert normalize(text) == expected
+
+
+@pytest.mark.parametrize("text", ["I like .NET and C#.", "Call 555 .5 later", "The file is .env, not .bashrc."])
+def test_a_leading_dot_of_a_word_keeps_its_space(text: str) -> None:
+    assert normalize(text) == text
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("It is -5 \u00b0C today.", "It is -5 degrees Celsius today."),
+    ("It is -5\u00b0C today.", "It is -5 degrees Celsius today."),
+    ("It was 72\u00b0F.", "It was 72 degrees Fahrenheit."),
+    ("Turn 90\u00b0 left.", "Turn 90 degrees left."),
+    ("A 1\u00b0 change, -1 \u00b0C.", "A 1 degree change, -1 degree Celsius."),
+    ("1.5\u00b0 and 11\u00b0 off", "1.5 degrees and 11 degrees off"),
+    ("It is 30 \u2103, or 86\u2109.", "It is 30 degrees Celsius, or 86 degrees Fahrenheit."),
+    ("5\u00baC outside, 1\u00ba place", "5 degrees Celsius outside, 1\u00ba place"),  # º: degrees only before C/F
+    ("N51\u00b030' W", "N51 degrees 30' W"),
+    ("the \u00b0 sign", "the degrees sign"),
+    ("Colder \u00b0Celsius", "Colder degrees Celsius"),
+])
+def test_the_degree_sign_is_spoken(text: str, expected: str) -> None:
+    assert normalize(text) == expected
+
+
+def test_symbols_the_g2p_reads_are_kept() -> None:
+    """hibari's G2P says %, &, + and @ ("percent", "and", "plus", "at") in every position; so does espeak."""
+    text = "Sales rose 5% at R&D, C++ and Google+; email bob@example.com or me @ home + 10 % more."
+    assert normalize(text) == text
 
 
 def test_emoji_only_text_normalises_to_nothing() -> None:
@@ -146,6 +185,14 @@ def test_titles_do_not_end_sentences() -> None:
     assert split_sentences("Dr. Smith met Mrs. Jones. They talked.") == ["Dr. Smith met Mrs. Jones.", "They talked."]
 
 
+def test_address_and_unit_abbreviations_do_not_end_sentences() -> None:
+    text = ("Send it to Apt. 12, 5 Elm Ave. Springfield. Then call. Take Sunset Blvd. West to Old Mill Rd. North. "
+            "Ft. Worth is 30 mi away; the wall is 6 Ft. 2 in. Done.")
+    assert split_sentences(text) == ["Send it to Apt. 12, 5 Elm Ave. Springfield.", "Then call.",
+                                     "Take Sunset Blvd. West to Old Mill Rd. North.",
+                                     "Ft. Worth is 30 mi away; the wall is 6 Ft. 2 in.", "Done."]
+
+
 def test_initials_do_not_end_sentences() -> None:
     assert split_sentences("J. K. Rowling wrote it. Then she rested.") == ["J. K. Rowling wrote it.",
                                                                            "Then she rested."]
@@ -182,7 +229,8 @@ def test_empty_and_blank_text_has_no_sentences() -> None:
 
 # --- chunking -------------------------------------------------------------------------------------
 _WORDS = ("the", "quick", "Dr.", "Smith", "J.", "K.", "3.14", "e.g.", "a.m.", "Mr.", "ok", "well,", "yes;",
-          "no:", "Caf\u00e9", "\u201cquoted\u201d", "\u2014", "10\u201320", "\U0001F642", "etc.", "word", "x")
+          "no:", "Caf\u00e9", "\u201cquoted\u201d", "\u2014", "10\u201320", "\U0001F642", "etc.", "word", "x",
+          "-5\u00b0C", "\u00b0", "1\u00b0.", "\u2103", "Apt.", "Rd.", ",", "5%", "&")
 
 
 def random_text(rng: random.Random) -> str:
