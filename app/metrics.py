@@ -1,0 +1,335 @@
+"""Metrics over HTTP: Prometheus exposition, a JSON digest, history and a live stream.
+
+``GET /metrics/prometheus``      the same exposition as ``python -m monitoring.exporter``
+                                 (OpenMetrics when the scraper's ``Accept`` asks for it)
+``GET /metrics``, ``/metrics/json``
+                                 JSON: jobs, throughput, latency p50/p95/p99, cache, queues,
+                                 workers, recent failures and the machine (psutil)
+``GET /api/status/summary``      a compact status line for scripts and the dashboard header
+``GET /api/metrics/history``     ``?hours=24`` (1..168): samples kept in Redis (capped at
+                                 ``TTS_METRICS_HISTORY_MAX``), oldest first, with per-second rates
+``GET /api/metrics/stream``      Server-Sent Events: one ``data: {json}`` digest every ``interval``
+                                 seconds (default 2, 0.5..60) for ``max_events`` events (default:
+                                 five minutes' worth, at most 15 minutes'), then the stream ends and an
+                                 ``EventSource`` reconnects on its own after ``retry`` ms
+
+Everything is read from Redis on each request, so every API process and the exporter show the
+same numbers. Serving ``/metrics/json`` also stores a history sample when one is due (at most
+one per ``TTS_METRICS_SAMPLE_INTERVAL`` across all processes), so the history fills even when
+no exporter runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from monitoring import queues as broker
+from monitoring import system
+from monitoring.health import (
+    HEALTHY,
+    UNHEALTHY,
+    check_broker,
+    check_redis,
+    check_workers,
+    run_checks,
+)
+from monitoring.history import MetricsHistory, take_sample, with_rates
+from monitoring.prometheus import render
+from monitoring.workers import WorkerRegistry
+from settings import Settings
+from tasks.celery_app import QUEUES
+
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("metrics", __name__)
+
+#: Dead-letter records shown as "recent failures".
+RECENT_FAILURES = 10
+#: Longest error message kept per recent failure.
+MAX_ERROR_CHARS = 300
+#: Throughput is measured against a history sample at least this old (seconds) ...
+RATE_MIN_WINDOW = 10.0
+#: ... or, when there is none, at least this old ...
+RATE_FALLBACK_MIN_WINDOW = 1.0
+#: ... and at most this old.
+RATE_MAX_WINDOW = 300.0
+#: Bounds of ``/api/metrics/history?hours=``.
+MIN_HOURS, MAX_HOURS = 1, 168
+#: Bounds and defaults of the stream.
+STREAM_DEFAULT_INTERVAL = 2.0
+STREAM_MIN_INTERVAL, STREAM_MAX_INTERVAL = 0.5, 60.0
+STREAM_LIFETIME_SECONDS = 300.0
+#: Longest a client may ask a stream to last (``interval`` x ``max_events``), in seconds.
+STREAM_MAX_LIFETIME_SECONDS = 900.0
+STREAM_RETRY_MS = 3000
+STATUS_TIMEOUT = 1.0
+
+
+def _context() -> tuple[Any, Settings, float]:
+    ext = current_app.extensions["tts"]
+    return ext["runtime"], ext["settings"], ext["started"]
+
+
+# --- the JSON digest -------------------------------------------------------------------------
+
+
+def _rates(current: Mapping[str, float], samples: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """Per-second rates of ``current`` totals against a history sample 10 s to 5 min old."""
+    base = None
+    for sample in reversed(samples):  # newest first: the most recent one old enough
+        age = now - float(sample.get("ts", now))
+        if RATE_MIN_WINDOW <= age <= RATE_MAX_WINDOW:
+            base = sample
+            break
+    if base is None and samples:
+        oldest = samples[0]
+        if RATE_FALLBACK_MIN_WINDOW <= now - float(oldest.get("ts", now)) <= RATE_MAX_WINDOW:
+            base = oldest
+    out: dict[str, Any] = {"window_seconds": None}
+    for field in current:
+        out[f"{field}_per_second"] = None
+    if base is None:
+        return out
+    elapsed = now - float(base["ts"])
+    if elapsed <= 0:
+        return out
+    out["window_seconds"] = round(elapsed, 1)
+    for field, value in current.items():
+        delta = float(value) - float(base.get(field) or 0.0)
+        out[f"{field}_per_second"] = round(delta / elapsed, 4) if delta >= 0 else None
+    return out
+
+
+def _recent_failures(runtime: Any) -> list[dict[str, Any]]:
+    items = []
+    for record in runtime.dlq.list(limit=RECENT_FAILURES):
+        request_body = record.get("request") or {}
+        error = str(record.get("error") or "")
+        items.append({
+            "job_id": record.get("job_id"),
+            "failed_at": record.get("failed_at"),
+            "error_type": record.get("error_type"),
+            "error": error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…",
+            "attempts": record.get("attempts"),
+            "voice": request_body.get("voice") if isinstance(request_body, Mapping) else None,
+            "correlation_id": record.get("correlation_id") or None,
+        })
+    return items
+
+
+def metrics_document(runtime: Any, settings: Settings, started: float) -> dict[str, Any]:
+    """The ``/metrics/json`` body. Raises :class:`redis.RedisError` when Redis fails."""
+    now = time.time()
+    client = runtime.redis
+    summary = runtime.metrics.summary()
+    lengths = broker.queue_lengths(client, QUEUES)
+    reserved = broker.reserved_count(client)
+    dead = broker.dead_letter_count(client)
+    cache = broker.cache_stats(runtime.cache_redis)
+    workers = WorkerRegistry(client).list()
+    snapshot = system.snapshot(settings.data_dir)
+    history = MetricsHistory(client, max_samples=settings.metrics_history_max)
+    history.record_if_due(lambda: take_sample(runtime.metrics, lengths, snapshot, now=now),
+                          settings.metrics_sample_interval, now=now)
+    jobs = summary["jobs"]
+    totals = {
+        "submitted": jobs["submitted"],
+        "succeeded": jobs["succeeded"],
+        "failed": jobs["failed"],
+        "retried": jobs["retried"],
+        "cache_hits": summary["cache"]["hits"],
+        "cache_misses": summary["cache"]["misses"],
+    }
+    throughput = _rates(totals, history.since(RATE_MAX_WINDOW + settings.metrics_sample_interval, now=now), now)
+    throughput["characters_synthesized_total"] = summary["characters_synthesized"]
+    throughput["audio_seconds_synthesized_total"] = summary["audio_seconds_synthesized"]
+    return {
+        "timestamp": now,
+        "uptime_seconds": round(now - started, 1),
+        "jobs": jobs,
+        "throughput": throughput,
+        "latency_seconds": summary["latency_seconds"],
+        "cache": {**summary["cache"], "entries": cache["entries"], "bytes": cache["bytes"],
+                  "max_bytes": settings.cache_max_bytes},
+        "queues": {"lengths": lengths, "total": sum(lengths.values()), "reserved": reserved, "dead_letter": dead},
+        "workers": {
+            "online": len(workers),
+            "busy": sum(w["busy"] for w in workers),
+            "concurrency": sum(w["concurrency"] for w in workers),
+            "hostnames": [w["hostname"] for w in workers],
+        },
+        "realtime_factor": summary["realtime_factor"],
+        "recent_failures": _recent_failures(runtime),
+        "system": snapshot,
+    }
+
+
+@bp.get("/metrics")
+@bp.get("/metrics/json")
+def metrics_json() -> Any:
+    """Jobs, throughput, latency percentiles, cache, queues, workers, failures and the machine."""
+    runtime, settings, started = _context()
+    response = jsonify(metrics_document(runtime, settings, started))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/metrics/prometheus")
+def metrics_prometheus() -> Any:
+    """The Prometheus exposition (text 0.0.4, or OpenMetrics when ``Accept`` asks for it)."""
+    runtime, _, _ = _context()
+    body, content_type = render(runtime.redis, QUEUES, cache_client=runtime.cache_redis,
+                                accept=request.headers.get("Accept"))
+    return Response(body, status=200, content_type=content_type, headers={"Cache-Control": "no-store"})
+
+
+# --- status summary and history ------------------------------------------------------------------
+
+
+@bp.get("/api/status/summary")
+def status_summary() -> Any:
+    """Status of Redis, broker and workers plus the headline numbers; 503 when Redis is down."""
+    runtime, settings, started = _context()
+    registry = WorkerRegistry(runtime.redis)
+    components = run_checks({
+        "redis": lambda: check_redis(runtime.redis, STATUS_TIMEOUT),
+        "broker": lambda: check_broker(runtime.redis, QUEUES, STATUS_TIMEOUT,
+                                       max_queue_length=settings.alert_queue_length),
+        "workers": lambda: check_workers(registry, STATUS_TIMEOUT),
+        "summary": lambda: {"status": HEALTHY, "summary": runtime.metrics.summary()},
+    }, timeout=STATUS_TIMEOUT + 0.25)
+    summary_result = components.pop("summary")
+    summary = summary_result.get("summary") if summary_result.get("status") == HEALTHY else None
+    statuses = {name: result["status"] for name, result in components.items()}
+    if UNHEALTHY in (statuses["redis"], statuses["broker"]):
+        status = UNHEALTHY
+    elif all(s == HEALTHY for s in statuses.values()):
+        status = HEALTHY
+    else:
+        status = "degraded"
+    broker_result = components["broker"]
+    workers_result = components["workers"]
+    body: dict[str, Any] = {
+        "status": status,
+        "timestamp": time.time(),
+        "uptime_seconds": round(time.time() - started, 1),
+        "components": {name: {"status": r["status"], "detail": r.get("detail")} for name, r in components.items()},
+        "queues": broker_result.get("queues"),
+        "queue_length": sum((broker_result.get("queues") or {}).values()) if broker_result.get("queues") else None,
+        "reserved": broker_result.get("reserved"),
+        "dead_letter": broker_result.get("dead_letter"),
+        "workers": {"online": workers_result.get("workers"), "busy": workers_result.get("busy"),
+                    "concurrency": workers_result.get("concurrency")},
+        "jobs": None,
+        "latency_p95_seconds": None,
+        "cache_hit_rate": None,
+    }
+    if summary is not None:
+        jobs = summary["jobs"]
+        body["jobs"] = {k: jobs[k] for k in ("submitted", "succeeded", "failed", "retried", "dead_lettered",
+                                             "cancelled", "error_rate")}
+        body["latency_p95_seconds"] = {name: item["p95"] for name, item in summary["latency_seconds"].items()}
+        body["cache_hit_rate"] = summary["cache"]["hit_rate"]
+    code = 200
+    if status == UNHEALTHY:
+        code = 503
+        body["error"] = {"code": "service_unavailable",
+                         "message": "Redis or the broker is unreachable: " + "; ".join(
+                             f"{n}: {components[n].get('detail')}" for n in ("redis", "broker")
+                             if statuses[n] != HEALTHY)}
+    response = jsonify(body)
+    response.status_code = code
+    if code == 503:
+        response.headers["Retry-After"] = "5"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _number_arg(name: str, default: float, low: float, high: float, integer: bool = False) -> float:
+    raw = request.args.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError as exc:
+        kind = "an integer" if integer else "a number"
+        raise ApiError(400, "invalid_parameter", f"query parameter {name!r} must be {kind}, got {raw!r}") from exc
+    if not math.isfinite(value) or value < low or value > high:
+        raise ApiError(400, "invalid_parameter",
+                       f"query parameter {name!r} must be between {low:g} and {high:g}, got {raw!r}")
+    return value
+
+
+@bp.get("/api/metrics/history")
+def metrics_history() -> Any:
+    """Samples of the last ``hours`` (1..168, default 24), oldest first, with per-second rates."""
+    runtime, settings, _ = _context()
+    hours = int(_number_arg("hours", 24, MIN_HOURS, MAX_HOURS, integer=True))
+    history = MetricsHistory(runtime.redis, max_samples=settings.metrics_history_max)
+    samples = with_rates(history.since(hours * 3600.0, limit=settings.metrics_history_max))
+    response = jsonify({
+        "hours": hours,
+        "interval_seconds": settings.metrics_sample_interval,
+        "max_samples": settings.metrics_history_max,
+        "count": len(samples),
+        "samples": samples,
+    })
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- Server-Sent Events ---------------------------------------------------------------------------
+
+
+def _sse(data: Mapping[str, Any], event: str | None = None, event_id: int | None = None) -> str:
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if event:
+        lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":"), default=str))
+    return "\n".join(lines) + "\n\n"
+
+
+def metrics_events(runtime: Any, settings: Settings, started: float, interval: float,
+                   max_events: int) -> Iterator[str]:
+    """``max_events`` SSE messages, one digest every ``interval`` seconds; Redis errors become
+    ``event: error`` messages (the stream goes on)."""
+    yield f"retry: {STREAM_RETRY_MS}\n\n"
+    next_at = time.monotonic()
+    for number in range(max_events):
+        if number:
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        next_at = time.monotonic() + interval
+        try:
+            document = metrics_document(runtime, settings, started)
+        except Exception as exc:  # noqa: BLE001 - report it to the client and keep streaming
+            log.warning("metrics stream: digest unavailable: %s", exc)
+            yield _sse({"error": {"code": "service_unavailable", "message": f"metrics unavailable: {exc}"}},
+                       event="error", event_id=number)
+            continue
+        yield _sse(document, event_id=number)
+
+
+@bp.get("/api/metrics/stream")
+def metrics_stream() -> Any:
+    """Server-Sent Events: the ``/metrics/json`` digest every ``?interval=`` seconds, ending after
+    ``?max_events=`` (default: five minutes' worth) so no server thread is held forever."""
+    runtime, settings, started = _context()
+    interval = _number_arg("interval", STREAM_DEFAULT_INTERVAL, STREAM_MIN_INTERVAL, STREAM_MAX_INTERVAL)
+    default_events = max(1, int(STREAM_LIFETIME_SECONDS // interval))
+    most_events = max(1, int(STREAM_MAX_LIFETIME_SECONDS // interval))
+    max_events = int(_number_arg("max_events", default_events, 1, most_events, integer=True))
+    events = metrics_events(runtime, settings, started, interval, max_events)
+    return Response(events, status=200, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -1,0 +1,248 @@
+"""Health endpoints against a real Redis and a real worker: every component, and quick,
+JSON 503 answers (never a 500, never slow) when Redis is dead or hangs."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from app import create_app
+from app.health import engine_check
+from engine import VoiceCatalog
+from scripts.embedded_redis import EmbeddedRedis
+from settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+COMPONENTS = {"redis", "broker", "workers", "engine", "cache", "disk"}
+#: The brief: a health answer with a component down comes within this many seconds.
+QUICK = 2.5
+
+
+def unique(text: str) -> str:
+    return f"{text} Health {uuid.uuid4().hex[:6]}."
+
+
+def wait_healthy(client: Any, path: str = "/health", timeout: float = 30.0) -> Any:
+    """The first 200 answer of ``path`` (the voice catalog warms up in the background)."""
+    deadline = time.monotonic() + timeout
+    response = client.get(path)
+    while response.status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        response = client.get(path)
+    assert response.status_code == 200, response.get_json()
+    return response
+
+
+def assert_error_shape(body: dict[str, Any]) -> None:
+    assert set(body["error"]) >= {"code", "message"}, body
+    assert body["error"]["message"]
+
+
+def test_health_with_a_worker_is_healthy_and_complete(stack: Any) -> None:
+    client = stack.client
+    r = wait_healthy(client)
+    assert r.headers["X-Request-ID"]
+    assert r.headers["Cache-Control"] == "no-store"
+    body = r.get_json()
+    assert body["status"] == "healthy"
+    assert "error" not in body
+    datetime.fromisoformat(body["timestamp"])
+    assert body["model_loaded"] is True
+    voices = client.get("/v1/voices").get_json()["voices"]
+    assert body["voices_available"] == len(voices) >= 7
+    assert body["uptime_seconds"] >= 0
+    assert set(body["components"]) == COMPONENTS
+    for name, component in body["components"].items():
+        assert component["status"] == "healthy", (name, component)
+        assert component["latency_ms"] >= 0
+        assert component["detail"]
+    performance = body["performance"]
+    assert set(performance["jobs"]) >= {"submitted", "succeeded", "failed", "retried", "dead_lettered"}
+    assert set(performance["latency_seconds"]) == {"queue_wait", "synthesis", "job_duration"}
+    assert "p95" in performance["latency_seconds"]["synthesis"]
+
+
+def test_performance_summary_moves_when_a_job_runs(make_stack: Any) -> None:
+    stack = make_stack()  # its own database: no other test's jobs in the counts
+    client = stack.client
+    before = wait_healthy(client).get_json()["performance"]
+    job = client.post("/v1/jobs", json={"text": unique("Counting on health."), "voice": "heart"}).get_json()
+    assert stack.wait_for(job["id"])["status"] == "succeeded"
+    after = client.get("/health").get_json()["performance"]
+    assert after["jobs"]["submitted"] == before["jobs"]["submitted"] + 1
+    assert after["jobs"]["succeeded"] == before["jobs"]["succeeded"] + 1
+    synthesis = after["latency_seconds"]["synthesis"]
+    assert synthesis["count"] == before["latency_seconds"]["synthesis"]["count"] + 1
+    assert synthesis["p50"] is not None and synthesis["p50"] <= synthesis["p95"] <= synthesis["p99"]
+
+
+def test_components_detailed_and_voices(stack: Any) -> None:
+    client = stack.client
+    wait_healthy(client)
+    components = client.get("/health/components").get_json()
+    assert components["status"] == "healthy"
+    comp = components["components"]
+    assert set(comp) == COMPONENTS
+    assert comp["redis"]["version"] and comp["redis"]["ping_ms"] >= 0
+    assert set(comp["broker"]["queues"]) == {"synthesis", "batch", "webhooks"}
+    assert comp["broker"]["dead_letter"] >= 0
+    hostname = stack.workers[0].hostname
+    assert hostname in comp["workers"]["hostnames"]
+    assert comp["workers"]["concurrency"] >= 2
+    assert comp["engine"]["default_voice"] == "heart"
+    assert any(path.endswith(".onnx") for path in comp["engine"]["model_files"])
+    assert isinstance(comp["engine"]["loaded_here"], list)
+    assert comp["cache"]["entries"] >= 0 and comp["cache"]["bytes"] >= 0
+    assert 0 < comp["disk"]["free_ratio"] <= 1
+
+    detailed = client.get("/health/detailed").get_json()
+    assert detailed["status"] == "healthy"
+    assert set(detailed["components"]) == COMPONENTS
+    assert hostname in detailed["workers"]["hostnames"]
+    assert detailed["system"]["cpu"]["count"] >= 1
+    assert 0 <= detailed["system"]["memory"]["percent"] <= 100
+    assert detailed["settings"]["max_attempts"] == stack.settings.max_attempts
+    assert detailed["performance"]["jobs"]["submitted"] >= 0
+
+    r = client.get("/health/voices")
+    assert r.status_code == 200
+    voices = r.get_json()
+    assert voices["status"] == "healthy"
+    by_id = {v["id"]: v for v in voices["voices"]}
+    assert by_id["heart"]["default"] is True and by_id["heart"]["available"] is True
+    assert by_id["joe"]["family"] == "piper" and by_id["joe"]["available"] is True
+    assert by_id["jf_alpha"]["family"] == "kokoro" and by_id["jf_alpha"]["available"] is True
+    assert voices["count"] == voices["available"] == len(by_id)
+
+
+def test_no_worker_is_degraded_with_503(make_stack: Any) -> None:
+    stack = make_stack(start=False)
+    client = stack.client
+    deadline = time.monotonic() + 30
+    while True:
+        r = client.get("/health")
+        body = r.get_json()
+        if body["components"]["engine"]["status"] == "healthy" or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert r.status_code == 503
+    assert body["status"] == "degraded"
+    assert body["components"]["workers"]["status"] == "unhealthy"
+    assert body["components"]["redis"]["status"] == "healthy"
+    assert body["model_loaded"] is False
+    assert_error_shape(body)
+    assert "workers" in body["error"]["message"]
+
+
+def test_unknown_default_voice_degrades_the_engine(redis_url: str, tmp_path: Any) -> None:
+    settings = load_settings({"REDIS_URL": redis_url, "TTS_DATA_DIR": str(tmp_path), "TTS_DEFAULT_VOICE": "nobody"})
+    result = engine_check(VoiceCatalog(), settings)()
+    assert result["status"] == "degraded"
+    assert "nobody" in result["detail"]
+    client = create_app(settings).test_client()
+    deadline = time.monotonic() + 30
+    while True:
+        body = client.get("/health/components").get_json()
+        if "timed out" not in body["components"]["engine"]["detail"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert body["components"]["engine"]["status"] == "degraded"
+    voices = client.get("/health/voices")
+    assert voices.status_code == 503
+    assert voices.get_json()["status"] == "degraded"
+    assert_error_shape(voices.get_json())
+
+
+def test_killed_redis_gives_quick_json_503_then_recovers(tmp_path: Any, model_cache: Any) -> None:
+    server = EmbeddedRedis(port=0, data_dir=tmp_path / "redis", appendonly=True)
+    server.start()
+    try:
+        settings = load_settings({"REDIS_URL": server.url, "TTS_DATA_DIR": str(tmp_path),
+                                  "TTS_MODEL_CACHE_DIR": str(model_cache)})
+        client = create_app(settings).test_client()
+        assert client.get("/health/components").get_json()["components"]["redis"]["status"] == "healthy"
+
+        server.kill()
+        for path in ("/health", "/health/components", "/health/detailed", "/api/status/summary"):
+            started = time.monotonic()
+            r = client.get(path)
+            elapsed = time.monotonic() - started
+            assert elapsed < QUICK, f"{path} took {elapsed:.2f}s"
+            assert r.status_code == 503, (path, r.get_data(as_text=True))
+            body = r.get_json()
+            assert body["status"] == "unhealthy", (path, body)
+            assert_error_shape(body)
+            if "components" in body:
+                assert body["components"]["redis"]["status"] == "unhealthy"
+                assert body["components"]["broker"]["status"] == "unhealthy"
+        # Metrics answer too: the exposition with tts_redis_up 0, the JSON with the error shape.
+        started = time.monotonic()
+        prom = client.get("/metrics/prometheus")
+        assert time.monotonic() - started < QUICK
+        assert prom.status_code == 200 and "tts_redis_up 0.0" in prom.get_data(as_text=True)
+        for path in ("/metrics/json", "/api/metrics/history?hours=1"):
+            started = time.monotonic()
+            r = client.get(path)
+            assert time.monotonic() - started < QUICK
+            assert r.status_code == 503
+            assert_error_shape(r.get_json())
+
+        server.restart()
+        body = client.get("/health/components").get_json()
+        assert body["components"]["redis"]["status"] == "healthy"
+        assert body["components"]["broker"]["status"] == "healthy"
+        assert body["status"] == "degraded"  # Redis is back; still no worker here
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def hung_redis_url() -> Iterator[str]:
+    """A Redis URL whose server accepts connections and never answers (a wedged Redis)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_hung_redis_still_answers_within_bounds(hung_redis_url: str, tmp_path: Any) -> None:
+    settings = load_settings({"REDIS_URL": hung_redis_url, "TTS_DATA_DIR": str(tmp_path)})
+    client = create_app(settings).test_client()
+    for path in ("/health", "/health/components", "/api/status/summary"):
+        started = time.monotonic()
+        r = client.get(path)
+        elapsed = time.monotonic() - started
+        assert elapsed < QUICK, f"{path} took {elapsed:.2f}s"
+        assert r.status_code == 503
+        body = r.get_json()
+        assert body["status"] == "unhealthy"
+        assert "timed out" in body["components"]["redis"]["detail"]
+        assert_error_shape(body)

@@ -1,0 +1,139 @@
+"""docker-compose.yml, the Dockerfile and the Grafana provisioning hang together.
+
+Docker cannot run here, so this checks what can go wrong on paper: the YAML parses, every
+file the stack mounts or copies exists, and the services, ports and paths named in one file
+are the ones the others use.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from tasks.celery_app import QUEUES
+
+ROOT = Path(__file__).resolve().parents[2]
+OPS = ROOT / "monitoring" / "ops"
+SERVICES = {"redis", "web", "worker", "beat", "flower", "exporter", "prometheus", "grafana"}
+TTS_SERVICES = {"web", "worker", "beat", "flower", "exporter"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def command(service: dict[str, Any]) -> list[str]:
+    raw = service["command"]
+    return list(raw) if isinstance(raw, list) else shlex.split(raw)
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Bind mounts of a service: container path -> host path (named volumes left out)."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("."):
+            out[target] = source
+    return out
+
+
+def test_services_images_and_build(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == SERVICES
+    assert services["redis"]["image"] == "redis:7"
+    assert services["prometheus"]["image"].startswith("prom/prometheus")
+    assert services["grafana"]["image"].startswith("grafana/grafana")
+    for name in TTS_SERVICES:
+        assert services[name]["build"] == ".", name
+        env = services[name]["environment"]
+        assert urlsplit(env["REDIS_URL"]).hostname == "redis"
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert set(compose["volumes"]) >= {"redis-data", "prometheus-data", "grafana-data"}
+
+
+def test_dockerfile_installs_the_package_from_files_that_exist() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE)
+    assert "pip install -e ." in dockerfile
+    copies = re.findall(r"^COPY (.+) \S+$", dockerfile, re.MULTILINE)
+    assert copies
+    for line in copies:
+        for source in line.split():
+            assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for line in copies:
+        for source in line.split():
+            assert source not in ignored, f"{source} is copied but .dockerignore drops it"
+
+
+def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:
+    found = 0
+    for name, service in compose["services"].items():
+        for target, source in mounts(service).items():
+            assert (ROOT / source).exists(), f"{name} mounts missing {source} at {target}"
+            found += 1
+    assert found >= 4
+
+
+def test_processes_match_the_procfile(compose: dict[str, Any]) -> None:
+    procfile = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if ":" in line)
+    assert set(procfile) <= set(compose["services"])
+    services = compose["services"]
+    worker = command(services["worker"])
+    queues = worker[worker.index("-Q") + 1].split(",")
+    assert set(queues) == set(QUEUES)
+    assert "-E" in worker  # task events for Flower
+    flower = " ".join(command(services["flower"]))
+    assert "--basic-auth=" in flower and "--persistent=True" in flower and "--port=5555" in flower
+    assert "app.wsgi:app" in command(services["web"]) and "0.0.0.0:8354" in command(services["web"])
+    exporter = command(services["exporter"])
+    assert exporter[:3] == ["python", "-m", "monitoring.exporter"] and "0.0.0.0" in exporter
+    published = {name: [p.split(":")[-1] for p in s.get("ports", [])] for name, s in services.items()}
+    assert published["web"] == ["8354"] and published["flower"] == ["5555"] and published["exporter"] == ["9808"]
+    assert published["prometheus"] == ["9090"] and published["grafana"] == ["3000"]
+
+
+def test_prometheus_config_scrapes_compose_services(compose: dict[str, Any]) -> None:
+    service = compose["services"]["prometheus"]
+    args = command(service)
+    config_path = next(a.split("=", 1)[1] for a in args if a.startswith("--config.file="))
+    mounted = mounts(service)
+    assert mounted[config_path] == "./monitoring/ops/prometheus.yml"
+    config = yaml.safe_load((OPS / "prometheus.yml").read_text())
+    for rule_file in config["rule_files"]:
+        assert str(Path(config_path).parent / rule_file) in mounted, f"{rule_file} is not mounted"
+    ports = {"exporter": "9808", "web": "8354"}
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert targets
+    for target in targets:
+        host, port = target.split(":")
+        assert host in compose["services"], target
+        assert ports[host] == port, target
+
+
+def test_grafana_provisioning_points_at_prometheus_and_the_dashboard(compose: dict[str, Any]) -> None:
+    service = compose["services"]["grafana"]
+    mounted = mounts(service)
+    assert mounted["/etc/grafana/provisioning"] == "./monitoring/ops/grafana/provisioning"
+    provisioning = OPS / "grafana" / "provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    (source,) = datasources
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    url = urlsplit(source["url"])
+    assert url.hostname == "prometheus" and str(url.port) == "9090"
+    providers = yaml.safe_load((provisioning / "dashboards" / "tts-batch.yml").read_text())["providers"]
+    folder = providers[0]["options"]["path"]
+    dashboards = {target: source for target, source in mounted.items() if target.startswith(folder + "/")}
+    assert dashboards, f"nothing mounted under {folder}"
+    for source in dashboards.values():
+        dashboard = json.loads((ROOT / source).read_text())
+        assert dashboard["uid"] and dashboard["panels"]
+    home = service["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home in dashboards
