@@ -233,8 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if plan.embedded_redis and plan.redis_data_dir is not None:
         plan.redis_data_dir.mkdir(parents=True, exist_ok=True)
-    if "flower" in plan.processes:
-        (ROOT / "var").mkdir(exist_ok=True)  # the Procfile keeps Flower's db in var/flower.db
+    # The Procfile keeps Flower's db and beat's schedule in var/, with or without the embedded Redis.
+    (ROOT / "var").mkdir(exist_ok=True)
     if not plan.embedded_redis and not wait_for_redis(plan.redis_url, timeout=2.0):
         logger.warning("the Redis at %s does not answer PING yet; the processes will keep retrying",
                        _redact(plan.redis_url))
