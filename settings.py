@@ -85,6 +85,11 @@ class Settings:
     unacked_restore_throttle: int = 6
     worker_max_memory_kb: int = 2_000_000
     chunk_fanout_chars: int = 2_000
+    #: Fan-out: texts longer than ``chunk_fanout_chars`` (0: never) are split by sentence into
+    #: parts of about this many characters, synthesized in parallel and stitched in order.
+    fanout_part_chars: int = 1_000
+    #: Longest concatenated batch audio (``concatenate``) the API builds, in seconds.
+    batch_concat_max_seconds: int = 4 * 3600
 
     # --- retry policy ------------------------------------------------------------------
     max_attempts: int = 3

@@ -40,9 +40,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     _install_correlation(app)
     register_error_handlers(app)
 
-    from . import dlq, health, jobs, voices
+    from . import batches, dashboard, dlq, health, jobs, metrics, openai_compat, voices
 
-    for module in (jobs, voices, dlq, health):
+    for module in (jobs, batches, voices, dlq, health, openai_compat, metrics, dashboard):
         app.register_blueprint(module.bp)
     return app
 

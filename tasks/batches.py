@@ -1,20 +1,93 @@
-"""Batch bookkeeping shared by the synthesize task: per-status counts of a batch's items.
+"""Batches: many inputs submitted at once, each its own job, counted as they finish.
 
-A batch (``tts:batch:{id}``) counts its items as they finish, so reading its status
-costs one HGETALL however many inputs it has.
+A batch (``tts:batch:{id}``) is a hash of counters beside a list of its item job ids in
+input order (``tts:batch:{id}:items``). Every input becomes an ordinary job (same
+validation, cache, retries, dead-letter queue and metrics as ``POST /v1/jobs``) that
+knows its ``batch_id`` and ``batch_index``; the synthesize task calls
+:func:`on_item_started` and :func:`on_item_finished`, so reading a batch's status
+costs one HGETALL and one SCARD however many inputs it has.
+
+An input that cannot succeed (empty text, unknown voice, bad speed...) is stored at
+submit time as a failed job carrying its error, and counted; it does not sink the
+batch. Only a malformed body, or a batch whose every input is bad, is refused.
+
+Submitting is built for 10,000 inputs: job records are written in pipelines and the
+tasks are published in pipelined batches (kombu's ``Producer.batch``).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from typing import TYPE_CHECKING
+import math
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+import engine
+from engine.exceptions import EmptyTextError, EngineError
+from engine.text import chunk_text, normalize
 
 from . import keys
-from .job import now
+from .cache import cache_key
+from .celery_app import SYNTHESIS_QUEUE
+from .exceptions import (
+    BatchNotFound,
+    InvalidBatch,
+    InvalidRequest,
+    PipelineError,
+    TooManyInputs,
+)
+from .job import Job, iso, job_score, new_job_id, now
+from .status import BatchStatus, JobStatus
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+    from .service import JobRequest, JobService
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "Batch",
+    "BatchRequest",
+    "BatchService",
+    "ItemMeta",
+    "on_item_finished",
+    "on_item_started",
+    "parse_batch_request",
+    "send_tasks",
+]
+
+_BATCH_FIELDS = {"inputs", "defaults", "concatenate", "gap_ms"}
+#: Fields ``defaults`` may set (``text`` and ``name`` belong to each input).
+_DEFAULT_FIELDS = {"voice", "format", "speed", "sample_rate", "seed", "cache", "markdown"}
+MAX_GAP_MS = 60_000
+#: Redis commands per pipeline when writing many job records.
+PIPELINE_CHUNK = 1000
+#: Item records read per pipeline when listing or zipping.
+READ_WINDOW = 500
+#: Rejected inputs listed in an error body or a submit response, at most.
+MAX_LISTED_ERRORS = 1000
+_ITEM_FIELDS = ("status", "name", "attempts", "duration", "error_code", "error", "error_type", "characters",
+                "audio_bytes", "format", "output_sample_rate", "cache_hit", "started_at", "finished_at", "voice",
+                "task_id")
+
+
+# --- the synthesize task's hooks ---------------------------------------------------------------
+def on_item_started(rt: Runtime, job: Job) -> None:
+    """Note that a batch item started (the batch is running; the item counts as running)."""
+    if not job.batch_id:
+        return
+    ttl = rt.settings.result_ttl
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.sadd(keys.batch_running(job.batch_id), job.id)
+    pipe.expire(keys.batch_running(job.batch_id), ttl)
+    pipe.hsetnx(keys.batch(job.batch_id), "started_at", str(now()))
+    pipe.execute()
 
 
 def on_item_finished(rt: Runtime, job_id: str) -> None:
@@ -25,16 +98,619 @@ def on_item_finished(rt: Runtime, job_id: str) -> None:
         return
     if not job.batch_id or not job.status.finished:
         return
-    key = keys.batch(job.batch_id)
-    # SADD makes counting idempotent: a redelivered task cannot count an item twice.
-    if not rt.redis.sadd(keys.batch_done(job.batch_id), job.id):
+    _count_finished(rt, [job])
+
+
+def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
+    """Count finished items of one batch.
+
+    ``tts:batch:{id}:done`` maps each counted item to the status (and audio seconds) it
+    was counted with, so a redelivered task never counts an item twice, and an item that
+    finishes again differently (a dead-lettered item replayed to success) moves from one
+    count to the other instead of being lost. WATCH keeps concurrent finishes exact.
+    """
+    if not jobs:
         return
-    rt.redis.expire(keys.batch_done(job.batch_id), rt.settings.result_ttl)
-    pipe = rt.redis.pipeline(transaction=True)
-    pipe.hincrby(key, f"count_{job.status.value}", 1)
-    pipe.hincrby(key, "finished", 1)
-    pipe.hget(key, "total")
-    _, finished, total = pipe.execute()
-    if total is not None and int(finished) >= int(total):
-        rt.redis.hsetnx(key, "finished_at", str(now()))
-        log.info("batch %s finished", job.batch_id)
+    batch_id = jobs[0].batch_id or ""
+    key, done_key = keys.batch(batch_id), keys.batch_done(batch_id)
+    ttl = rt.settings.result_ttl
+    values = {job.id: f"{job.status.value}:{job.duration or 0}" for job in jobs}
+    with rt.redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(done_key)
+                counted = dict(zip(values, pipe.hmget(done_key, list(values))))
+                changed = {job_id: old.decode() if old is not None else None for job_id, old in counted.items()
+                           if old is None or old.decode() != values[job_id]}
+                if not changed:
+                    pipe.unwatch()
+                    return
+                pipe.multi()
+                deltas: Counter[str] = Counter()
+                audio = 0.0
+                for job_id, old in changed.items():
+                    status, duration = values[job_id].split(":")
+                    deltas[f"count_{status}"] += 1
+                    audio += float(duration) if status == JobStatus.SUCCEEDED.value else 0.0
+                    if old is None:
+                        deltas["finished"] += 1
+                    else:
+                        old_status, old_duration = old.split(":")
+                        deltas[f"count_{old_status}"] -= 1
+                        audio -= float(old_duration) if old_status == JobStatus.SUCCEEDED.value else 0.0
+                for name, n in deltas.items():
+                    if n:
+                        pipe.hincrby(key, name, n)
+                if audio:
+                    pipe.hincrbyfloat(key, "audio_seconds", round(audio, 3))
+                pipe.hset(done_key, mapping={job_id: values[job_id] for job_id in changed})
+                pipe.srem(keys.batch_running(batch_id), *changed)
+                for name in (key, keys.batch_items(batch_id), done_key, keys.batch_running(batch_id)):
+                    pipe.expire(name, ttl)
+                pipe.hmget(key, ["finished", "total"])
+                finished, total = pipe.execute()[-1]
+                break
+            except redis.WatchError:
+                continue
+    if total is not None and int(finished or 0) >= int(total) and rt.redis.hsetnx(key, "finished_at", str(now())):
+        log.info("batch %s finished", batch_id)
+
+
+# --- publishing many tasks ------------------------------------------------------------------------
+def send_tasks(rt: Runtime, name: str, calls: Iterable[tuple[list[Any], float | None]],
+               correlation_id: str | None = None, task_ids: Iterable[str] | None = None) -> None:
+    """Publish many tasks in pipelined round trips (falls back to one by one on older kombu).
+
+    ``calls``: (args, countdown) per task; ``task_ids``: the ids to use, in the same order.
+    """
+    app = rt.celery
+    headers = {"correlation_id": correlation_id} if correlation_id else None
+    ids = iter(task_ids) if task_ids is not None else None
+    # kombu only batches when Redis would not retry a half-sent pipeline; our broker
+    # options ask for retry_on_timeout, so this connection turns it off.
+    with app.connection_for_write(transport_options={"retry_on_timeout": False}) as conn:
+        producer = app.amqp.Producer(conn)
+        batch = getattr(producer, "batch", None)
+        with (batch(max_size=PIPELINE_CHUNK) if batch is not None else contextlib.nullcontext()):
+            for args, countdown in calls:
+                app.send_task(name, args=args, queue=SYNTHESIS_QUEUE, countdown=countdown, headers=headers,
+                              task_id=next(ids) if ids is not None else None, producer=producer)
+
+
+# --- requests --------------------------------------------------------------------------------
+@dataclass
+class BatchRequest:
+    """A checked batch body: raw inputs (each checked on its own later), defaults and options."""
+
+    inputs: list[Any]
+    defaults: dict[str, Any]
+    concatenate: bool = False
+    gap_ms: int = 0
+
+
+def parse_batch_request(body: Any, max_inputs: int, default_voice: str, default_format: str) -> BatchRequest:
+    """Check a batch body's shape: InvalidRequest when malformed, TooManyInputs over ``max_inputs``."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("the request body must be a JSON object with 'inputs'")
+    unknown = sorted(set(body) - _BATCH_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(_BATCH_FIELDS))}")
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list):
+        raise InvalidRequest("'inputs' is required: a list of objects such as {\"text\": \"...\"}")
+    if not inputs:
+        raise InvalidRequest("'inputs' is empty")
+    if len(inputs) > max_inputs:
+        raise TooManyInputs(len(inputs), max_inputs)
+    defaults = body.get("defaults")
+    if defaults is None:
+        defaults = {}
+    if not isinstance(defaults, Mapping):
+        raise InvalidRequest("'defaults' must be an object (voice, format, speed, ...)")
+    unknown = sorted(set(defaults) - _DEFAULT_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) in 'defaults': {', '.join(unknown)}; "
+                             f"allowed: {', '.join(sorted(_DEFAULT_FIELDS))}")
+    concatenate = body.get("concatenate", False)
+    if not isinstance(concatenate, bool):
+        raise InvalidRequest("'concatenate' must be true or false")
+    gap_ms = body.get("gap_ms", 0)
+    if gap_ms is None:
+        gap_ms = 0
+    if (isinstance(gap_ms, bool) or not isinstance(gap_ms, (int, float)) or not math.isfinite(gap_ms)
+            or not float(gap_ms).is_integer() or not 0 <= gap_ms <= MAX_GAP_MS):
+        raise InvalidRequest(f"'gap_ms' must be a whole number of milliseconds from 0 to {MAX_GAP_MS}, got {gap_ms!r}")
+    merged = {"voice": default_voice, "format": default_format,
+              **{k: v for k, v in defaults.items() if v is not None}}
+    return BatchRequest(inputs=inputs, defaults=merged, concatenate=concatenate, gap_ms=int(gap_ms))
+
+
+# --- the batch record ---------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """A batch as stored, with its live counters."""
+
+    id: str
+    total: int
+    created_at: float
+    format: str = "mp3"
+    concatenate: bool = False
+    gap_ms: int = 0
+    defaults: dict[str, Any] = field(default_factory=dict)
+    characters: int = 0
+    audio_seconds: float = 0.0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    finished: int = 0
+    running: int = 0
+    rejected: int = 0
+    settled_at_submit: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    cancelled_at: float | None = None
+    correlation_id: str | None = None
+
+    @classmethod
+    def from_redis(cls, batch_id: str, data: Mapping[bytes, bytes], running: int = 0) -> Batch:
+        """Rebuild from HGETALL output and the running set's size."""
+        f = {k.decode(): v.decode() for k, v in data.items()}
+
+        def opt(name: str) -> float | None:
+            return float(f[name]) if f.get(name) else None
+
+        return cls(
+            id=batch_id, total=int(f.get("total", 0)), created_at=float(f.get("created_at", 0)),
+            format=f.get("format", "mp3"), concatenate=f.get("concatenate") == "1",
+            gap_ms=int(f.get("gap_ms", 0)), defaults=json.loads(f.get("defaults", "{}")),
+            characters=int(f.get("characters", 0)), audio_seconds=float(f.get("audio_seconds", 0)),
+            succeeded=int(f.get("count_succeeded", 0)), failed=int(f.get("count_failed", 0)),
+            cancelled=int(f.get("count_cancelled", 0)), finished=int(f.get("finished", 0)), running=running,
+            rejected=int(f.get("rejected", 0)), settled_at_submit=int(f.get("settled_at_submit", 0)),
+            started_at=opt("started_at"), finished_at=opt("finished_at"), cancelled_at=opt("cancelled_at"),
+            correlation_id=f.get("correlation_id"),
+        )
+
+    @property
+    def done(self) -> bool:
+        """True when every item has finished."""
+        return self.finished >= self.total
+
+    @property
+    def status(self) -> BatchStatus:
+        """queued, running, succeeded, partially_succeeded, failed or cancelled (see docs/batches.md)."""
+        if self.cancelled_at:
+            return BatchStatus.CANCELLED
+        if not self.done:
+            started = self.started_at or self.finished > self.settled_at_submit
+            return BatchStatus.RUNNING if started else BatchStatus.QUEUED
+        if self.succeeded >= self.total:
+            return BatchStatus.SUCCEEDED
+        if self.succeeded:
+            return BatchStatus.PARTIALLY_SUCCEEDED
+        if self.failed:
+            return BatchStatus.FAILED
+        return BatchStatus.CANCELLED
+
+    def counts(self) -> dict[str, int]:
+        """Items by status (an item waiting for a retry counts as running)."""
+        running = max(0, min(self.running, self.total - self.finished))
+        return {
+            "total": self.total,
+            "queued": max(0, self.total - self.finished - running),
+            "running": running,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+        }
+
+    def public(self) -> dict[str, Any]:
+        """The batch as the API shows it."""
+        return {
+            "id": self.id,
+            "object": "batch",
+            "status": self.status.value,
+            "counts": self.counts(),
+            "request_counts": {"total": self.total, "completed": self.succeeded,
+                               "failed": self.failed + self.cancelled},
+            "percent_done": round(100.0 * self.finished / self.total, 1) if self.total else 100.0,
+            "characters": self.characters,
+            "audio_duration_seconds": round(self.audio_seconds, 3),
+            "rejected_at_submit": self.rejected,
+            "format": self.format,
+            "defaults": self.defaults,
+            "concatenate": self.concatenate,
+            "gap_ms": self.gap_ms,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "cancelled_at": iso(self.cancelled_at),
+            "correlation_id": self.correlation_id,
+        }
+
+
+@dataclass
+class ItemMeta:
+    """What the batch endpoints show of one item (read from its job record)."""
+
+    index: int
+    job_id: str
+    status: str
+    name: str | None = None
+    attempts: int = 0
+    characters: int = 0
+    duration: float | None = None
+    audio_bytes: int | None = None
+    format: str | None = None
+    sample_rate: int | None = None
+    cache_hit: bool = False
+    error_code: str | None = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    voice: str | None = None
+    task_id: str | None = None
+
+    @classmethod
+    def from_fields(cls, index: int, job_id: str, values: list[bytes | None]) -> ItemMeta:
+        """From an HMGET of :data:`_ITEM_FIELDS` (all None: the job expired)."""
+        f = dict(zip(_ITEM_FIELDS, (v.decode() if v is not None else None for v in values)))
+        if f["status"] is None:
+            return cls(index=index, job_id=job_id, status="expired")
+
+        def num(name: str, kind: type = float) -> Any:
+            return kind(f[name]) if f.get(name) not in (None, "") else None
+
+        return cls(index=index, job_id=job_id, status=f["status"], name=f["name"], attempts=num("attempts", int) or 0,
+                   characters=num("characters", int) or 0, duration=num("duration"),
+                   audio_bytes=num("audio_bytes", int), format=f["format"], sample_rate=num("output_sample_rate", int),
+                   cache_hit=f["cache_hit"] == "1", error_code=f["error_code"], error=f["error"],
+                   started_at=num("started_at"), finished_at=num("finished_at"), voice=f["voice"],
+                   task_id=f["task_id"])
+
+    @property
+    def error_body(self) -> dict[str, Any] | None:
+        """The item's error as ``{code, message}``, or None."""
+        if self.status == "expired":
+            return {"code": "expired", "message": "the item's job record has expired"}
+        if not self.error or self.status == JobStatus.SUCCEEDED.value:
+            return None
+        return {"code": self.error_code or "synthesis_failed", "message": self.error}
+
+    def public(self) -> dict[str, Any]:
+        """The item as ``GET /v1/batches/{id}/items`` shows it."""
+        return {
+            "id": self.job_id,
+            "index": self.index,
+            "name": self.name,
+            "status": self.status,
+            "attempts": self.attempts,
+            "characters": self.characters,
+            "duration_seconds": self.duration,
+            "bytes": self.audio_bytes,
+            "cache_hit": self.cache_hit,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "error": self.error_body,
+        }
+
+
+@dataclass
+class Rejection:
+    """An input refused at submit time."""
+
+    index: int
+    job_id: str
+    code: str
+    message: str
+    name: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """As listed in responses."""
+        return {"index": self.index, "id": self.job_id, "name": self.name,
+                "error": {"code": self.code, "message": self.message}}
+
+
+# --- the service ----------------------------------------------------------------------------------
+class BatchService:
+    """Batch operations over a runtime and its :class:`~tasks.service.JobService`."""
+
+    def __init__(self, runtime: Runtime, jobs: JobService) -> None:
+        self.rt = runtime
+        self.jobs = jobs
+
+    # --- submit ------------------------------------------------------------------------
+    def submit(self, request: BatchRequest, correlation_id: str | None = None) -> tuple[Batch, list[Rejection]]:
+        """Create a batch: every good input queued (or served from the cache), bad ones stored as failed."""
+        from .service import parse_job_request
+
+        settings = self.rt.settings
+        self._check_defaults(request.defaults)
+        batch_id = uuid.uuid4().hex
+        created = now()
+        versions: dict[str, str] = {}
+        good: list[Job] = []
+        rejected: list[Rejection] = []
+        rejected_jobs: list[Job] = []
+        for index, raw in enumerate(request.inputs):
+            try:
+                if not isinstance(raw, Mapping):
+                    raise InvalidRequest(f"each input must be an object with 'text', got {type(raw).__name__}")
+                job_request = parse_job_request(raw, defaults=request.defaults, max_chars=settings.max_text_chars)
+                key = self._prepare(job_request, versions)
+                good.append(self.jobs.build_job(job_request, correlation_id, cache_key=key, batch_id=batch_id,
+                                                batch_index=index))
+            except (PipelineError, EngineError) as exc:
+                job = self._rejected_job(raw, request.defaults, exc, batch_id, index, correlation_id, created)
+                rejected_jobs.append(job)
+                rejected.append(Rejection(index=index, job_id=job.id, code=job.error_code or "invalid_request",
+                                          message=job.error or "", name=job.name))
+        if not good:
+            first = rejected[0]
+            raise InvalidBatch(f"every input was rejected (input {first.index}: {first.message})",
+                               [r.public() for r in rejected[:MAX_LISTED_ERRORS]])
+        items = [None] * len(request.inputs)
+        for job in good + rejected_jobs:
+            items[job.batch_index or 0] = job.id
+        batch = Batch(
+            id=batch_id, total=len(items), created_at=created,
+            format=engine.audio.validate_format(str(request.defaults.get("format"))).name,
+            concatenate=request.concatenate, gap_ms=request.gap_ms, defaults=request.defaults,
+            characters=sum(job.characters for job in good), rejected=len(rejected_jobs),
+            failed=len(rejected_jobs), finished=len(rejected_jobs), correlation_id=correlation_id,
+        )
+        hits, misses = self._split_cached(good)
+        batch.settled_at_submit = len(rejected_jobs) + len(hits)
+        self._store_batch(batch, [i for i in items if i is not None], rejected_jobs)
+        try:
+            for job in hits:  # rare (a resubmitted batch): the one-job path, which re-checks the cache
+                self.jobs.accept(job)
+                if job.status.finished:
+                    _count_finished(self.rt, [job])
+            self._queue(misses, correlation_id)
+        except Exception:
+            self._discard(batch, items)
+            raise
+        log.info("batch %s accepted: %d inputs, %d queued, %d from the cache, %d rejected", batch_id, batch.total,
+                 len(misses), len(hits), len(rejected_jobs))
+        return self.get(batch_id), rejected
+
+    def _check_defaults(self, defaults: Mapping[str, Any]) -> None:
+        """Bad defaults are the request's fault, not each input's: refuse the whole batch."""
+        from .service import parse_job_request
+
+        try:
+            request = parse_job_request({"text": "check"}, defaults=defaults)
+            request.options().validate(self.rt.catalog)
+        except (PipelineError, EngineError) as exc:
+            exc.args = (f"defaults: {exc}",)
+            raise
+
+    def _prepare(self, request: JobRequest, versions: dict[str, str]) -> str | None:
+        """What ``JobService.prepare`` does, with each voice's model version looked up once per batch."""
+        options = request.options()
+        info = options.validate(self.rt.catalog)
+        normalized = normalize(request.text, markdown=request.markdown)
+        if not chunk_text(normalized, 400):
+            raise EmptyTextError("text is empty after normalising (nothing to speak)")
+        if not request.cache:
+            return None
+        if info.id not in versions:
+            versions[info.id] = self.rt.catalog.model_version(info.id)
+        return cache_key(normalized, options.to_dict() | {"voice": info.id}, options.output_rate(info),
+                         versions[info.id])
+
+    def _rejected_job(self, raw: Any, defaults: Mapping[str, Any], exc: Exception, batch_id: str, index: int,
+                      correlation_id: str | None, created: float) -> Job:
+        body = raw if isinstance(raw, Mapping) else {}
+        merged = {**defaults, **{k: v for k, v in body.items() if v is not None}}
+
+        def text_field(name: str, default: str = "") -> str:
+            value = merged.get(name, default)
+            return value if isinstance(value, str) else default
+
+        speed = merged.get("speed", 1.0)
+        name = body.get("name")
+        text = text_field("text")
+        return Job(
+            id=new_job_id(), text=text, voice=text_field("voice"), format=text_field("format", "mp3"),
+            speed=float(speed) if isinstance(speed, (int, float)) and not isinstance(speed, bool)
+            and math.isfinite(speed) else 1.0,
+            status=JobStatus.FAILED, characters=len(text), max_attempts=self.rt.settings.max_attempts,
+            created_at=created, finished_at=created, error_code=getattr(exc, "code", None) or "invalid_request",
+            error=str(exc) or type(exc).__name__, error_type=type(exc).__name__, correlation_id=correlation_id,
+            batch_id=batch_id, batch_index=index, name=name if isinstance(name, str) else None,
+        )
+
+    def _split_cached(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
+        """(jobs whose audio is probably cached, the rest), with one pipelined EXISTS per job."""
+        candidates = [job for job in jobs if job.cache and job.cache_key]
+        if not candidates:
+            return [], jobs
+        pipe = self.rt.cache_redis.pipeline(transaction=False)
+        for job in candidates:
+            pipe.exists(keys.audio(job.cache_key or ""))
+        cached = {job.id for job, hit in zip(candidates, pipe.execute()) if hit}
+        return [j for j in jobs if j.id in cached], [j for j in jobs if j.id not in cached]
+
+    def _store_batch(self, batch: Batch, item_ids: list[str], rejected: list[Job]) -> None:
+        ttl = self.rt.settings.result_ttl
+        key = keys.batch(batch.id)
+        record = {
+            "id": batch.id, "total": batch.total, "created_at": batch.created_at, "format": batch.format,
+            "concatenate": "1" if batch.concatenate else "0", "gap_ms": batch.gap_ms,
+            "defaults": json.dumps(batch.defaults), "characters": batch.characters, "audio_seconds": 0,
+            "rejected": batch.rejected, "settled_at_submit": batch.settled_at_submit,
+            "count_failed": batch.failed, "finished": batch.finished,
+        }
+        if batch.correlation_id:
+            record["correlation_id"] = batch.correlation_id
+        pipe = self.rt.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=record)
+        for start in range(0, len(item_ids), PIPELINE_CHUNK):
+            pipe.rpush(keys.batch_items(batch.id), *item_ids[start:start + PIPELINE_CHUNK])
+        if rejected:
+            pipe.hset(keys.batch_done(batch.id), mapping={job.id: f"{job.status.value}:0" for job in rejected})
+            pipe.expire(keys.batch_done(batch.id), ttl)
+        for name in (key, keys.batch_items(batch.id)):
+            pipe.expire(name, ttl)
+        pipe.zadd(keys.BATCHES_INDEX, {batch.id: job_score(batch.created_at)})
+        pipe.zremrangebyscore(keys.BATCHES_INDEX, 0, job_score(now() - ttl))
+        pipe.execute()
+        self._write_jobs(rejected)
+        if batch.finished >= batch.total:
+            self.rt.redis.hsetnx(key, "finished_at", str(now()))
+
+    def _write_jobs(self, jobs: list[Job]) -> None:
+        """Store job records as ``JobStore.create`` does, many per round trip."""
+        ttl = self.rt.settings.result_ttl
+        for start in range(0, len(jobs), PIPELINE_CHUNK):
+            chunk = jobs[start:start + PIPELINE_CHUNK]
+            pipe = self.rt.redis.pipeline(transaction=False)
+            for job in chunk:
+                pipe.hset(keys.job(job.id), mapping=job.to_redis())
+                pipe.expire(keys.job(job.id), ttl)
+            pipe.zadd(keys.JOBS_INDEX, {job.id: job_score(job.created_at) for job in chunk})
+            pipe.execute()
+        if jobs:
+            self.rt.redis.zremrangebyscore(keys.JOBS_INDEX, 0, job_score(now() - ttl))
+
+    def _queue(self, jobs: list[Job], correlation_id: str | None) -> None:
+        """Store and enqueue cache misses in bulk, with the metrics ``JobService.accept`` records."""
+        if not jobs:
+            return
+        for job in jobs:
+            job.task_id = uuid.uuid4().hex
+        self._write_jobs(jobs)
+        send_tasks(self.rt, "tts.synthesize", [([job.id], None) for job in jobs], correlation_id,
+                   task_ids=[job.task_id or "" for job in jobs])
+        metrics = self.rt.metrics
+        from monitoring.recorder import CACHE_MISSES, JOBS_SUBMITTED
+
+        lookups = sum(1 for job in jobs if job.cache and job.cache_key)
+        if lookups:
+            metrics.count(CACHE_MISSES, float(lookups))
+        for voice, n in Counter(job.voice for job in jobs).items():
+            metrics.count(JOBS_SUBMITTED, float(n), voice=voice, queue=SYNTHESIS_QUEUE)
+
+    def _discard(self, batch: Batch, items: list[str | None]) -> None:
+        """Best effort: take back a batch that could not be queued, so nothing claims to be accepted."""
+        ids = [i for i in items if i]
+        try:
+            pipe = self.rt.redis.pipeline(transaction=False)
+            for start in range(0, len(ids), PIPELINE_CHUNK):
+                chunk = ids[start:start + PIPELINE_CHUNK]
+                pipe.delete(*[keys.job(i) for i in chunk])
+                pipe.zrem(keys.JOBS_INDEX, *chunk)
+            pipe.delete(keys.batch(batch.id), keys.batch_items(batch.id), keys.batch_done(batch.id),
+                        keys.batch_running(batch.id))
+            pipe.zrem(keys.BATCHES_INDEX, batch.id)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - Redis is probably down; the records expire by TTL
+            log.warning("could not take back batch %s: %s", batch.id, exc)
+
+    # --- read --------------------------------------------------------------------------
+    def get(self, batch_id: str) -> Batch:
+        """The batch, or BatchNotFound."""
+        pipe = self.rt.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.batch(batch_id))
+        pipe.scard(keys.batch_running(batch_id))
+        data, running = pipe.execute()
+        if not data:
+            raise BatchNotFound(batch_id)
+        return Batch.from_redis(batch_id, data, int(running))
+
+    def iter_items(self, batch_id: str, start: int = 0, window: int = READ_WINDOW) -> Iterator[ItemMeta]:
+        """Every item from ``start`` on, in input order (records read ``window`` at a time)."""
+        pos = max(0, start)
+        while True:
+            ids = [i.decode() for i in self.rt.redis.lrange(keys.batch_items(batch_id), pos, pos + window - 1)]
+            if not ids:
+                return
+            pipe = self.rt.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id), _ITEM_FIELDS)
+            for offset, (job_id, values) in enumerate(zip(ids, pipe.execute())):
+                yield ItemMeta.from_fields(pos + offset, job_id, values)
+            pos += len(ids)
+            if len(ids) < window:
+                return
+
+    def items(self, batch_id: str, status: str | None = None, cursor: int = 0,
+              limit: int = 100) -> tuple[list[ItemMeta], int | None]:
+        """A page of items in input order, optionally of one status; returns (items, next cursor)."""
+        batch = self.get(batch_id)
+        out: list[ItemMeta] = []
+        for item in self.iter_items(batch_id, start=cursor, window=max(limit, 100) if status is None else READ_WINDOW):
+            if status is not None and item.status != status:
+                continue
+            out.append(item)
+            if len(out) >= limit:
+                following = item.index + 1
+                return out, following if following < batch.total else None
+        return out, None
+
+    def list(self, limit: int = 50, cursor: int | None = None) -> tuple[list[Batch], int | None]:
+        """Batches newest first; returns (batches, next cursor: an exclusive creation-time score)."""
+        upper: str | int = f"({cursor}" if cursor is not None else "+inf"
+        out: list[Batch] = []
+        while len(out) < limit:
+            rows = self.rt.redis.zrevrangebyscore(keys.BATCHES_INDEX, upper, "-inf", start=0, num=limit - len(out),
+                                                  withscores=True)
+            if not rows:
+                return out, None
+            pipe = self.rt.redis.pipeline(transaction=False)
+            for member, _ in rows:
+                pipe.hgetall(keys.batch(member.decode()))
+                pipe.scard(keys.batch_running(member.decode()))
+            results = pipe.execute()
+            for n, (member, score) in enumerate(rows):
+                data, running = results[2 * n], results[2 * n + 1]
+                if data:
+                    out.append(Batch.from_redis(member.decode(), data, int(running)))
+                else:
+                    self.rt.redis.zrem(keys.BATCHES_INDEX, member)
+            upper = f"({int(rows[-1][1])}"
+            if len(out) >= limit:
+                return out, int(rows[-1][1])
+        return out, None
+
+    # --- change ------------------------------------------------------------------------
+    def cancel(self, batch_id: str) -> Batch:
+        """Cancel every item that has not finished; finished items keep their audio.
+
+        Per item this is what ``JobService.cancel`` does to an unfinished job (the same
+        guarded status transition, revoke, metrics and batch count), done in bulk: one
+        revoke broadcast and one counting pipeline for the whole batch. Unlike a
+        ``DELETE /v1/jobs/{id}`` of a finished job, no audio is deleted, even for an
+        item that finishes while the batch is being cancelled.
+        """
+        batch = self.get(batch_id)
+        if batch.done:
+            return batch
+        self.rt.redis.hsetnx(keys.batch(batch_id), "cancelled_at", str(now()))
+        unfinished = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+        cancelled: list[Job] = []
+        for item in list(self.iter_items(batch_id)):
+            if item.status not in unfinished:
+                continue
+            if self.rt.jobs.transition(item.job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, status=JobStatus.CANCELLED,
+                                       finished_at=now(), next_retry_at=None):
+                cancelled.append(Job(id=item.job_id, text="", voice=item.voice or "", status=JobStatus.CANCELLED,
+                                     batch_id=batch_id, batch_index=item.index, task_id=item.task_id))
+        task_ids = [job.task_id for job in cancelled if job.task_id]
+        if task_ids:
+            self.rt.celery.control.revoke(task_ids)
+        from monitoring.recorder import JOBS_CANCELLED
+
+        for voice, n in Counter(job.voice for job in cancelled).items():
+            self.rt.metrics.count(JOBS_CANCELLED, float(n), voice=voice, queue=SYNTHESIS_QUEUE)
+        _count_finished(self.rt, cancelled)
+        log.info("batch %s cancelled: %d unfinished items cancelled", batch_id, len(cancelled))
+        return self.get(batch_id)
+
+
+def format_extension(fmt: str | None) -> str:
+    """The file extension of a format (``mp3`` when unknown)."""
+    spec = engine.FORMATS.get(fmt or "")
+    return spec.extension if spec else "mp3"

@@ -72,7 +72,8 @@ def celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "beat_schedule": {
-            "evaluate-alerts": {"task": "tts.evaluate_alerts", "schedule": float(settings.alert_interval)},
+            "evaluate-alerts": {"task": "tts.evaluate_alerts", "schedule": float(settings.alert_interval),
+                                "options": {"expires": float(settings.alert_interval)}},
         },
     }
 
@@ -82,7 +83,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("tts_batch")
     app.conf.update(celery_config(settings))
-    app.conf.include = ["tasks.synthesize", "tasks.webhooks", "tasks.worker_signals"]
+    app.conf.include = ["tasks.synthesize", "tasks.fanout", "tasks.webhooks", "tasks.worker_signals"]
     return app
 
 

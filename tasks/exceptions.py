@@ -81,3 +81,58 @@ class InvalidRequest(PipelineError):
 
     code = "invalid_request"
     http_status = 400
+
+
+class BatchNotFound(PipelineError):
+    """No batch with that id (never existed, or expired)."""
+
+    code = "batch_not_found"
+    http_status = 404
+
+    def __init__(self, batch_id: str) -> None:
+        self.batch_id = batch_id
+        super().__init__(f"no batch {batch_id!r} (unknown or expired)")
+
+
+class TooManyInputs(PipelineError):
+    """A batch with more inputs than TTS_MAX_BATCH_INPUTS."""
+
+    code = "too_many_inputs"
+    http_status = 413
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.count = count
+        self.limit = limit
+        super().__init__(f"the batch has {count} inputs; the limit is {limit} (TTS_MAX_BATCH_INPUTS)")
+
+
+class InvalidBatch(PipelineError):
+    """Every input of a batch was rejected; ``errors`` says why, per input."""
+
+    code = "invalid_batch"
+    http_status = 400
+
+    def __init__(self, message: str, errors: list[dict[str, object]]) -> None:
+        self.errors = errors
+        super().__init__(message)
+
+
+class BatchAudioTooLong(PipelineError):
+    """The concatenated audio of a batch would be longer than TTS_BATCH_CONCAT_MAX_SECONDS."""
+
+    code = "batch_audio_too_long"
+    http_status = 413
+
+    def __init__(self, seconds: float, limit: int) -> None:
+        super().__init__(f"the concatenated audio would be {seconds:.0f} s long; the limit is {limit} s "
+                         "(TTS_BATCH_CONCAT_MAX_SECONDS); download the separate files instead")
+
+
+class BatchHasNoAudio(PipelineError):
+    """A batch's concatenated audio is asked for before any item succeeded."""
+
+    code = "batch_has_no_audio"
+    http_status = 409
+
+    def __init__(self, batch_id: str, status: str) -> None:
+        super().__init__(f"batch {batch_id!r} is {status} and has no succeeded item yet")

@@ -16,7 +16,11 @@ key                             what
 ``tts:dlq:{id}``                hash: the dead-letter record
 ``tts:batch:{id}``              hash: the batch record
 ``tts:batch:{id}:items``        list: job ids in input order
-``tts:batch:{id}:done``         set: item job ids already counted as finished
+``tts:batch:{id}:done``         hash: item job id -> the status it was counted as finished with
+``tts:batch:{id}:running``      set: item job ids started and not yet finished
+``tts:job:{id}:parts``          hash: a fanned-out job's plan (part texts, rate, attempts per part)
+``tts:job:{id}:part:{n}``       string: part n's audio (PCM or an encoded segment), until stitched
+``tts:job:{id}:parts:done``     set: part numbers whose audio is stored
 ``tts:batches``                 sorted set: batch ids by creation time
 ``tts:metrics:*``               counters, histograms and history samples (monitoring/)
 ==============================  ======================================================
@@ -74,5 +78,25 @@ def batch_items(batch_id: str) -> str:
 
 
 def batch_done(batch_id: str) -> str:
-    """The set of a batch's items already counted as finished."""
+    """A batch's items already counted as finished, each with the status it was counted with."""
     return f"{PREFIX}batch:{batch_id}:done"
+
+
+def batch_running(batch_id: str) -> str:
+    """The set of a batch's items that started and have not finished."""
+    return f"{PREFIX}batch:{batch_id}:running"
+
+
+def job_parts(job_id: str) -> str:
+    """A fanned-out job's plan: part texts, output rate, attempts per part."""
+    return f"{PREFIX}job:{job_id}:parts"
+
+
+def job_part(job_id: str, index: int) -> str:
+    """The audio of one part of a fanned-out job (until the job is stitched)."""
+    return f"{PREFIX}job:{job_id}:part:{index}"
+
+
+def job_parts_done(job_id: str) -> str:
+    """The set of a fanned-out job's part numbers whose audio is stored."""
+    return f"{PREFIX}job:{job_id}:parts:done"

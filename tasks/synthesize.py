@@ -145,10 +145,18 @@ def _synthesize(task: Any, rt: Runtime, job: Job) -> dict[str, Any] | None:
         return None
     wait = started - (job.queued_at or job.created_at)
     rt.metrics.job_started(job.voice, SYNTHESIS_QUEUE, max(0.0, wait))
+    if job.batch_id:
+        from .batches import on_item_started
+
+        on_item_started(rt, job)
     log.info("job %s attempt %d/%d started", job.id, attempt, job.max_attempts,
              extra={"attempt": attempt, "queue_wait_seconds": round(wait, 3)})
     try:
         _inject_fault(job, rt)
+        from .fanout import fan_out, should_fan_out
+
+        if should_fan_out(rt, job):  # a long text: parts on every worker, stitched by the last one
+            return fan_out(rt, job)
         result = run_job(rt, job)
     except JobCancelled:
         log.info("job %s was cancelled while running", job.id)

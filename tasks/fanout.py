@@ -1,0 +1,666 @@
+"""Long documents: one job fanned out over every worker process and stitched back in order.
+
+A job whose text is longer than ``TTS_CHUNK_FANOUT_CHARS`` (default 2,000 characters;
+0 turns fan-out off) is not synthesized in one task. The synthesize task, once it has
+counted the attempt and marked the job running, calls :func:`fan_out`:
+
+1. The text is normalised and split by sentence exactly as a whole job would be
+   (``engine.synthesis.prepare``), and the sentences are grouped into parts of about
+   ``TTS_FANOUT_PART_CHARS`` characters (``engine.text.group_chunks``). The plan (part
+   texts, output rate) is stored in ``tts:job:{id}:parts``.
+2. One ``tts.synthesize_part`` task per part goes to the synthesis queue, all in one
+   Redis pipeline, so idle worker processes pick parts up in parallel.
+3. Each part stores its audio under ``tts:job:{id}:part:{n}`` and adds ``n`` to
+   ``tts:job:{id}:parts:done`` (SADD + SCARD in one transaction). The part whose SADD
+   completes the set stitches: it joins the parts in order, and finishes the job through
+   the synthesize task's own finish path (audio, cache, metrics, history, batch counts).
+
+What a part stores depends on the format, so that the serial stitch stays cheap:
+
+* mp3, aac and pcm: the part encodes its own audio, in parallel with the other parts;
+  the stitch joins the encoded segments (MP3 frames with one rewritten Xing/LAME header
+  so players see the full length; ADTS frames and raw PCM as they are). Encoding MP3
+  costs about as much as synthesizing with ``heart``, so this matters.
+* wav, flac and opus: the part stores 16-bit PCM at the output rate and the stitch
+  encodes once (wav and flac at hundreds of times real time; opus is the slow one).
+
+Reliability: each part counts its deliveries (``attempts:{n}`` in the plan) before any
+work and is retried on its own with the job's retry policy; a part that fails for good,
+or keeps killing its worker, dead-letters the job once (the job's status transition is
+the lock). A redelivered part that already stored its audio does nothing but re-check
+whether the job can be stitched, so a stitcher killed mid-way is finished by the
+redelivery. Parts of a cancelled job stop at the next sentence group and drop their audio.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import struct
+import traceback as tb
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+import engine
+from engine.audio import (
+    AudioEncoder,
+    effective_rate,
+    resample,
+    to_pcm16,
+    validate_format,
+)
+from engine.exceptions import EngineError, SynthesisRuntimeError
+from engine.synthesis import SynthesisOptions, prepare, stream_chunks
+from engine.text import group_chunks
+from monitoring.correlation import bind
+
+from . import keys
+from .celery_app import SYNTHESIS_QUEUE, celery_app
+from .exceptions import JobNotFound
+from .job import Job, now
+from .runtime import Runtime, get_runtime
+from .status import JobStatus
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SEGMENT_FORMATS", "PartPlan", "fan_out", "join_mp3", "should_fan_out", "synthesize_part"]
+
+#: Formats whose parts are encoded by the part tasks and joined without re-encoding.
+SEGMENT_FORMATS = frozenset({"mp3", "aac", "pcm"})
+#: Check for cancellation after this many sentences of a part.
+CANCEL_CHECK_EVERY = 8
+
+
+def should_fan_out(rt: Runtime, job: Job) -> bool:
+    """True when the job's text is long enough to be split across workers."""
+    limit = rt.settings.chunk_fanout_chars
+    return limit > 0 and len(job.text) > limit
+
+
+@dataclass
+class PartPlan:
+    """How a fanned-out job is split: part texts, output format and rate."""
+
+    job_id: str
+    groups: list[list[str]]
+    format: str
+    rate: int
+    voice_rate: int
+    replays: int = 0
+
+    @property
+    def total(self) -> int:
+        """Number of parts."""
+        return len(self.groups)
+
+    @property
+    def segments(self) -> bool:
+        """True when parts are encoded by the part tasks (mp3, aac, pcm)."""
+        return self.format in SEGMENT_FORMATS
+
+    @property
+    def characters(self) -> int:
+        """Characters of normalised text in all parts."""
+        return sum(len(c) for g in self.groups for c in g)
+
+    @property
+    def chunks(self) -> int:
+        """Sentences (engine chunks) in all parts."""
+        return sum(len(g) for g in self.groups)
+
+    def first_chunk(self, index: int) -> int:
+        """The number of the first sentence of part ``index`` (seeds stay distinct per part)."""
+        return sum(len(g) for g in self.groups[:index])
+
+    def to_redis(self) -> dict[str, str]:
+        """The plan as hash fields."""
+        out = {"total": str(self.total), "format": self.format, "rate": str(self.rate),
+               "voice_rate": str(self.voice_rate), "replays": str(self.replays)}
+        for i, group in enumerate(self.groups):
+            out[f"text:{i}"] = json.dumps(group, ensure_ascii=False)
+        return out
+
+    @classmethod
+    def from_redis(cls, job_id: str, data: dict[bytes, bytes]) -> PartPlan | None:
+        """Rebuild a stored plan; None when there is none (never made, cleaned up or expired)."""
+        fields = {k.decode(): v.decode() for k, v in data.items()}
+        if "total" not in fields:
+            return None
+        total = int(fields["total"])
+        groups = [json.loads(fields[f"text:{i}"]) for i in range(total)]
+        return cls(job_id=job_id, groups=groups, format=fields["format"], rate=int(fields["rate"]),
+                   voice_rate=int(fields["voice_rate"]), replays=int(fields.get("replays", 0)))
+
+
+def _load_plan(rt: Runtime, job_id: str) -> PartPlan | None:
+    return PartPlan.from_redis(job_id, rt.redis.hgetall(keys.job_parts(job_id)))
+
+
+def _make_plan(rt: Runtime, job: Job) -> PartPlan:
+    options = SynthesisOptions(**job.options())
+    info = options.validate(rt.catalog)
+    chunks = prepare(job.text, options, rt.catalog)
+    groups = group_chunks(chunks, max(1, rt.settings.fanout_part_chars))
+    return PartPlan(job_id=job.id, groups=groups, format=options.format,
+                    rate=effective_rate(options.format, options.output_rate(info)), voice_rate=info.sample_rate,
+                    replays=job.replays)
+
+
+def cleanup(rt: Runtime, job_id: str, total: int | None = None) -> None:
+    """Drop a fanned-out job's plan and part audio."""
+    if total is None:
+        raw = rt.redis.hget(keys.job_parts(job_id), "total")
+        total = int(raw) if raw is not None else 0
+    names = [keys.job_parts(job_id), keys.job_parts_done(job_id)]
+    names += [keys.job_part(job_id, i) for i in range(total)]
+    rt.redis.delete(*names)
+
+
+def fan_out(rt: Runtime, job: Job) -> dict[str, Any] | None:
+    """Split a running job into parts and queue them (called by the synthesize task).
+
+    Idempotent: a redelivered synthesize task reuses the stored plan and queues only
+    the parts whose audio is not stored yet (or stitches at once if every part is).
+    """
+    plan = _load_plan(rt, job.id)
+    if plan is not None and plan.replays != job.replays:
+        cleanup(rt, job.id, plan.total)  # left over from before a dead-letter replay
+        plan = None
+    if plan is None:
+        plan = _make_plan(rt, job)
+        ttl = rt.settings.result_ttl
+        pipe = rt.redis.pipeline(transaction=True)
+        pipe.delete(keys.job_parts(job.id), keys.job_parts_done(job.id))
+        pipe.hset(keys.job_parts(job.id), mapping=plan.to_redis())
+        pipe.expire(keys.job_parts(job.id), ttl)
+        pipe.execute()
+    done = {int(m) for m in rt.redis.smembers(keys.job_parts_done(job.id))}
+    pending = [i for i in range(plan.total) if i not in done]
+    rt.jobs.update(job.id, extra={**job.extra, "fanout": {"parts": plan.total, "chunks": plan.chunks}})
+    rt.jobs.add_history(job.id, {"attempt": job.attempts, "at": now(), "outcome": "fanned_out",
+                                 "parts": plan.total, "pending": len(pending), "worker": _worker(),
+                                 "pid": os.getpid()})
+    if not pending:
+        return _stitch(rt, job.id)
+    _send_parts(rt, job, pending)
+    log.info("job %s fanned out into %d parts (%d characters, %d queued now)", job.id, plan.total,
+             plan.characters, len(pending))
+    return {"job_id": job.id, "status": "fanned_out", "parts": plan.total}
+
+
+def _send_parts(rt: Runtime, job: Job, indexes: list[int]) -> None:
+    """Queue part tasks in one pipelined publish (see tasks.batches.send_tasks)."""
+    from .batches import send_tasks
+
+    send_tasks(rt, "tts.synthesize_part", [([job.id, i], None) for i in indexes], job.correlation_id)
+
+
+def _worker() -> str:
+    from .synthesize import HOSTNAME
+
+    return HOSTNAME
+
+
+# --- the part task -----------------------------------------------------------------------
+@celery_app.task(bind=True, name="tts.synthesize_part", acks_late=True, reject_on_worker_lost=True,
+                 max_retries=None)
+def synthesize_part(self: Any, job_id: str, index: int) -> dict[str, Any] | None:
+    """Synthesize part ``index`` of a fanned-out job; the last part to finish stitches the job."""
+    rt = get_runtime()
+    headers = self.request.headers or {}
+    correlation_id = headers.get("correlation_id") if isinstance(headers, dict) else None
+    try:
+        job = rt.jobs.get(job_id)
+    except JobNotFound:
+        log.warning("job %s no longer exists; dropping its part %d", job_id, index)
+        return None
+    with bind(correlation_id=correlation_id or job.correlation_id, job_id=job_id, voice=job.voice):
+        return _run_part(self, rt, job, int(index))
+
+
+def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | None:
+    if job.status.finished:
+        if job.status is not JobStatus.SUCCEEDED:
+            cleanup(rt, job.id)
+        log.info("job %s is %s; dropping part %d", job.id, job.status.value, index)
+        return None
+    plan = _load_plan(rt, job.id)
+    if plan is None or index >= plan.total:
+        log.warning("job %s has no fan-out plan for part %d (expired or replaced); dropping it", job.id, index)
+        return None
+    if rt.redis.sismember(keys.job_parts_done(job.id), index):
+        # A redelivery of a part that already stored its audio: only make sure the job gets stitched.
+        return _maybe_stitch_again(task, rt, job, plan)
+    attempt = int(rt.redis.hincrby(keys.job_parts(job.id), f"attempts:{index}", 1))
+    part_name = f"part {index + 1} of {plan.total}"
+    if attempt > job.max_attempts:
+        message = f"the worker was lost during {attempt - 1} attempts at {part_name}"
+        rt.jobs.add_history(job.id, {"part": index, "attempt": attempt - 1, "error": "WorkerLostError",
+                                     "at": now()})
+        _fail(rt, job, plan, "WorkerLostError", message, code="worker_lost")
+        return None
+    started = now()
+    try:
+        _inject_part_fault(rt, job, attempt)
+        data, samples, seconds = _render_part(rt, job, plan, index)
+        if _status(rt, job.id) in (JobStatus.CANCELLED, JobStatus.FAILED, None):
+            raise _Cancelled(job.id)
+        added, count = _store_part(rt, job.id, index, data, samples, seconds)
+    except _Cancelled:
+        log.info("job %s was cancelled or failed; part %d dropped", job.id, index)
+        cleanup(rt, job.id, plan.total)
+        return None
+    except Exception as exc:  # noqa: BLE001 - classified like a whole job's failure
+        return _part_failed(task, rt, job, plan, index, attempt, exc, started)
+    rt.jobs.add_history(job.id, {"part": index, "parts": plan.total, "attempt": attempt, "started_at": started,
+                                 "finished_at": now(), "outcome": "part_succeeded", "worker": _worker(),
+                                 "pid": os.getpid(), "characters": sum(len(c) for c in plan.groups[index]),
+                                 "audio_seconds": round(samples / plan.rate, 3),
+                                 "synthesis_seconds": round(seconds, 3)})
+    log.info("job %s %s done (%.1fs of audio in %.2fs, %d/%d parts stored)", job.id, part_name,
+             samples / plan.rate, seconds, count, plan.total)
+    if added and count >= plan.total:
+        return _stitch_or_retry(task, rt, job, plan)
+    if _status(rt, job.id) in (JobStatus.CANCELLED, JobStatus.FAILED):  # cancelled while storing
+        cleanup(rt, job.id, plan.total)
+    return {"job_id": job.id, "part": index, "status": "stored"}
+
+
+def _store_part(rt: Runtime, job_id: str, index: int, data: bytes, samples: int, seconds: float) -> tuple[bool, int]:
+    """Keep a part's audio and mark it done; returns (newly done, parts done so far) from one transaction."""
+    ttl = rt.settings.result_ttl
+    pipe = rt.redis.pipeline(transaction=True)
+    pipe.set(keys.job_part(job_id, index), data, ex=ttl)
+    pipe.hset(keys.job_parts(job_id), mapping={f"samples:{index}": samples, f"seconds:{index}": round(seconds, 4)})
+    pipe.sadd(keys.job_parts_done(job_id), index)
+    pipe.scard(keys.job_parts_done(job_id))
+    pipe.expire(keys.job_parts_done(job_id), ttl)
+    results = pipe.execute()
+    return bool(results[2]), int(results[3])
+
+
+class _Cancelled(Exception):
+    """The job was cancelled while a part ran."""
+
+
+def _inject_part_fault(rt: Runtime, job: Job, attempt: int) -> None:
+    """The test-only fault switch applies to each part's attempts as to a whole job's."""
+    from .synthesize import _inject_fault
+
+    _inject_fault(dataclasses.replace(job, attempts=attempt), rt)
+
+
+def _render_part(rt: Runtime, job: Job, plan: PartPlan, index: int) -> tuple[bytes, int, float]:
+    """Synthesize one part; returns (stored bytes, samples at the output rate, seconds taken)."""
+    started = now()
+    options = SynthesisOptions(**job.options())
+    info = options.validate(rt.catalog)
+    pieces: list[np.ndarray] = []
+    for k, piece in enumerate(stream_chunks(plan.groups[index], options, rt.catalog,
+                                            seed_offset=plan.first_chunk(index))):
+        pieces.append(piece.samples)
+        if k % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 and _status(rt, job.id) is JobStatus.CANCELLED:
+            raise _Cancelled(job.id)
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    if plan.segments:
+        encoder = AudioEncoder(plan.format, plan.rate, input_rate=info.sample_rate)
+        encoder.write(samples)
+        data = encoder.finish()
+        count = encoder.samples_written
+    else:
+        pcm = resample(samples, info.sample_rate, plan.rate)
+        data = to_pcm16(pcm)
+        count = len(pcm)
+    return data, count, now() - started
+
+
+def _status(rt: Runtime, job_id: str) -> JobStatus | None:
+    raw = rt.redis.hget(keys.job(job_id), "status")
+    return JobStatus(raw.decode()) if raw is not None else None
+
+
+def _part_failed(task: Any, rt: Runtime, job: Job, plan: PartPlan, index: int, attempt: int, exc: Exception,
+                 started: float) -> dict[str, Any] | None:
+    """Retry a failed part with the job's retry policy, or dead-letter the job."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        exc = SynthesisRuntimeError(f"a part exceeded the soft time limit of {rt.settings.task_soft_time_limit}s")
+    policy = rt.retry_policy
+    error_type = type(exc).__name__
+    message = str(exc) or error_type
+    history: dict[str, Any] = {"part": index, "parts": plan.total, "attempt": attempt, "started_at": started,
+                               "finished_at": now(), "outcome": "part_failed", "error": f"{error_type}: {message}",
+                               "worker": _worker(), "pid": os.getpid()}
+    if policy.should_retry(attempt, exc):
+        delay = policy.delay_seconds(attempt)
+        history["retry_in"] = round(delay, 4)
+        rt.jobs.add_history(job.id, history)
+        rt.metrics.job_retried(job.voice, SYNTHESIS_QUEUE)
+        log.warning("job %s part %d attempt %d failed (%s: %s); retrying in %.3fs", job.id, index, attempt,
+                    error_type, message, delay)
+        raise task.retry(countdown=delay, exc=exc, max_retries=None)
+    rt.jobs.add_history(job.id, history)
+    permanent = isinstance(exc, EngineError) and exc.permanent
+    code = getattr(exc, "code", None) if permanent else "retry_exhausted"
+    trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    log.error("job %s part %d failed for good after %d attempt(s): %s: %s", job.id, index, attempt, error_type,
+              message)
+    _fail(rt, job, plan, error_type, f"part {index + 1} of {plan.total}: {message}", trace, code=code)
+    return {"job_id": job.id, "part": index, "status": "failed"}
+
+
+def _fail(rt: Runtime, job: Job, plan: PartPlan, error_type: str, message: str, trace: str = "",
+          code: str | None = None) -> None:
+    """Dead-letter the whole job (once: the status transition guards it) and drop its parts."""
+    from .synthesize import dead_letter
+
+    dead_letter(rt, rt.jobs.get(job.id), error_type, message, trace, code=code)
+    cleanup(rt, job.id, plan.total)
+
+
+# --- stitching ---------------------------------------------------------------------------
+def _maybe_stitch_again(task: Any, rt: Runtime, job: Job, plan: PartPlan) -> dict[str, Any] | None:
+    if job.status is not JobStatus.RUNNING:
+        return None
+    if int(rt.redis.scard(keys.job_parts_done(job.id))) < plan.total:
+        return None
+    log.info("job %s: every part is stored but the job is not finished; stitching (redelivery)", job.id)
+    return _stitch_or_retry(task, rt, job, plan)
+
+
+def _stitch_or_retry(task: Any, rt: Runtime, job: Job, plan: PartPlan) -> dict[str, Any] | None:
+    """Stitch; a failed stitch is retried (as a redelivered part) with the job's retry policy."""
+    attempt = int(rt.redis.hincrby(keys.job_parts(job.id), "attempts:stitch", 1))
+    if attempt > job.max_attempts:
+        _fail(rt, job, plan, "WorkerLostError", f"the worker was lost during {attempt - 1} attempts to stitch",
+              code="worker_lost")
+        return None
+    started = now()
+    try:
+        return _stitch(rt, job.id)
+    except Exception as exc:  # noqa: BLE001 - classified like a part's failure
+        error_type = type(exc).__name__
+        message = str(exc) or error_type
+        rt.jobs.add_history(job.id, {"stitch": True, "attempt": attempt, "started_at": started, "finished_at": now(),
+                                     "outcome": "stitch_failed", "error": f"{error_type}: {message}",
+                                     "worker": _worker(), "pid": os.getpid()})
+        if rt.retry_policy.should_retry(attempt, exc):
+            delay = rt.retry_policy.delay_seconds(attempt)
+            log.warning("job %s stitch attempt %d failed (%s: %s); retrying in %.3fs", job.id, attempt, error_type,
+                        message, delay)
+            raise task.retry(countdown=delay, exc=exc, max_retries=None)
+        trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        _fail(rt, job, plan, error_type, f"stitching: {message}", trace, code="retry_exhausted")
+        return None
+
+
+def _stitch(rt: Runtime, job_id: str) -> dict[str, Any] | None:
+    """Join every part in order and finish the job exactly as a whole job finishes."""
+    from .synthesize import _finish
+
+    job = rt.jobs.get(job_id)
+    if job.status is not JobStatus.RUNNING:
+        log.info("job %s is %s; not stitching", job_id, job.status.value)
+        return None
+    plan = _load_plan(rt, job_id)
+    if plan is None:
+        raise SynthesisRuntimeError(f"job {job_id}: the fan-out plan disappeared before stitching")
+    counts = rt.redis.hmget(keys.job_parts(job_id), [f"samples:{i}" for i in range(plan.total)])
+    work = sum(float(v or 0) for v in rt.redis.hmget(keys.job_parts(job_id), [f"seconds:{i}" for i in range(plan.total)]))
+    stitch_started = now()
+    fmt = validate_format(plan.format)
+    if plan.segments:
+        segments = []
+        for i in range(plan.total):
+            data = rt.redis.get(keys.job_part(job_id, i))
+            if data is None:
+                raise SynthesisRuntimeError(f"job {job_id}: the audio of part {i + 1} expired before stitching")
+            segments.append(data)
+        if plan.format == "mp3":
+            audio, samples = join_mp3(segments)
+        else:
+            audio, samples = b"".join(segments), sum(int(c or 0) for c in counts)
+        sample_rate = plan.rate
+    else:
+        encoder = AudioEncoder(plan.format, plan.rate)
+        try:
+            for i in range(plan.total):
+                data = rt.redis.get(keys.job_part(job_id, i))
+                if data is None:
+                    raise SynthesisRuntimeError(f"job {job_id}: the audio of part {i + 1} expired before stitching")
+                encoder.write(np.frombuffer(data, "<i2").astype(np.float32) / 32767.0)
+            audio = encoder.finish()
+        except BaseException:
+            encoder.close()
+            raise
+        samples, sample_rate = encoder.samples_written, encoder.sample_rate
+    finished = now()
+    # The work done, as for a whole job (every part's synthesis plus the stitch); the wall
+    # time, parallel and including queue waits, is finished_at - started_at.
+    result = engine.SynthesisResult(
+        audio=audio, format=plan.format, media_type=fmt.media_type, sample_rate=sample_rate,
+        duration=samples / sample_rate, characters=plan.characters, chunks=plan.chunks, voice=job.voice,
+        synthesis_seconds=work + (finished - stitch_started),
+    )
+    log.info("job %s stitched from %d parts in %.2fs", job_id, plan.total, finished - stitch_started,
+             extra={"parts": plan.total, "stitch_seconds": round(finished - stitch_started, 3)})
+    outcome = _finish(rt, job, result, job.started_at or stitch_started)
+    cleanup(rt, job_id, plan.total)
+    return outcome
+
+
+# --- MP3 segments ------------------------------------------------------------------------
+_MPEG1_KBPS = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+_MPEG2_KBPS = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+@dataclass
+class _Mp3:
+    """One LAME-encoded MP3 segment, split into its Xing/LAME info frame and its audio frames."""
+
+    info: bytes | None
+    audio: bytes
+    frame_offsets: list[int]
+    samples_per_frame: int
+    rate: int
+    delay: int
+    padding: int
+    #: The LAME tag's CRC-16 of ``audio`` (None without a LAME tag).
+    music_crc: int | None = None
+
+
+def _frame_size(data: bytes, pos: int) -> tuple[int, int, int, int]:
+    """(frame bytes, samples per frame, sample rate, side-info bytes) of the MPEG layer III frame at ``pos``."""
+    if pos + 4 > len(data) or data[pos] != 0xFF or data[pos + 1] & 0xE0 != 0xE0:
+        raise EngineError(f"not an MP3 frame at byte {pos}")
+    version = (data[pos + 1] >> 3) & 3
+    layer = (data[pos + 1] >> 1) & 3
+    bitrate_index = data[pos + 2] >> 4
+    rate_index = (data[pos + 2] >> 2) & 3
+    if version == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
+        raise EngineError(f"unsupported MP3 frame header at byte {pos}")
+    mono = (data[pos + 3] >> 6) == 3
+    rate = _RATES[version][rate_index]
+    padding = (data[pos + 2] >> 1) & 1
+    if version == 3:
+        size = 144 * _MPEG1_KBPS[bitrate_index] * 1000 // rate + padding
+        return size, 1152, rate, 17 if mono else 32
+    size = 72 * _MPEG2_KBPS[bitrate_index] * 1000 // rate + padding
+    return size, 576, rate, 9 if mono else 17
+
+
+def _skip_id3(data: bytes) -> bytes:
+    if data[:3] == b"ID3" and len(data) >= 10:
+        size = (data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9]
+        data = data[10 + size + (10 if data[5] & 0x10 else 0):]
+    if len(data) >= 128 and data[-128:-125] == b"TAG":
+        data = data[:-128]
+    return data
+
+
+def _parse_mp3(data: bytes) -> _Mp3:
+    data = _skip_id3(data)
+    size, spf, rate, side = _frame_size(data, 0)
+    tag_at = 4 + side
+    info: bytes | None = None
+    delay = padding = 0
+    start = 0
+    music_crc: int | None = None
+    if data[tag_at:tag_at + 4] in (b"Xing", b"Info"):
+        info = data[:size]
+        start = size
+        lame_at = tag_at + 120
+        if info[lame_at:lame_at + 4] == b"LAME" and len(info) >= lame_at + 36:
+            d = info[lame_at + 21:lame_at + 24]
+            delay, padding = (d[0] << 4) | (d[1] >> 4), ((d[1] & 0x0F) << 8) | d[2]
+            if struct.unpack(">I", info[lame_at + 28:lame_at + 32])[0] == len(data):  # covers the whole segment
+                music_crc = struct.unpack(">H", info[lame_at + 32:lame_at + 34])[0]
+    offsets: list[int] = []
+    pos = start
+    while pos + 4 <= len(data):
+        offsets.append(pos - start)
+        pos += _frame_size(data, pos)[0]
+    audio = data[start:pos]
+    if music_crc is not None and pos != len(data):
+        music_crc = None
+    return _Mp3(info=info, audio=audio, frame_offsets=offsets, samples_per_frame=spf, rate=rate,
+                delay=delay, padding=padding, music_crc=music_crc)
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC16_TABLE = _crc16_table()
+
+
+def _crc16(data: bytes, crc: int = 0) -> int:
+    """CRC-16 (polynomial 0x8005, reflected, initial 0), as the LAME tag uses."""
+    table = _CRC16_TABLE
+    for byte in data:
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+    return crc
+
+
+def _gf2_apply(matrix: list[int], vector: int) -> int:
+    out, i = 0, 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return out
+
+
+def _crc16_combine(crc_a: int, crc_b: int, length_b: int) -> int:
+    """The CRC-16 of A followed by B from the CRCs of A and B (as zlib's crc32_combine does).
+
+    Feeding zero bytes to the register is linear, so crc(A+B) = Z^len(B)(crc(A)) ^ crc(B),
+    with Z^n computed by squaring: O(log n) instead of reading megabytes of MP3 in Python.
+    """
+    zero_byte = [_crc16(b"\x00", 1 << bit) for bit in range(16)]  # column `bit`: register 1<<bit after one 0x00
+    power = zero_byte
+    n = length_b
+    while n:
+        if n & 1:
+            crc_a = _gf2_apply(power, crc_a)
+        n >>= 1
+        if n:
+            power = [_gf2_apply(power, column) for column in power]
+    return crc_a ^ crc_b
+
+
+def join_mp3(segments: list[bytes]) -> tuple[bytes, int]:
+    """Join LAME MP3 segments (same rate, mono) into one file; returns (bytes, samples a gapless decoder yields).
+
+    The frames are concatenated (each segment starts with an empty bit reservoir, so
+    that is a valid stream) behind one rewritten Xing/LAME info frame: total frame and
+    byte counts, a new seek table, the first segment's encoder delay and the last one's
+    padding, and both CRCs. Players then show the whole length and seek correctly; each
+    inner boundary keeps its segment's encoder delay and padding, about 50-100 ms of
+    near-silence, which falls between sentences.
+    """
+    if not segments:
+        raise EngineError("no MP3 segments to join")
+    parsed = [_parse_mp3(s) for s in segments]
+    first, last = parsed[0], parsed[-1]
+    if any(p.rate != first.rate or p.samples_per_frame != first.samples_per_frame for p in parsed):
+        raise EngineError("MP3 segments differ in sample rate")
+    audio = b"".join(p.audio for p in parsed)
+    offsets: list[int] = []
+    base = 0
+    for p in parsed:
+        offsets.extend(base + o for o in p.frame_offsets)
+        base += len(p.audio)
+    frames = len(offsets)
+    samples = max(0, frames * first.samples_per_frame - first.delay - last.padding)
+    if first.info is None:
+        return audio, frames * first.samples_per_frame
+    info = bytearray(first.info)
+    _, _, _, side = _frame_size(bytes(info), 0)
+    tag = 4 + side
+    flags = struct.unpack(">I", info[tag + 4:tag + 8])[0]
+    if flags & 0x7 != 0x7:  # no frame count, byte count or seek table to rewrite: drop the header
+        return audio, frames * first.samples_per_frame
+    total_bytes = len(info) + len(audio)
+    struct.pack_into(">II", info, tag + 8, frames, total_bytes)
+    toc = bytearray(100)
+    for i in range(100):
+        frame = min(frames - 1, i * frames // 100) if frames else 0
+        position = len(info) + (offsets[frame] if offsets else 0)
+        toc[i] = min(255, position * 256 // total_bytes)
+    info[tag + 16:tag + 116] = toc
+    lame = tag + 120
+    if info[lame:lame + 4] == b"LAME" and len(info) >= lame + 36:
+        delay, padding = first.delay, last.padding
+        info[lame + 21:lame + 24] = bytes([delay >> 4, ((delay & 0x0F) << 4) | (padding >> 8), padding & 0xFF])
+        struct.pack_into(">I", info, lame + 28, total_bytes)
+        music = 0
+        for p in parsed:  # each segment's LAME tag already holds its frames' CRC: combine, do not re-read
+            music = _crc16_combine(music, p.music_crc if p.music_crc is not None else _crc16(p.audio), len(p.audio))
+        struct.pack_into(">H", info, lame + 32, music)
+        struct.pack_into(">H", info, lame + 34, _crc16(bytes(info[:lame + 34])))
+    return bytes(info) + audio, samples
+
+
+# --- a part killed by the hard time limit ---------------------------------------------------
+@signals.task_failure.connect
+def _part_time_limit(sender: Any = None, exception: BaseException | None = None, args: Any = None,
+                     **_: Any) -> None:
+    """A part killed by the hard time limit is acknowledged, not requeued: queue it again.
+
+    (A child killed outright, ``WorkerLostError``, is requeued by ``reject_on_worker_lost``
+    and the redelivery counts the lost attempt.)
+    """
+    if getattr(sender, "name", None) != "tts.synthesize_part" or not args or len(args) < 2:
+        return
+    if not isinstance(exception, TimeLimitExceeded):
+        return
+    rt = get_runtime()
+    job_id, index = str(args[0]), int(args[1])
+    try:
+        job = rt.jobs.get(job_id)
+    except JobNotFound:
+        return
+    if job.status.finished:
+        return
+    with bind(correlation_id=job.correlation_id, job_id=job_id, voice=job.voice):
+        attempts = int(rt.redis.hget(keys.job_parts(job_id), f"attempts:{index}") or 0)
+        rt.jobs.add_history(job_id, {"part": index, "attempt": attempts, "finished_at": now(),
+                                     "outcome": "part_failed", "error": f"TimeLimitExceeded: {exception}"})
+        delay = rt.retry_policy.delay_seconds(max(1, attempts))
+        from .batches import send_tasks
+
+        send_tasks(rt, "tts.synthesize_part", [([job_id, index], delay)], job.correlation_id)
+        log.warning("job %s part %d hit the hard time limit; queued again in %.3fs", job_id, index, delay)

@@ -1,0 +1,162 @@
+"""Long documents: one job fanned out over both worker processes and stitched back in order."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import engine
+from engine.audio import decode
+
+pytestmark = pytest.mark.integration
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+
+
+def chapter(chars: int) -> str:
+    """The first ``chars`` or so characters of the shared chapter, cut after a paragraph, tagged unique."""
+    path = CORPUS / "long" / "chapter.txt"
+    if not path.is_file():
+        pytest.fail(f"shared corpus file {path} is missing: the tests expect shared/corpus beside the repository")
+    text = path.read_text(encoding="utf-8")
+    cut = text.find("\n\n", chars)
+    return text[: cut if cut > 0 else chars] + f"\n\nThis copy is number {uuid.uuid4().hex[:6]}."
+
+
+def expected_seconds(stack: Any, text: str, voice: str = "heart") -> float:
+    """How long the same text lasts when synthesized whole, in this process."""
+    catalog = stack.app.extensions["tts"]["runtime"].catalog
+    return engine.synthesize(text, engine.SynthesisOptions(voice=voice, format="pcm"), catalog).duration
+
+
+def part_keys(stack: Any, job_id: str, wait: float = 10.0) -> list[bytes]:
+    """The job's leftover part keys, after giving the stitcher ``wait`` seconds to delete them."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = list(stack.redis.scan_iter(f"tts:job:{job_id}:part*"))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_long_text_uses_both_workers_and_is_stitched_in_order(stack):
+    client = stack.client
+    text = chapter(6000)
+    assert len(text) > stack.settings.chunk_fanout_chars * 2
+    r = client.post("/v1/jobs", json={"text": text, "voice": "heart", "format": "mp3"})
+    assert r.status_code == 202, r.get_json()
+    job_id = r.get_json()["id"]
+    done = stack.wait_for(job_id, timeout=180)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 1
+    assert done["characters"] == len(text)
+
+    history = done["history"]
+    fanned = [h for h in history if h.get("outcome") == "fanned_out"]
+    parts = [h for h in history if h.get("outcome") == "part_succeeded"]
+    assert len(fanned) == 1
+    total = fanned[0]["parts"]
+    assert total >= 5  # about fanout_part_chars (1,000) each
+    assert sorted(h["part"] for h in parts) == list(range(total))
+    assert len({h["pid"] for h in parts}) == 2, "the parts should run on both worker processes"
+    assert history[-1]["outcome"] == "succeeded"
+
+    audio = client.get(f"/v1/jobs/{job_id}/audio")
+    assert audio.status_code == 200 and audio.mimetype == "audio/mpeg"
+    assert len(audio.data) == done["audio"]["bytes"]
+    samples, rate = decode(audio.data, "mp3")
+    assert rate == 24000
+    seconds = len(samples) / rate
+    assert abs(seconds - done["audio"]["duration_seconds"]) < 0.01  # the rewritten MP3 header tells the truth
+    whole = expected_seconds(stack, text)
+    # each inner part boundary keeps about 60 ms of MP3 encoder delay and padding
+    assert abs(seconds - whole) < 0.02 * whole + 0.1 * total, (seconds, whole)
+    assert seconds > 300
+    assert float((samples**2).mean() ** 0.5) > 0.01
+    assert part_keys(stack, job_id) == []
+
+    # The stitched audio went into the cache like any job's.
+    again = client.post("/v1/jobs", json={"text": text, "voice": "heart", "format": "mp3"})
+    assert again.status_code == 200 and again.get_json()["cache_hit"] is True
+
+
+def test_wav_parts_are_joined_sample_exact(stack):
+    client = stack.client
+    text = chapter(3000)
+    r = client.post("/v1/jobs", json={"text": text, "voice": "heart", "format": "wav", "cache": False})
+    job_id = r.get_json()["id"]
+    done = stack.wait_for(job_id, timeout=120)
+    assert done["status"] == "succeeded", done
+    parts = [h for h in done["history"] if h.get("outcome") == "part_succeeded"]
+    assert len(parts) >= 3
+    samples, rate = decode(client.get(f"/v1/jobs/{job_id}/audio").data, "wav")
+    assert rate == 24000
+    assert abs(len(samples) / rate - sum(p["audio_seconds"] for p in parts)) < 0.01
+    assert abs(len(samples) / rate - done["audio"]["duration_seconds"]) < 0.001
+    whole = expected_seconds(stack, text)
+    assert abs(len(samples) / rate - whole) < 0.03 * whole, (len(samples) / rate, whole)
+
+
+def test_parts_are_retried_on_their_own(make_stack):
+    stack = make_stack(TTS_FAULT_INJECTION="transient:1", TTS_RETRY_JITTER="0", TTS_BASE_DELAY_MS="50")
+    text = chapter(2500)
+    job_id = stack.client.post("/v1/jobs", json={"text": text, "voice": "heart", "format": "mp3"}).get_json()["id"]
+    done = stack.wait_for(job_id, timeout=120)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2  # the whole job's first attempt failed before it fanned out
+    history = done["history"]
+    total = next(h["parts"] for h in history if h.get("outcome") == "fanned_out")
+    failed = [h for h in history if h.get("outcome") == "part_failed"]
+    succeeded = [h for h in history if h.get("outcome") == "part_succeeded"]
+    assert sorted(h["part"] for h in failed) == list(range(total))
+    assert all(h["attempt"] == 1 and "retry_in" in h for h in failed)
+    assert sorted(h["part"] for h in succeeded) == list(range(total))
+    assert all(h["attempt"] == 2 for h in succeeded)
+    assert part_keys(stack, job_id) == []
+
+
+def test_cancelling_a_fanned_out_job_stops_its_parts(stack):
+    client = stack.client
+    text = chapter(6000)
+    job_id = client.post("/v1/jobs", json={"text": text, "voice": "joe", "format": "wav",
+                                           "cache": False}).get_json()["id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        history = client.get(f"/v1/jobs/{job_id}").get_json()["history"]
+        if any(h.get("outcome") == "fanned_out" for h in history):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the job never fanned out")
+    r = client.delete(f"/v1/jobs/{job_id}")
+    assert r.status_code == 200 and r.get_json()["status"] == "cancelled"
+    # Parts still queued drop out as they are picked up; the running ones stop within 8 sentences.
+    stack.wait_for(job_id)
+    assert part_keys(stack, job_id, wait=60) == []
+    time.sleep(3)
+    assert part_keys(stack, job_id, wait=0) == []
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
+    # The worker is free again: a short job goes through.
+    short = client.post("/v1/jobs", json={"text": f"Next please {uuid.uuid4().hex[:6]}.", "voice": "heart"})
+    assert stack.wait_for(short.get_json()["id"], timeout=120)["status"] == "succeeded"
+
+
+def test_every_format_is_stitched(stack):
+    """aac and pcm parts are joined as encoded; flac and opus are encoded once from PCM parts."""
+    client = stack.client
+    text = chapter(2200)
+    ids = {fmt: client.post("/v1/jobs", json={"text": text, "voice": "heart", "format": fmt, "cache": False,
+                                              "sample_rate": 24000}).get_json()["id"]
+           for fmt in ("aac", "pcm", "flac", "opus")}
+    for fmt, job_id in ids.items():
+        done = stack.wait_for(job_id, timeout=120)
+        assert done["status"] == "succeeded", (fmt, done)
+        assert any(h.get("outcome") == "fanned_out" for h in done["history"]), fmt
+        samples, rate = decode(client.get(f"/v1/jobs/{job_id}/audio").data, fmt, pcm_rate=24000)
+        seconds = len(samples) / rate
+        # aac keeps about 1024 samples of encoder priming per inner boundary; the others are exact
+        assert abs(seconds - done["audio"]["duration_seconds"]) < 0.2, (fmt, seconds, done["audio"])
+        assert seconds > 60 and float((samples**2).mean() ** 0.5) > 0.01, fmt
