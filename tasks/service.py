@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import engine
-from engine.exceptions import EmptyTextError, OptionError
+from engine.exceptions import EmptyTextError
 from engine.text import chunk_text, normalize
 
 from . import keys

@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import engine
 from engine.exceptions import EngineError, SynthesisRuntimeError
+from engine.synthesis import AudioChunk
 from monitoring.correlation import bind
 
 from .celery_app import SYNTHESIS_QUEUE, celery_app
@@ -90,26 +91,14 @@ def _after_finish(rt: Runtime, job_id: str) -> None:
 
 
 def run_job(rt: Runtime, job: Job) -> engine.SynthesisResult:
-    """Synthesize a job's text with the engine, checking for cancellation between sentences."""
-    options = engine.SynthesisOptions(**job.options())
-    info = options.validate(rt.catalog)
-    from engine.audio import AudioEncoder, validate_format
-    from engine.synthesis import prepare, stream_chunks
+    """Synthesize a job's text with the engine, checking for cancellation every few sentences."""
 
-    chunks = prepare(job.text, options, rt.catalog)
-    encoder = AudioEncoder(options.format, options.output_rate(info), input_rate=info.sample_rate)
-    started = now()
-    for index, piece in enumerate(stream_chunks(chunks, options, rt.catalog)):
-        encoder.write(piece.samples)
-        if index % 8 == 7 and rt.jobs.get(job.id).status is JobStatus.CANCELLED:
+    def check_cancelled(piece: AudioChunk) -> None:
+        if piece.index % 8 == 7 and rt.jobs.get(job.id).status is JobStatus.CANCELLED:
             raise JobCancelled(job.id)
-    data = encoder.finish()
-    return engine.SynthesisResult(
-        audio=data, format=options.format, media_type=validate_format(options.format).media_type,
-        sample_rate=encoder.sample_rate, duration=encoder.duration_seconds,
-        characters=sum(len(c) for c in chunks), chunks=len(chunks), voice=info.id,
-        synthesis_seconds=now() - started,
-    )
+
+    return engine.synthesize(job.text, engine.SynthesisOptions(**job.options()), rt.catalog,
+                             on_chunk=check_cancelled)
 
 
 @celery_app.task(bind=True, name="tts.synthesize", acks_late=True, reject_on_worker_lost=True, max_retries=None)
