@@ -264,13 +264,9 @@ def _version() -> str:
 # --- endpoints -------------------------------------------------------------------------------
 
 
-@bp.get("/health")
-def health() -> Any:
-    """Overall status with one line per component and a performance summary; 503 unless healthy."""
-    runtime, settings, started = _context()
-    components, summary = run_components(runtime, settings, with_performance=True)
-    status = fold(components)
-    body = {
+def _overview(status: str, components: dict[str, Any], settings: Any, started: float) -> dict[str, Any]:
+    """The fields /health and /health/detailed share."""
+    return {
         "status": status,
         "timestamp": _timestamp(),
         "model_loaded": _model_loaded(components),
@@ -278,6 +274,17 @@ def health() -> Any:
         "default_voice": settings.default_voice,
         "uptime_seconds": round(time.time() - started, 1),
         "version": _version(),
+    }
+
+
+@bp.get("/health")
+def health() -> Any:
+    """Overall status with one line per component and a performance summary; 503 unless healthy."""
+    runtime, settings, started = _context()
+    components, summary = run_components(runtime, settings, with_performance=True)
+    status = fold(components)
+    body = {
+        **_overview(status, components, settings, started),
         "components": {name: _brief(result) for name, result in components.items()},
         "performance": _performance_brief(summary),
     }
@@ -302,13 +309,7 @@ def health_detailed() -> Any:
     broker = components.get("broker", {})
     workers = components.get("workers", {})
     body = {
-        "status": status,
-        "timestamp": _timestamp(),
-        "model_loaded": _model_loaded(components),
-        "voices_available": _voices_available(components),
-        "default_voice": settings.default_voice,
-        "uptime_seconds": round(time.time() - started, 1),
-        "version": _version(),
+        **_overview(status, components, settings, started),
         "python": platform.python_version(),
         "components": components,
         "performance": summary,
