@@ -16,6 +16,7 @@ from settings import Settings, get_settings
 from tasks.runtime import Runtime
 from tasks.service import JobService
 
+from .auth import install_api_keys
 from .errors import register_error_handlers
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     }
     _install_correlation(app)
     register_error_handlers(app)
+    install_api_keys(app)
 
     from . import batches, dashboard, dlq, health, jobs, metrics, openai_compat, voices
 

@@ -401,7 +401,7 @@ class ApiClient:
     """
 
     def __init__(self, base_url: str, pool_size: int = 8, retries: int = 4, backoff: float = 0.5,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, api_key: str | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
@@ -411,6 +411,8 @@ class ApiClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = "tts-batch-bulk/1"
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -739,7 +741,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("no .txt or .md files found in the inputs")
     options = Options(voice=args.voice, format=args.format, speed=args.speed, timeout=args.timeout)
     stop = threading.Event()
-    client = ApiClient(args.api, pool_size=args.concurrency + 2, stop=stop)
+    client = ApiClient(args.api, pool_size=args.concurrency + 2, stop=stop, api_key=args.api_key)
     try:
         client.check(args.voice)
         out.mkdir(parents=True, exist_ok=True)
@@ -871,6 +873,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", "-c", type=_positive_int, default=4, metavar="N",
                         help="files in flight at once (default: 4)")
     parser.add_argument("--api", default=None, metavar="URL", help=f"API base URL (default: from settings, {DEFAULT_API})")
+    parser.add_argument("--api-key", default=None, metavar="KEY",
+                        help="sent as 'Authorization: Bearer KEY' (needed when the server sets TTS_API_KEYS)")
     parser.add_argument("--timeout", type=_positive_float, default=1800.0, metavar="SECONDS",
                         help="seconds to wait for one file's job before giving up (default: 1800)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar: one log line per file")

@@ -11,7 +11,6 @@ read ``error.message`` from it just the same.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import time
@@ -177,22 +176,6 @@ def _check_voice(speech: SpeechRequest, settings: Settings) -> None:
                        f"({', '.join(exc.valid)})", param="voice") from exc
 
 
-def _auth_error(settings: Settings) -> Response | None:
-    """When ``TTS_API_KEYS`` is set, a 401 unless the request has ``Authorization: Bearer <one of them>``."""
-    if not settings.api_keys:
-        return None
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() == "bearer" and token:
-        for key in settings.api_keys:
-            if hmac.compare_digest(token.encode(), key.encode()):
-                return None
-        message = "the API key is not valid"
-    else:
-        message = "an API key is required: send 'Authorization: Bearer <key>' with one of the keys in TTS_API_KEYS"
-    return error_response(401, "invalid_api_key", message, headers={"WWW-Authenticate": 'Bearer realm="tts-batch"'})
-
-
 # --- waiting -------------------------------------------------------------------------------
 def _wait(service: JobService, job_id: str, timeout: float) -> JobStatus | None:
     """Poll the job's status (one HGET per poll, backing off) until it finishes or ``timeout`` passes."""
@@ -236,9 +219,6 @@ def _poll_details(job_id: str) -> dict[str, str]:
 def speech() -> Any:
     """OpenAI's ``audio.speech.create``: queue the text, wait for the job, answer with the audio bytes."""
     settings = _settings()
-    denied = _auth_error(settings)
-    if denied is not None:
-        return denied
     speech_request = parse_speech_request(json_body(request), settings)
     _check_voice(speech_request, settings)
     service = _service()

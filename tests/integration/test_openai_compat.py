@@ -200,7 +200,7 @@ def test_failed_synthesis_is_a_502_with_the_job_error(make_stack: Any) -> None:
     assert info.value.body["job_id"]
 
 
-def test_api_keys_require_a_bearer_key(make_stack: Any) -> None:
+def test_api_keys_guard_every_v1_route(make_stack: Any) -> None:
     stack = make_stack(start=False, TTS_API_KEYS="first-key,second-key")
     with serve(stack.app) as base:
         with pytest.raises(openai.AuthenticationError) as info:
@@ -213,5 +213,14 @@ def test_api_keys_require_a_bearer_key(make_stack: Any) -> None:
         with pytest.raises(openai.BadRequestError):
             client_for(base, api_key="second-key").audio.speech.create(model="tts-1", voice="alloy", input="Hi.",
                                                                        speed=3.0)
-        # Listing models needs no key.
-        assert client_for(base, api_key="wrong").models.list().data
+        # Every /v1/ route is behind the keys; health and metrics are not.
+        with pytest.raises(openai.AuthenticationError):
+            client_for(base, api_key="wrong").models.list()
+        assert client_for(base, api_key="first-key").models.list().data
+        assert requests.get(f"{base}/v1/jobs", timeout=30).status_code == 401
+        assert requests.get(f"{base}/v1/jobs", headers={"X-API-Key": "first-key"}, timeout=30).status_code == 200
+        assert requests.get(f"{base}/v1/jobs", headers={"Authorization": "Bearer second-key"},
+                            timeout=30).status_code == 200
+        assert requests.get(f"{base}/v1/jobs", headers={"Authorization": "Basic first-key"},
+                            timeout=30).status_code == 401
+        assert requests.get(f"{base}/metrics/json", timeout=30).status_code == 200
