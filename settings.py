@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["Settings", "SettingsError", "get_settings", "reset_settings"]
+__all__ = ["Settings", "SettingsError", "get_settings", "reset_settings", "load_settings", "child_environment"]
 
 #: OpenAI voice names mapped to local voice ids (``TTS_OPENAI_VOICES`` overrides, as JSON).
 DEFAULT_OPENAI_VOICES: dict[str, str] = {
@@ -227,6 +227,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         # An ETA beyond the visibility timeout makes Redis hand the task to a second worker.
         raise SettingsError("TTS_MAX_DELAY_MS must stay below TTS_VISIBILITY_TIMEOUT (seconds)")
     return settings
+
+
+def child_environment(inherit_settings: bool = True, **overrides: str) -> dict[str, str]:
+    """The environment for a child process (worker, API, benchmark run): this process's
+    environment, without the ``TTS_*``/``REDIS_URL`` settings unless ``inherit_settings``,
+    plus ``overrides``. The one other place, besides :func:`load_settings`, that reads it."""
+    env = {k: v for k, v in os.environ.items()
+           if inherit_settings or not (k.startswith("TTS_") or k == "REDIS_URL")}
+    env.update(overrides)
+    return env
 
 
 _current: Settings | None = None

@@ -39,7 +39,7 @@ from honcho.environ import parse_procfile  # noqa: E402
 from honcho.manager import Manager  # noqa: E402
 
 from scripts.embedded_redis import find_free_port, port_is_free, wait_for_redis  # noqa: E402
-from settings import Settings, SettingsError, get_settings  # noqa: E402
+from settings import Settings, SettingsError, child_environment, get_settings  # noqa: E402
 
 __all__ = ["StackError", "StackPlan", "build_plan", "main"]
 
@@ -150,9 +150,7 @@ def _embedded_redis_port(settings: Settings) -> int:
 
 def _child_env(redis_url: str) -> dict[str, str]:
     """The environment of every process: ours, plus REDIS_URL, the venv on PATH, the repo on PYTHONPATH."""
-    # Passed through to the children unchanged; configuration itself is read via settings.
-    env = dict(os.environ)
-    env["REDIS_URL"] = redis_url
+    env = child_environment(REDIS_URL=redis_url)
     venv_bin = str(Path(sys.executable).parent)  # not resolved: keep the venv's bin folder
     env["PATH"] = os.pathsep.join(p for p in (venv_bin, env.get("PATH", "")) if p)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
