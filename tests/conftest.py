@@ -127,9 +127,11 @@ def _flushdb(url: str) -> None:
 
 
 # --- workers -----------------------------------------------------------------------------
+import contextlib  # noqa: E402
 import itertools  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 
@@ -228,6 +230,21 @@ class Stack:
     def redis(self) -> redis.Redis:
         """A client of the stack's database."""
         return redis.Redis.from_url(self.redis_url)
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        """Serve the app over real HTTP on 127.0.0.1 (a free port) in a thread; yields the base URL."""
+        from werkzeug.serving import make_server
+
+        server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, name="wsgi-test-server", daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            server.shutdown()
+            thread.join(10)
+            server.server_close()
 
     def start_worker(self, **env: str) -> WorkerProcess:
         """One more worker on the same database."""

@@ -6,14 +6,12 @@ thread of the test process. Input is a copy of ``../shared/corpus``, ``long/chap
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
 from engine.audio import decode
 
@@ -48,24 +45,10 @@ EDGE = {
 }
 
 
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (free port) in a thread; yields the base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="wsgi-test-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
-
-
 @pytest.fixture(scope="module")
 def api(stack: Any) -> Iterator[str]:
     """The shared stack's API, served over HTTP."""
-    with serve(stack.app) as url:
+    with stack.serve() as url:
         yield url
 
 

@@ -5,8 +5,6 @@ and talks to it over HTTP, exactly as OpenWebUI or a script using ``openai`` wou
 """
 from __future__ import annotations
 
-import contextlib
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +13,6 @@ import openai
 import pytest
 import requests
 from openai import OpenAI
-from werkzeug.serving import make_server
 
 from engine.audio import decode
 
@@ -27,20 +24,6 @@ def unique(text: str) -> str:
     return f"{text} Reference {uuid.uuid4().hex[:6]}."
 
 
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (free port) in a thread; yields the base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="wsgi-test-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
-
-
 def client_for(base: str, api_key: str = "unused") -> OpenAI:
     """An OpenAI client for our server; no retries, so each call is exactly one request."""
     return OpenAI(base_url=f"{base}/v1", api_key=api_key, max_retries=0, timeout=120)
@@ -49,7 +32,7 @@ def client_for(base: str, api_key: str = "unused") -> OpenAI:
 @pytest.fixture(scope="module")
 def base_url(stack: Any) -> Iterator[str]:
     """The shared stack's app, served over HTTP for the whole module."""
-    with serve(stack.app) as url:
+    with stack.serve() as url:
         yield url
 
 
@@ -174,7 +157,7 @@ def test_models_and_voices(base_url: str) -> None:
 def test_timeout_answers_504_with_the_job_to_poll(make_stack: Any) -> None:
     stack = make_stack(TTS_SPEECH_TIMEOUT="0.2")
     text = unique(" ".join(["A long passage keeps the worker busy for a good while, sentence after sentence."] * 30))
-    with serve(stack.app) as base:
+    with stack.serve() as base:
         client = client_for(base)
         with pytest.raises(openai.InternalServerError) as info:
             client.audio.speech.create(model="tts-1", voice="alloy", input=text, response_format="mp3")
@@ -191,7 +174,7 @@ def test_timeout_answers_504_with_the_job_to_poll(make_stack: Any) -> None:
 
 def test_failed_synthesis_is_a_502_with_the_job_error(make_stack: Any) -> None:
     stack = make_stack(TTS_FAULT_INJECTION="permanent")
-    with serve(stack.app) as base:
+    with stack.serve() as base:
         client = client_for(base)
         with pytest.raises(openai.InternalServerError) as info:
             client.audio.speech.create(model="tts-1", voice="alloy", input=unique("This will fail."))
@@ -202,7 +185,7 @@ def test_failed_synthesis_is_a_502_with_the_job_error(make_stack: Any) -> None:
 
 def test_api_keys_guard_every_v1_route(make_stack: Any) -> None:
     stack = make_stack(start=False, TTS_API_KEYS="first-key,second-key")
-    with serve(stack.app) as base:
+    with stack.serve() as base:
         with pytest.raises(openai.AuthenticationError) as info:
             client_for(base, api_key="wrong").audio.speech.create(model="tts-1", voice="alloy", input="Hi.")
         assert info.value.status_code == 401
