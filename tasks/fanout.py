@@ -649,11 +649,8 @@ def _part_time_limit(sender: Any = None, exception: BaseException | None = None,
         return
     rt = get_runtime()
     job_id, index = str(args[0]), int(args[1])
-    try:
-        job = rt.jobs.get(job_id)
-    except JobNotFound:
-        return
-    if job.status.finished:
+    job = rt.jobs.get_unfinished(job_id)
+    if job is None:
         return
     with bind(correlation_id=job.correlation_id, job_id=job_id, voice=job.voice):
         attempts = int(rt.redis.hget(keys.job_parts(job_id), f"attempts:{index}") or 0)

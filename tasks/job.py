@@ -215,6 +215,14 @@ class JobStore:
             raise JobNotFound(job_id)
         return Job.from_redis(_decode(data))
 
+    def get_unfinished(self, job_id: str) -> Job | None:
+        """The job if it is still stored and not finished, else None."""
+        try:
+            job = self.get(job_id)
+        except JobNotFound:
+            return None
+        return None if job.status.finished else job
+
     def exists(self, job_id: str) -> bool:
         """True when the job is stored."""
         return bool(self.redis.exists(keys.job(job_id)))

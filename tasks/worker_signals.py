@@ -19,7 +19,6 @@ from celery.exceptions import TimeLimitExceeded
 from monitoring.correlation import bind
 from settings import get_settings
 
-from .exceptions import JobNotFound
 from .job import now
 from .runtime import get_runtime, reset_runtime
 from .status import JobStatus
@@ -116,11 +115,8 @@ def _task_failure(sender: Any = None, task_id: str | None = None, exception: Bas
         return
     job_id = str(args[0])
     rt = get_runtime()
-    try:
-        job = rt.jobs.get(job_id)
-    except JobNotFound:
-        return
-    if job.status.finished:
+    job = rt.jobs.get_unfinished(job_id)
+    if job is None:
         return
     from .synthesize import dead_letter, enqueue
 
