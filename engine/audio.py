@@ -37,7 +37,6 @@ from typing import IO
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from engine.exceptions import EncodingError, EngineError, OptionError
 
@@ -176,6 +175,8 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     if src_rate == dst_rate or x.size == 0:
         return x
     g = gcd(int(src_rate), int(dst_rate))
+    from scipy.signal import resample_poly  # imported here: scipy.signal costs ~0.8 s to import
+
     return resample_poly(x, int(dst_rate) // g, int(src_rate) // g).astype(np.float32, copy=False)
 
 
