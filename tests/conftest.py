@@ -318,8 +318,10 @@ def make_stack(redis_server: Any, tmp_path: Path, model_cache: Path) -> Iterator
     """A factory of stacks with extra settings; every stack is stopped after the test."""
     made: list[Stack] = []
 
-    def factory(start: bool = True, **overrides: str) -> Stack:
-        s = _new_stack(redis_server, tmp_path / f"stack{len(made)}", model_cache, start=start, **overrides)
+    def factory(start: bool = True, server: Any = None, **overrides: str) -> Stack:
+        """``server``: another Redis (e.g. one the test may kill) instead of the session's."""
+        s = _new_stack(server or redis_server, tmp_path / f"stack{len(made)}", model_cache, start=start,
+                       **overrides)
         made.append(s)
         return s
 

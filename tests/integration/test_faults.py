@@ -168,3 +168,30 @@ def test_redis_down_gives_quick_503_then_recovers(tmp_path, model_cache):
         assert client.get("/health").status_code in (200, 503)  # no worker here; Redis itself is back
     finally:
         server.stop()
+
+
+def test_redis_restart_loses_no_accepted_job_and_workers_reconnect(make_stack, tmp_path):
+    # A Redis of this test's own, so killing it disturbs nobody else.
+    server = EmbeddedRedis(port=0, data_dir=tmp_path / "own-redis", appendonly=True, appendfsync="always")
+    server.start()
+    try:
+        stack = make_stack(start=False, server=server)
+        client = stack.client
+        queued = [client.post("/v1/jobs", json={"text": unique(f"Accepted before the crash {i}."),
+                                                "voice": "heart"}).get_json()["id"] for i in range(3)]
+        server.kill()  # SIGKILL: no shutdown save, only the append-only file survives
+        server.restart()
+        stack.start_worker()
+        for job_id in queued:
+            assert stack.wait_for(job_id)["status"] == "succeeded"
+
+        # Redis goes away under a running worker, comes back, and the worker carries on.
+        server.kill()
+        time.sleep(2)
+        server.restart()
+        after = client.post("/v1/jobs", json={"text": unique("After the restart."), "voice": "heart"})
+        assert after.status_code == 202
+        assert stack.wait_for(after.get_json()["id"], timeout=120)["status"] == "succeeded"
+        assert stack.workers[0].proc.poll() is None
+    finally:
+        server.stop()
