@@ -137,7 +137,11 @@ import uuid  # noqa: E402
 
 from settings import Settings, load_settings  # noqa: E402
 
-_next_db = itertools.count(8)
+#: Databases of the embedded server: 1 for ``redis_url``, 8 for the session ``stack``, 9 to 58 in turn
+#: for ``make_stack`` (each stack is stopped, and its database flushed, before the number comes round
+#: again), 60 for the API property tests. The embedded server has 64.
+SESSION_STACK_DB = 8
+_next_db = itertools.cycle(range(9, 59))
 WORKER_START_TIMEOUT = 90.0
 
 
@@ -286,9 +290,10 @@ def _stack_env(redis_url: str, tmp: Path, model_cache: Path, **overrides: str) -
     return env
 
 
-def _new_stack(redis_server: Any, tmp: Path, model_cache: Path, start: bool = True, **overrides: str) -> Stack:
+def _new_stack(redis_server: Any, tmp: Path, model_cache: Path, start: bool = True, db: int | None = None,
+               **overrides: str) -> Stack:
     tmp.mkdir(parents=True, exist_ok=True)
-    url = redis_server.url_for_db(next(_next_db))
+    url = redis_server.url_for_db(next(_next_db) if db is None else db)
     _flushdb(url)
     env = _stack_env(url, tmp, model_cache, **overrides)
     stack = Stack(redis_url=url, settings=load_settings(env), env=env, workers=[], tmp=tmp)
@@ -306,7 +311,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def stack(redis_server: Any, tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Stack]:
     """The shared stack: one real worker (2 children) and an app on a dedicated database."""
-    s = _new_stack(redis_server, tmp_path_factory.mktemp("stack"), model_cache)
+    s = _new_stack(redis_server, tmp_path_factory.mktemp("stack"), model_cache, db=SESSION_STACK_DB)
     try:
         yield s
     finally:

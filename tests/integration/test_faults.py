@@ -172,7 +172,8 @@ def test_redis_down_gives_quick_503_then_recovers(tmp_path, model_cache):
 
 def test_redis_restart_loses_no_accepted_job_and_workers_reconnect(make_stack, tmp_path):
     # A Redis of this test's own, so killing it disturbs nobody else.
-    server = EmbeddedRedis(port=0, data_dir=tmp_path / "own-redis", appendonly=True, appendfsync="always")
+    server = EmbeddedRedis(port=0, data_dir=tmp_path / "own-redis", appendonly=True, appendfsync="always",
+                           extra_args=("--databases", "64"))
     server.start()
     try:
         stack = make_stack(start=False, server=server)
