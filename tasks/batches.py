@@ -17,6 +17,7 @@ tasks are published in pipelined batches (kombu's ``Producer.batch``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from . import keys
 from .cache import cache_key
 from .celery_app import SYNTHESIS_QUEUE
 from .exceptions import (
+    IdempotencyConflict,
     BatchNotFound,
     InvalidBatch,
     InvalidRequest,
@@ -186,6 +188,12 @@ class BatchRequest:
     defaults: dict[str, Any]
     concatenate: bool = False
     gap_ms: int = 0
+
+    def fingerprint(self) -> str:
+        """A hash of the request, to tell an idempotent retry from a different request."""
+        body = json.dumps([self.inputs, self.defaults, self.concatenate, self.gap_ms], sort_keys=True,
+                          ensure_ascii=False, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()
 
 
 def parse_batch_request(body: Any, max_inputs: int, default_voice: str, default_format: str) -> BatchRequest:
@@ -420,13 +428,32 @@ class BatchService:
         self.jobs = jobs
 
     # --- submit ------------------------------------------------------------------------
-    def submit(self, request: BatchRequest, correlation_id: str | None = None) -> tuple[Batch, list[Rejection]]:
-        """Create a batch: every good input queued (or served from the cache), bad ones stored as failed."""
+    def submit(self, request: BatchRequest, correlation_id: str | None = None,
+               idempotency_key: str | None = None) -> tuple[Batch, list[Rejection], bool]:
+        """Create a batch: every good input queued (or served from the cache), bad ones stored as failed.
+
+        Returns (batch, rejected inputs, created). With an ``idempotency_key`` already used for the
+        same request, the earlier batch comes back with ``created`` False and nothing is queued.
+        """
+        self._check_defaults(request.defaults)
+        batch_id = uuid.uuid4().hex
+        if idempotency_key:
+            existing = self._claim(idempotency_key, batch_id, request)
+            if existing is not None:
+                return self.get(existing), [], False
+        try:
+            batch, rejected = self._create(request, batch_id, correlation_id)
+        except BaseException:
+            if idempotency_key:  # nothing was accepted: the key is free for a retry
+                self.rt.redis.delete(keys.idempotency(f"batch:{idempotency_key}"))
+            raise
+        return batch, rejected, True
+
+    def _create(self, request: BatchRequest, batch_id: str,
+                correlation_id: str | None) -> tuple[Batch, list[Rejection]]:
         from .service import parse_job_request
 
         settings = self.rt.settings
-        self._check_defaults(request.defaults)
-        batch_id = uuid.uuid4().hex
         created = now()
         versions: dict[str, str] = {}
         good: list[Job] = []
@@ -474,6 +501,21 @@ class BatchService:
         log.info("batch %s accepted: %d inputs, %d queued, %d from the cache, %d rejected", batch_id, batch.total,
                  len(misses), len(hits), len(rejected_jobs))
         return self.get(batch_id), rejected
+
+    def _claim(self, key: str, batch_id: str, request: BatchRequest) -> str | None:
+        """Reserve ``key`` for a new batch; returns the id of the batch that already holds it.
+
+        Raises :class:`IdempotencyConflict` when the key was used for a different request.
+        """
+        redis_key = keys.idempotency(f"batch:{key}")
+        value = json.dumps({"batch_id": batch_id, "fingerprint": request.fingerprint()})
+        if self.rt.redis.set(redis_key, value, nx=True, ex=self.rt.settings.result_ttl):
+            return None
+        raw = self.rt.redis.get(redis_key)
+        stored = json.loads(raw) if raw else {}
+        if stored.get("fingerprint") != request.fingerprint():
+            raise IdempotencyConflict(key, stored.get("batch_id", "?"), kind="batch")
+        return str(stored["batch_id"])
 
     def _check_defaults(self, defaults: Mapping[str, Any]) -> None:
         """Bad defaults are the request's fault, not each input's: refuse the whole batch."""

@@ -60,10 +60,10 @@ class IdempotencyConflict(PipelineError):
     code = "idempotency_key_reused"
     http_status = 422
 
-    def __init__(self, key: str, job_id: str) -> None:
+    def __init__(self, key: str, job_id: str, kind: str = "job") -> None:
         self.key = key
         self.job_id = job_id
-        super().__init__(f"Idempotency-Key {key!r} was already used for job {job_id!r} with a different request")
+        super().__init__(f"Idempotency-Key {key!r} was already used for {kind} {job_id!r} with a different request")
 
 
 class TextTooLong(PipelineError):

@@ -305,3 +305,29 @@ def test_a_thousand_inputs(stack):
     audio_minutes = done["audio_duration_seconds"] / 60
     print(f"\n1,000-input batch: submit {submit_seconds:.2f}s, all done after {wall:.1f}s, "
           f"{audio_minutes:.1f} audio minutes, zip {zip_seconds:.1f}s")
+
+
+def test_idempotency_key_returns_the_same_batch(stack):
+    client = stack.client
+    key = uuid.uuid4().hex
+    body = {"inputs": [{"text": f"Idempotent batch item {i} {key[:6]}."} for i in range(3)],
+            "defaults": {"voice": "heart", "format": "wav"}}
+    first = client.post("/v1/batches", json=body, headers={"Idempotency-Key": key})
+    assert first.status_code == 202, first.get_json()
+    again = client.post("/v1/batches", json=body, headers={"Idempotency-Key": key})
+    assert again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.get_json()["counts"]["total"] == 3  # nothing was queued twice
+    other = client.post("/v1/batches", json={**body, "gap_ms": 10}, headers={"Idempotency-Key": key})
+    assert other.status_code == 422
+    assert other.get_json()["error"]["code"] == "idempotency_key_reused"
+    assert "batch" in other.get_json()["error"]["message"]
+
+    # A refused request does not use up its key.
+    key2 = uuid.uuid4().hex
+    bad = client.post("/v1/batches", json={"inputs": [{"text": ""}], "defaults": {"voice": "heart"}},
+                      headers={"Idempotency-Key": key2})
+    assert bad.status_code == 400
+    good = client.post("/v1/batches", json=body | {"gap_ms": 5}, headers={"Idempotency-Key": key2})
+    assert good.status_code == 202
