@@ -12,8 +12,7 @@ from tasks.exceptions import InvalidBatch
 from tasks.status import JobStatus
 
 from .errors import ApiError
-from .jobs import IDEMPOTENCY_HEADER
-from .requests import MAX_LIMIT, int_arg, json_body
+from .requests import MAX_LIMIT, accepted_response, idempotency_key, int_arg, json_body
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -72,22 +71,14 @@ def submit() -> Any:
     settings = current_app.extensions["tts"]["settings"]
     batch_request = parse_batch_request(json_body(request), settings.max_batch_inputs, settings.default_voice,
                                         settings.default_format)
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and (not key.strip() or len(key) > 255):
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
     try:
         batch, rejected, created = service().submit(batch_request, correlation_id=g.get("correlation_id"),
-                                                    idempotency_key=key)
+                                                    idempotency_key=idempotency_key(request))
     except InvalidBatch as exc:
         raise ApiError(400, exc.code, str(exc), errors=exc.errors) from exc
     body = batch_body(batch)
     body["rejected"] = [r.public() for r in rejected]
-    response = jsonify(body)
-    response.status_code = 202 if created and not batch.done else 200
-    response.headers["Location"] = url_for("batches.get_batch", batch_id=batch.id)
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    return accepted_response(body, url_for("batches.get_batch", batch_id=batch.id), created, batch.done)
 
 
 @bp.get("")

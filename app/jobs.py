@@ -11,12 +11,9 @@ from tasks.service import JobService, parse_job_request
 from tasks.status import JobStatus
 
 from .errors import ApiError
-from .requests import MAX_LIMIT, int_arg, json_body
+from .requests import MAX_LIMIT, accepted_response, idempotency_key, int_arg, json_body
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-
 
 def service() -> JobService:
     """The job service of this app."""
@@ -45,16 +42,9 @@ def submit() -> Any:
     job_request = parse_job_request(json_body(request), defaults={"voice": settings.default_voice,
                                                                   "format": settings.default_format},
                                     max_chars=settings.max_text_chars)
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and (not key.strip() or len(key) > 255):
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
-    job, created = service().submit(job_request, correlation_id=g.get("correlation_id"), idempotency_key=key)
-    response = jsonify(job_body(job))
-    response.status_code = 202 if created and not job.status.finished else 200
-    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    job, created = service().submit(job_request, correlation_id=g.get("correlation_id"),
+                                    idempotency_key=idempotency_key(request))
+    return accepted_response(job_body(job), url_for("jobs.get_job", job_id=job.id), created, job.status.finished)
 
 
 @bp.get("")

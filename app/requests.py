@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Request
+from flask import Request, Response, jsonify
 
 from .errors import ApiError
 
@@ -38,3 +38,24 @@ def int_arg(request: Request, name: str, default: int | None, low: int = 0, high
         raise ApiError(400, "invalid_parameter",
                        f"query parameter {name!r} must be between {low} and {high if high is not None else 'any'}")
     return value
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's ``Idempotency-Key`` (None without one); 400 when it is blank or too long."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and (not key.strip() or len(key) > 255):
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
+    return key
+
+
+def accepted_response(body: Any, location: str, created: bool, finished: bool) -> Response:
+    """202 for new work still to do; 200 when it finished at once or an Idempotency-Key replayed it."""
+    response = jsonify(body)
+    response.status_code = 202 if created and not finished else 200
+    response.headers["Location"] = location
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
