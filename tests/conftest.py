@@ -20,6 +20,9 @@ Redis
 Db 0 of the embedded server is left alone by these fixtures, for session-wide users such
 as a Celery worker's broker.
 
+``hung_redis_url``
+    A URL whose server accepts connections and never answers, for timeout tests.
+
 Workers
 -------
 ``stack`` (session scope)
@@ -335,3 +338,35 @@ def make_stack(redis_server: Any, tmp_path: Path, model_cache: Path) -> Iterator
     finally:
         for s in made:
             s.stop()
+
+
+@pytest.fixture
+def hung_redis_url() -> Iterator[str]:
+    """A Redis URL whose server accepts connections and never answers (a wedged Redis)."""
+    import socket
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        listener.close()

@@ -2,11 +2,8 @@
 JSON 503 answers (never a 500, never slow) when Redis is dead or hangs."""
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -201,36 +198,6 @@ def test_killed_redis_gives_quick_json_503_then_recovers(tmp_path: Any, model_ca
         assert body["status"] == "degraded"  # Redis is back; still no worker here
     finally:
         server.stop()
-
-
-@pytest.fixture
-def hung_redis_url() -> Iterator[str]:
-    """A Redis URL whose server accepts connections and never answers (a wedged Redis)."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    listener.settimeout(0.1)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-                held.append(conn)
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-    finally:
-        stop.set()
-        thread.join(2)
-        for conn in held:
-            conn.close()
-        listener.close()
 
 
 def test_hung_redis_still_answers_within_bounds(hung_redis_url: str, tmp_path: Any) -> None:
