@@ -61,7 +61,6 @@ from monitoring.correlation import bind
 
 from . import keys
 from .celery_app import SYNTHESIS_QUEUE, celery_app
-from .exceptions import JobNotFound
 from .job import Job, now
 from .runtime import Runtime, get_runtime
 from .status import JobStatus
@@ -211,15 +210,13 @@ def _worker() -> str:
                  max_retries=None)
 def synthesize_part(self: Any, job_id: str, index: int) -> dict[str, Any] | None:
     """Synthesize part ``index`` of a fanned-out job; the last part to finish stitches the job."""
+    from .synthesize import bind_task, load_task_job
+
     rt = get_runtime()
-    headers = self.request.headers or {}
-    correlation_id = headers.get("correlation_id") if isinstance(headers, dict) else None
-    try:
-        job = rt.jobs.get(job_id)
-    except JobNotFound:
-        log.warning("job %s no longer exists; dropping its part %d", job_id, index)
+    job = load_task_job(rt, job_id, f"its part {index}")
+    if job is None:
         return None
-    with bind(correlation_id=correlation_id or job.correlation_id, job_id=job_id, voice=job.voice):
+    with bind_task(self, job):
         return _run_part(self, rt, job, int(index))
 
 

@@ -90,6 +90,22 @@ def _after_finish(rt: Runtime, job_id: str) -> None:
     on_item_finished(rt, job_id)
 
 
+def load_task_job(rt: Runtime, job_id: str, dropping: str) -> Job | None:
+    """The job a task was sent for, or None (logged) when it expired or was deleted meanwhile."""
+    try:
+        return rt.jobs.get(job_id)
+    except JobNotFound:
+        log.warning("job %s no longer exists (expired or deleted); dropping %s", job_id, dropping)
+        return None
+
+
+def bind_task(task: Any, job: Job) -> Any:
+    """Bind the correlation id (the task header's, else the job's), job id and voice to log lines."""
+    headers = task.request.headers or {}
+    correlation_id = headers.get("correlation_id") if isinstance(headers, dict) else None
+    return bind(correlation_id=correlation_id or job.correlation_id, job_id=job.id, voice=job.voice)
+
+
 def run_job(rt: Runtime, job: Job) -> engine.SynthesisResult:
     """Synthesize a job's text with the engine, checking for cancellation every few sentences."""
 
@@ -105,14 +121,10 @@ def run_job(rt: Runtime, job: Job) -> engine.SynthesisResult:
 def synthesize_job(self: Any, job_id: str) -> dict[str, Any] | None:
     """Synthesize one job by id."""
     rt = get_runtime()
-    headers = self.request.headers or {}
-    correlation_id = headers.get("correlation_id") if isinstance(headers, dict) else None
-    try:
-        job = rt.jobs.get(job_id)
-    except JobNotFound:
-        log.warning("job %s no longer exists (expired or deleted); dropping its task", job_id)
+    job = load_task_job(rt, job_id, "its task")
+    if job is None:
         return None
-    with bind(correlation_id=correlation_id or job.correlation_id, job_id=job_id, voice=job.voice):
+    with bind_task(self, job):
         return _synthesize(self, rt, job)
 
 
