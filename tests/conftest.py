@@ -20,6 +20,8 @@ Redis
 Db 0 of the embedded server is left alone by these fixtures, for session-wide users such
 as a Celery worker's broker.
 
+``own_redis``
+    An embedded Redis for one test, to kill and restart: ``make_stack(server=own_redis)``.
 ``hung_redis_url``
     A URL whose server accepts connections and never answers, for timeout tests.
 
@@ -338,6 +340,19 @@ def make_stack(redis_server: Any, tmp_path: Path, model_cache: Path) -> Iterator
     finally:
         for s in made:
             s.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """An embedded Redis for one test alone (every write fsynced), which it may kill and restart;
+    use it with ``make_stack(server=own_redis)``."""
+    server = EmbeddedRedis(port=0, data_dir=tmp_path / "own-redis", appendonly=True, appendfsync="always",
+                           extra_args=("--databases", "64"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -9,9 +9,6 @@ import uuid
 
 import pytest
 
-from app import create_app
-from scripts.embedded_redis import EmbeddedRedis
-from settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -134,65 +131,53 @@ def test_poison_job_that_kills_its_worker_is_dead_lettered(make_stack):
     assert stack.workers[0].proc.poll() is None
 
 
-def test_redis_down_gives_quick_503_then_recovers(tmp_path, model_cache):
-    server = EmbeddedRedis(port=0, data_dir=tmp_path / "redis", appendonly=True)
-    server.start()
-    try:
-        settings = load_settings({"REDIS_URL": server.url, "TTS_DATA_DIR": str(tmp_path),
-                                  "TTS_MODEL_CACHE_DIR": str(model_cache)})
-        client = create_app(settings).test_client()
-        body = {"text": "Are you there?", "voice": "heart"}
-        accepted = client.post("/v1/jobs", json=body)
-        assert accepted.status_code == 202
-        job_id = accepted.get_json()["id"]
+def test_redis_down_gives_quick_503_then_recovers(make_stack, own_redis):
+    server = own_redis
+    client = make_stack(start=False, server=server).client
+    body = {"text": "Are you there?", "voice": "heart"}
+    accepted = client.post("/v1/jobs", json=body)
+    assert accepted.status_code == 202
+    job_id = accepted.get_json()["id"]
 
-        server.kill()
-        for request in (lambda: client.post("/v1/jobs", json=body),
-                        lambda: client.get(f"/v1/jobs/{job_id}"),
-                        lambda: client.get("/v1/jobs")):
-            started = time.monotonic()
-            r = request()
-            elapsed = time.monotonic() - started
-            assert r.status_code == 503, r.get_data(as_text=True)
-            assert r.headers["Retry-After"]
-            assert r.get_json()["error"]["code"] == "service_unavailable"
-            assert elapsed < 2.5, f"took {elapsed:.2f}s"
-        health = client.get("/health")
-        assert health.status_code == 503
+    server.kill()
+    for request in (lambda: client.post("/v1/jobs", json=body),
+                    lambda: client.get(f"/v1/jobs/{job_id}"),
+                    lambda: client.get("/v1/jobs")):
+        started = time.monotonic()
+        r = request()
+        elapsed = time.monotonic() - started
+        assert r.status_code == 503, r.get_data(as_text=True)
+        assert r.headers["Retry-After"]
+        assert r.get_json()["error"]["code"] == "service_unavailable"
+        assert elapsed < 2.5, f"took {elapsed:.2f}s"
+    health = client.get("/health")
+    assert health.status_code == 503
 
-        server.restart()
-        # The job accepted before the outage survived it (append-only file).
-        assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "queued"
-        again = client.post("/v1/jobs", json={**body, "text": "Back again?"})
-        assert again.status_code == 202
-        assert client.get("/health").status_code in (200, 503)  # no worker here; Redis itself is back
-    finally:
-        server.stop()
+    server.restart()
+    # The job accepted before the outage survived it (append-only file).
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "queued"
+    again = client.post("/v1/jobs", json={**body, "text": "Back again?"})
+    assert again.status_code == 202
+    assert client.get("/health").status_code in (200, 503)  # no worker here; Redis itself is back
 
 
-def test_redis_restart_loses_no_accepted_job_and_workers_reconnect(make_stack, tmp_path):
-    # A Redis of this test's own, so killing it disturbs nobody else.
-    server = EmbeddedRedis(port=0, data_dir=tmp_path / "own-redis", appendonly=True, appendfsync="always",
-                           extra_args=("--databases", "64"))
-    server.start()
-    try:
-        stack = make_stack(start=False, server=server)
-        client = stack.client
-        queued = [client.post("/v1/jobs", json={"text": unique(f"Accepted before the crash {i}."),
-                                                "voice": "heart"}).get_json()["id"] for i in range(3)]
-        server.kill()  # SIGKILL: no shutdown save, only the append-only file survives
-        server.restart()
-        stack.start_worker()
-        for job_id in queued:
-            assert stack.wait_for(job_id)["status"] == "succeeded"
+def test_redis_restart_loses_no_accepted_job_and_workers_reconnect(make_stack, own_redis):
+    server = own_redis  # this test's own, so killing it disturbs nobody else
+    stack = make_stack(start=False, server=server)
+    client = stack.client
+    queued = [client.post("/v1/jobs", json={"text": unique(f"Accepted before the crash {i}."),
+                                            "voice": "heart"}).get_json()["id"] for i in range(3)]
+    server.kill()  # SIGKILL: no shutdown save, only the append-only file survives
+    server.restart()
+    stack.start_worker()
+    for job_id in queued:
+        assert stack.wait_for(job_id)["status"] == "succeeded"
 
-        # Redis goes away under a running worker, comes back, and the worker carries on.
-        server.kill()
-        time.sleep(2)
-        server.restart()
-        after = client.post("/v1/jobs", json={"text": unique("After the restart."), "voice": "heart"})
-        assert after.status_code == 202
-        assert stack.wait_for(after.get_json()["id"], timeout=120)["status"] == "succeeded"
-        assert stack.workers[0].proc.poll() is None
-    finally:
-        server.stop()
+    # Redis goes away under a running worker, comes back, and the worker carries on.
+    server.kill()
+    time.sleep(2)
+    server.restart()
+    after = client.post("/v1/jobs", json={"text": unique("After the restart."), "voice": "heart"})
+    assert after.status_code == 202
+    assert stack.wait_for(after.get_json()["id"], timeout=120)["status"] == "succeeded"
+    assert stack.workers[0].proc.poll() is None

@@ -12,7 +12,6 @@ import pytest
 from app import create_app
 from app.health import engine_check
 from engine import VoiceCatalog
-from scripts.embedded_redis import EmbeddedRedis
 from settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -157,47 +156,41 @@ def test_unknown_default_voice_degrades_the_engine(redis_url: str, tmp_path: Any
     assert_error_shape(voices.get_json())
 
 
-def test_killed_redis_gives_quick_json_503_then_recovers(tmp_path: Any, model_cache: Any) -> None:
-    server = EmbeddedRedis(port=0, data_dir=tmp_path / "redis", appendonly=True)
-    server.start()
-    try:
-        settings = load_settings({"REDIS_URL": server.url, "TTS_DATA_DIR": str(tmp_path),
-                                  "TTS_MODEL_CACHE_DIR": str(model_cache)})
-        client = create_app(settings).test_client()
-        assert client.get("/health/components").get_json()["components"]["redis"]["status"] == "healthy"
+def test_killed_redis_gives_quick_json_503_then_recovers(make_stack: Any, own_redis: Any) -> None:
+    server = own_redis
+    client = make_stack(start=False, server=server).client
+    assert client.get("/health/components").get_json()["components"]["redis"]["status"] == "healthy"
 
-        server.kill()
-        for path in ("/health", "/health/components", "/health/detailed", "/api/status/summary"):
-            started = time.monotonic()
-            r = client.get(path)
-            elapsed = time.monotonic() - started
-            assert elapsed < QUICK, f"{path} took {elapsed:.2f}s"
-            assert r.status_code == 503, (path, r.get_data(as_text=True))
-            body = r.get_json()
-            assert body["status"] == "unhealthy", (path, body)
-            assert_error_shape(body)
-            if "components" in body:
-                assert body["components"]["redis"]["status"] == "unhealthy"
-                assert body["components"]["broker"]["status"] == "unhealthy"
-        # Metrics answer too: the exposition with tts_redis_up 0, the JSON with the error shape.
+    server.kill()
+    for path in ("/health", "/health/components", "/health/detailed", "/api/status/summary"):
         started = time.monotonic()
-        prom = client.get("/metrics/prometheus")
+        r = client.get(path)
+        elapsed = time.monotonic() - started
+        assert elapsed < QUICK, f"{path} took {elapsed:.2f}s"
+        assert r.status_code == 503, (path, r.get_data(as_text=True))
+        body = r.get_json()
+        assert body["status"] == "unhealthy", (path, body)
+        assert_error_shape(body)
+        if "components" in body:
+            assert body["components"]["redis"]["status"] == "unhealthy"
+            assert body["components"]["broker"]["status"] == "unhealthy"
+    # Metrics answer too: the exposition with tts_redis_up 0, the JSON with the error shape.
+    started = time.monotonic()
+    prom = client.get("/metrics/prometheus")
+    assert time.monotonic() - started < QUICK
+    assert prom.status_code == 200 and "tts_redis_up 0.0" in prom.get_data(as_text=True)
+    for path in ("/metrics/json", "/api/metrics/history?hours=1"):
+        started = time.monotonic()
+        r = client.get(path)
         assert time.monotonic() - started < QUICK
-        assert prom.status_code == 200 and "tts_redis_up 0.0" in prom.get_data(as_text=True)
-        for path in ("/metrics/json", "/api/metrics/history?hours=1"):
-            started = time.monotonic()
-            r = client.get(path)
-            assert time.monotonic() - started < QUICK
-            assert r.status_code == 503
-            assert_error_shape(r.get_json())
+        assert r.status_code == 503
+        assert_error_shape(r.get_json())
 
-        server.restart()
-        body = client.get("/health/components").get_json()
-        assert body["components"]["redis"]["status"] == "healthy"
-        assert body["components"]["broker"]["status"] == "healthy"
-        assert body["status"] == "degraded"  # Redis is back; still no worker here
-    finally:
-        server.stop()
+    server.restart()
+    body = client.get("/health/components").get_json()
+    assert body["components"]["redis"]["status"] == "healthy"
+    assert body["components"]["broker"]["status"] == "healthy"
+    assert body["status"] == "degraded"  # Redis is back; still no worker here
 
 
 def test_hung_redis_still_answers_within_bounds(hung_redis_url: str, tmp_path: Any) -> None:
