@@ -42,10 +42,20 @@ class Stack:
         return self.output.read_text(errors="replace")
 
     def descendants(self) -> list[psutil.Process]:
+        """Live descendants; a short-lived helper that already exited (a zombie not yet reaped,
+        such as the wait-for-Redis step before it execs) is not one of them."""
         try:
-            return psutil.Process(self.proc.pid).children(recursive=True)
+            children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+        live = []
+        for child in children:
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    live.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return live
 
     def wait_for(self, needle: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -135,6 +145,13 @@ def _assert_all_gone(stack: Stack, snapshot: list[psutil.Process], timeout: floa
     strays = _stray(SLEEP) + (_stray(f"127.0.0.1:{stack.port}") if stack.port else [])
     assert not strays, f"left behind: {_describe(strays)}\n{stack.text()}"
 
+def _cmdline(process: psutil.Process) -> list[str]:
+    """A process's command line, or nothing if it exited since the snapshot."""
+    try:
+        return process.cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return []
+
 
 @pytest.mark.parametrize(
     ("signum", "to_group", "expected_rc"),
@@ -162,7 +179,7 @@ def test_signal_stops_embedded_redis_and_all_processes(
     assert "redis started" in text
 
     snapshot = stack.descendants()
-    names = " ".join(" ".join(p.cmdline()) for p in snapshot)
+    names = " ".join(" ".join(_cmdline(p)) for p in snapshot)
     assert "redis-server" in names and SLEEP in names, names
 
     started = time.monotonic()
@@ -198,7 +215,7 @@ def test_external_redis_url_starts_no_redis(tmp_path: Path, stacks: list[Stack])
         stacks.append(stack)
         stack.wait_for(f"ping ok {url}")
         assert "redis started" not in stack.text()
-        assert "redis-server" not in " ".join(" ".join(p.cmdline()) for p in stack.descendants())
+        assert "redis-server" not in " ".join(" ".join(_cmdline(p)) for p in stack.descendants())
         snapshot = stack.descendants()
         stack.proc.send_signal(signal.SIGINT)
         assert stack.proc.wait(timeout=10) == 130, stack.text()
