@@ -7,7 +7,8 @@
 ``tts-batch dlq list | show ID | replay ID | replay --all | delete ID | purge``
     Operate on the dead-letter queue in the Redis named by ``REDIS_URL``.
 ``tts-batch bulk INPUT... --out DIR [...]``
-    Convert folders of text files through a running API (see :mod:`app.bulk`).
+    Convert folders of text files through a running API: the client package
+    :mod:`tts_batch_client` (also ``tts-batch-bulk``), imported only for this command.
 
 Each subcommand is one ``cmd_*(args) -> int`` function registered in
 :func:`build_parser`; add a subparser and a function to add a command. User
@@ -226,6 +227,20 @@ def _progress(total_chars: int, enabled: bool) -> Callable[[int, float], None]:
     return update
 
 
+def _bulk_default_api() -> str | None:
+    """``http://TTS_API_HOST:TTS_API_PORT`` from the settings, the API ``tts-batch bulk`` talks to when
+    neither ``--api`` nor ``TTS_API_URL`` is given; None (the client's own default) when settings are unusable."""
+    from settings import SettingsError, get_settings
+
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        log.debug("settings unusable for the bulk API address: %s", exc)
+        return None
+    host = settings.api_host if settings.api_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{settings.api_port}"
+
+
 # --- parser and entry point -----------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one subparser per command, each with ``func`` set to its ``cmd_*``."""
@@ -333,9 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tts-batch`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bulk"]:
-        from .bulk import main as bulk_main
+        from tts_batch_client.cli import main as bulk_main
 
-        return bulk_main(argv[1:], prog=f"{PROG} bulk")
+        return bulk_main(argv[1:], prog=f"{PROG} bulk", default_api=_bulk_default_api())
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,

@@ -1,11 +1,11 @@
-"""``app.bulk.classify``: which files are sent, and the reason given for the others."""
+"""``tts_batch_client.files.classify``: which files are sent, and the reason given for the others."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from app.bulk import BINARY_CONTROL_RATIO, classify
+from tts_batch_client.files import BINARY_CONTROL_RATIO, classify
 
 
 def test_empty_file() -> None:

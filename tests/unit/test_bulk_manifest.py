@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from app.bulk import FileResult, Manifest, Summary, _write_atomic
+from tts_batch_client.bulk import Summary
+from tts_batch_client.manifest import FileResult, Manifest
+from tts_batch_client.outputs import write_atomic
 
 
 def test_manifest_round_trip_and_no_temp_files(tmp_path: Path) -> None:
@@ -35,8 +37,8 @@ def test_corrupt_manifest_is_not_trusted(tmp_path: Path) -> None:
 def test_write_atomic_leaves_no_partial_files(tmp_path: Path) -> None:
     out = tmp_path.resolve()
     target = out / "a" / "b.mp3"
-    _write_atomic(out, target, b"ID3 data")
-    _write_atomic(out, target, b"ID3 newer")
+    write_atomic(out, target, b"ID3 data")
+    write_atomic(out, target, b"ID3 newer")
     assert target.read_bytes() == b"ID3 newer"
     assert [p.name for p in target.parent.iterdir()] == ["b.mp3"]
 

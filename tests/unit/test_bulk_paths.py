@@ -1,4 +1,4 @@
-"""Path safety and discovery of ``app.bulk``: nothing may land outside ``--out``."""
+"""Path safety and discovery of ``tts_batch_client``: nothing may land outside ``--out``."""
 from __future__ import annotations
 
 import os
@@ -6,15 +6,10 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from app.bulk import (
-    Manifest,
-    SourceFile,
-    UnsafePathError,
-    UsageError,
-    discover,
-    plan_outputs,
-    safe_output_path,
-)
+from tts_batch_client.errors import UsageError
+from tts_batch_client.files import SourceFile, discover
+from tts_batch_client.manifest import Manifest
+from tts_batch_client.outputs import UnsafePathError, plan_outputs, safe_output_path
 
 
 @pytest.fixture
