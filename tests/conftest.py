@@ -25,6 +25,13 @@ as a Celery worker's broker.
 ``hung_redis_url``
     A URL whose server accepts connections and never answers, for timeout tests.
 
+Test data
+---------
+``corpus`` (session scope), also the module constant ``CORPUS``
+    The suite's own inputs under ``tests/data`` (see ``tests/data/README.md``): letters,
+    Markdown, numbers, Unicode, a 30,000-character chapter and the edge files. Nothing in
+    the suite reads a file outside the repository.
+
 Workers
 -------
 ``stack`` (session scope)
@@ -55,6 +62,36 @@ from scripts.embedded_redis import EmbeddedRedis  # noqa: E402
 
 #: Database of the embedded server handed out (and flushed) by the ``redis_url`` fixture.
 REDIS_TEST_DB = 1
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The suite's own test data (``tests/data``); a missing file fails the test, never skips it."""
+
+    root: Path
+
+    def path(self, relative: str) -> Path:
+        """The path of ``relative`` under the corpus root (which must exist)."""
+        path = self.root / relative
+        if not path.is_file():
+            pytest.fail(f"test data file {path} is missing: it is part of the repository (tests/data/README.md)")
+        return path
+
+    def text(self, relative: str) -> str:
+        """A corpus file read as UTF-8."""
+        return self.path(relative).read_text(encoding="utf-8")
+
+
+#: The one place that says where the test data lives.
+CORPUS = Corpus(ROOT / "tests" / "data")
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Corpus:
+    """The suite's own test data (see :class:`Corpus`)."""
+    if not (CORPUS.root / "README.md").is_file():
+        pytest.fail(f"{CORPUS.root} is missing: the test data is part of the repository")
+    return CORPUS
 
 
 @dataclass(frozen=True)

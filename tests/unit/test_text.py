@@ -3,24 +3,16 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from engine.text import chunk_text, group_chunks, looks_like_markdown, normalize, split_sentences, strip_markdown
 
-#: The shared corpus lives beside the repository (CI clones the repo next to shared/).
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+if TYPE_CHECKING:
+    from conftest import Corpus
+
 _WS = re.compile(r"\s+")
-
-
-def corpus_file(relative: str) -> Path:
-    """A file of the shared corpus; a clear failure (never a skip) when the corpus is missing."""
-    path = CORPUS / relative
-    if not path.is_file():
-        pytest.fail(f"shared corpus file {path} is missing: the tests expect the repository's sibling "
-                    f"folder shared/corpus (as laid out for developers and CI)")
-    return path
 
 
 def squash(text: str) -> str:
@@ -127,35 +119,37 @@ def test_ellipsis_and_nfc() -> None:
     assert normalize("Well\u2026 cafe\u0301") == "Well... caf\u00e9"
 
 
-def test_unicode_corpus_keeps_names_and_words() -> None:
-    out = normalize(corpus_file("unicode.txt").read_text(encoding="utf-8"))
+def test_unicode_corpus_keeps_names_and_words(corpus: Corpus) -> None:
+    out = normalize(corpus.text("unicode.txt"))
     for name in ("Caf\u00e9", "na\u00efve", "S\u00e3o Paulo", "Zo\u00eb", "Dvo\u0159\u00e1k", "\u0141\u00f3d\u017a"):
         assert name in out
-    assert '"Curly quotes"' in out and "'single ones'" in out
+    assert '"Double quotes"' in out and "'single quotes'" in out
+    assert "-3 degrees Celsius" in out  # the minus sign and the degree sign are spoken
     assert "\u2014" not in out and "\u2013" not in out and "\u2026" not in out
     assert "\U0001F642" not in out and "\U0001F44D" not in out
 
 
 # --- Markdown ---------------------------------------------------------------------------------
-def test_markdown_briefing_is_stripped_but_words_kept() -> None:
-    raw = corpus_file("news/briefing.md").read_text(encoding="utf-8")
+def test_markdown_briefing_is_stripped_but_words_kept(corpus: Corpus) -> None:
+    raw = corpus.text("news/briefing.md")
     out = normalize(raw, markdown=True)
     assert "#" not in out
     assert "**" not in out
     assert "](" not in out and "https://" not in out
-    assert "the timetable" in out  # link text kept
-    assert "17 degrees" in out  # emphasis text kept
-    assert "Morning briefing" in out and "Weather" in out
+    assert "the council notice" in out  # link text kept
+    assert "6 degrees" in out and "thirty minutes" in out  # emphasis text kept
+    assert "*" not in out
+    assert "Evening bulletin" in out and "Weather" in out
     assert not re.search(r"^\s*([-*>]|\d+\.)\s", out, re.MULTILINE), out  # no bullets or quote marks
-    assert "Small acts, multiplied by many people, change the world." in out
+    assert '"A town is only as strong as the people who turn up for it."' in out
 
 
-def test_markdown_headings_and_list_items_become_sentences() -> None:
-    sentences = split_sentences(normalize(corpus_file("news/briefing.md").read_text(encoding="utf-8"), markdown=True))
-    assert sentences[0] == "Morning briefing."
-    assert "Weather." in sentences
-    assert "Light rain until noon, then clearing." in sentences
-    assert "The farmers' market opens at eight on Saturday." in sentences
+def test_markdown_headings_and_list_items_become_sentences(corpus: Corpus) -> None:
+    sentences = split_sentences(normalize(corpus.text("news/briefing.md"), markdown=True))
+    assert sentences[0] == "Evening bulletin."
+    assert "Weather." in sentences and "Roads and rail." in sentences
+    assert "Strong winds along the coast this evening." in sentences
+    assert "The library opens late on Wednesday for the book fair." in sentences
 
 
 def test_markdown_is_left_alone_unless_asked() -> None:
@@ -171,9 +165,9 @@ def test_markdown_images_code_tables_and_fences() -> None:
     assert "1, 2." in out
 
 
-def test_looks_like_markdown() -> None:
-    assert looks_like_markdown(corpus_file("news/briefing.md").read_text(encoding="utf-8"))
-    assert not looks_like_markdown(corpus_file("letters/welcome.txt").read_text(encoding="utf-8"))
+def test_looks_like_markdown(corpus: Corpus) -> None:
+    assert looks_like_markdown(corpus.text("news/briefing.md"))
+    assert not looks_like_markdown(corpus.text("letters/welcome.txt"))
 
 
 def test_strip_markdown_keeps_plain_text() -> None:
@@ -215,11 +209,13 @@ def test_closing_quotes_and_brackets_stay_with_their_sentence() -> None:
                                      "Fine."]
 
 
-def test_numbers_corpus_sentences() -> None:
-    sentences = split_sentences(normalize(corpus_file("numbers.txt").read_text(encoding="utf-8")))
-    assert sentences[0] == "On 3 March 2024 at 7:30 pm, 1,250 people paid $9.99 each, a total of $12,487.50."
-    assert any(s.startswith("Dr. Smith lives at 221B Baker St.") for s in sentences)
-    assert "Version 2.0.1 was released in Q3; the CPU ran at 3.2 GHz with 16 GB of RAM." in sentences
+def test_numbers_corpus_sentences(corpus: Corpus) -> None:
+    sentences = split_sentences(normalize(corpus.text("numbers.txt")))
+    assert sentences[0] == "On 14 February 2025 at 6:45 am, 3,812 runners paid $24.50 each, raising $93,394.00 in total."
+    assert "Mrs. Patel works at 42 Elm Rd., suite 7, and cycles 8.3 km to the office each day." in sentences
+    assert "Doors open at 9 a.m. sharp; the talk by Prof. Lee starts at 10:15 and ends by noon." in sentences
+    assert "Build 4.7.2 shipped in Q1 with support for 64-bit CPUs and 8 GB of RAM." in sentences
+    assert len(sentences) == 6  # one per line: no title, unit or decimal ended a sentence early
 
 
 def test_empty_and_blank_text_has_no_sentences() -> None:
@@ -258,16 +254,16 @@ def test_chunk_text_never_loses_text_on_random_inputs(limit: int) -> None:
 
 
 @pytest.mark.parametrize("limit", [40, 300, 400])
-def test_chapter_is_chunked_without_loss(limit: int) -> None:
-    normalised = normalize(corpus_file("long/chapter.txt").read_text(encoding="utf-8"))
+def test_chapter_is_chunked_without_loss(limit: int, corpus: Corpus) -> None:
+    normalised = normalize(corpus.text("long/chapter.txt"))
     assert len(normalised) > 29_000
     chunks = chunk_text(normalised, limit)
     assert_lossless(normalised, chunks, limit)
     assert len(chunks) >= len(split_sentences(normalised))
 
 
-def test_hundred_thousand_characters_chunk_fully() -> None:
-    chapter = corpus_file("long/chapter.txt").read_text(encoding="utf-8")
+def test_hundred_thousand_characters_chunk_fully(corpus: Corpus) -> None:
+    chapter = corpus.text("long/chapter.txt")
     rng = random.Random(7)
     pieces = []
     while sum(map(len, pieces)) < 100_000:
@@ -306,8 +302,8 @@ def test_empty_text_gives_no_chunks() -> None:
 
 
 # --- grouping ---------------------------------------------------------------------------------------
-def test_group_chunks_keeps_order_and_respects_target() -> None:
-    normalised = normalize(corpus_file("long/chapter.txt").read_text(encoding="utf-8"))
+def test_group_chunks_keeps_order_and_respects_target(corpus: Corpus) -> None:
+    normalised = normalize(corpus.text("long/chapter.txt"))
     chunks = chunk_text(normalised, 300)
     groups = group_chunks(chunks, 2000)
     assert [c for g in groups for c in g] == chunks
