@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import struct
 import subprocess
 import tempfile
 import threading
@@ -38,7 +37,8 @@ from typing import IO
 import numpy as np
 import soundfile as sf
 
-from engine.exceptions import EncodingError, EngineError, OptionError
+from . import mp3
+from .exceptions import EncodingError, EngineError, OptionError
 
 __all__ = [
     "AudioFormat", "FORMATS", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE", "FALLBACK_RATE",
@@ -124,7 +124,7 @@ class _FfmpegCodec:
 # kbps) at no better quality than CBR. ffmpeg writes the Xing frame itself, big enough
 # for the gapless tag even at 8 kbps. No ID3v2 tag (it would only name the encoder);
 # the LAME info tag is labelled "LAME" (ffmpeg writes "Lavc...") so that tools reading
-# it by that name, such as tasks.fanout.join_mp3, accept it.
+# it by that name accept it (engine.mp3 also reads ffmpeg's own labels).
 _FFMPEG_CODECS = {
     "aac": _FfmpegCodec(("-c:a", "aac", "-aac_coder", "fast"), "adts", 64),
     "opus": _FfmpegCodec(("-c:a", "libopus", "-application", "audio", "-compression_level", "3",
@@ -407,7 +407,7 @@ class AudioEncoder:
         except OSError as exc:
             raise EncodingError(f"{self.format.name} encoding failed: cannot read ffmpeg's output: {exc}") from exc
         if self.format.name == "mp3":
-            data = _fix_lame_padding(data, self._samples)
+            data = mp3.set_end_padding(data, self._samples)
         return data
 
     def close(self) -> None:
@@ -472,64 +472,6 @@ def _abandon_ffmpeg(proc: subprocess.Popen[bytes], out_path: str | None) -> None
         proc.wait()
     if out_path is not None:
         _remove_file(out_path)
-
-
-# --- the LAME info tag -------------------------------------------------------------------------
-# MPEG audio version bits (3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5) -> samples per layer III
-# frame, and side-information bytes of a mono frame (the Xing tag follows it).
-_MP3_FRAME_SAMPLES = {3: 1152, 2: 576, 0: 576}
-_MP3_MONO_SIDE_INFO = {3: 17, 2: 9, 0: 9}
-
-
-def _crc16(data: bytes) -> int:
-    """CRC-16 (polynomial 0x8005, reflected, initial 0), as the LAME tag's CRC fields use."""
-    crc = 0
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
-
-
-def _fix_lame_padding(data: bytes, samples: int) -> bytes:
-    """Set the LAME tag's end padding so a gapless decoder yields exactly ``samples`` samples.
-
-    ffmpeg's mp3 muxer writes at most 1105 samples of padding (one frame plus the
-    decoder delay) even when LAME padded more, so some lengths decoded up to a frame
-    long (22050 Hz, 1.7 s: 2 samples; 12000 Hz, 0.05 s: 23). The padding is whatever the
-    frames hold beyond the encoder delay and the input, so it is rewritten from the
-    frame count, and the tag's CRC with it. Data without a Xing+LAME tag is returned as is.
-    """
-    if len(data) < 4 or data[0] != 0xFF or data[1] & 0xE0 != 0xE0:
-        log.warning("mp3 output does not start with a frame; leaving its header alone")
-        return data
-    version = (data[1] >> 3) & 3
-    if version not in _MP3_FRAME_SAMPLES or (data[3] >> 6) != 3:
-        log.warning("mp3 output is not a mono MPEG layer III stream; leaving its header alone")
-        return data
-    tag = 4 + _MP3_MONO_SIDE_INFO[version]
-    if data[tag:tag + 4] not in (b"Xing", b"Info") or len(data) < tag + 8:
-        log.warning("mp3 output has no Xing header; decoders may return extra samples")
-        return data
-    flags = struct.unpack_from(">I", data, tag + 4)[0]
-    if not flags & 1:
-        log.warning("mp3 output's Xing header has no frame count; leaving it alone")
-        return data
-    frames = struct.unpack_from(">I", data, tag + 8)[0]
-    lame = tag + 8 + 4 * bool(flags & 1) + 4 * bool(flags & 2) + 100 * bool(flags & 4) + 4 * bool(flags & 8)
-    if len(data) < lame + 36 or data[lame:lame + 4] not in (b"LAME", b"Lavc", b"Lavf"):
-        log.warning("mp3 output has no LAME tag; decoders may return extra samples")
-        return data
-    delay = (data[lame + 21] << 4) | (data[lame + 22] >> 4)
-    padding = frames * _MP3_FRAME_SAMPLES[version] - delay - samples
-    if not 0 <= padding < 4096:
-        log.warning("mp3 output holds %d frames for %d samples; leaving its LAME tag alone", frames, samples)
-        return data
-    fixed = bytearray(data)
-    fixed[lame + 22] = (fixed[lame + 22] & 0xF0) | (padding >> 8)
-    fixed[lame + 23] = padding & 0xFF
-    struct.pack_into(">H", fixed, lame + 34, _crc16(bytes(fixed[:lame + 34])))
-    return bytes(fixed)
 
 
 def encode(samples: np.ndarray, sample_rate: int, fmt: str, input_rate: int | None = None,

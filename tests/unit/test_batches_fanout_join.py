@@ -10,7 +10,8 @@ import soundfile as sf
 
 from engine.audio import AudioEncoder, _ffmpeg_exe, decode
 from engine.exceptions import EngineError
-from tasks.fanout import PartPlan, join_mp3
+from engine.mp3 import join as join_mp3
+from tasks.fanout import PartPlan
 
 
 def tone(seconds: float, rate: int, freq: float) -> np.ndarray:
