@@ -22,6 +22,7 @@ on status, so a later download names the same item the same way.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -32,9 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from engine.audio import AudioEncoder, decode, effective_rate, resample, silence
+from engine.join import Segment, concat
 
 from .batches import Batch, BatchService, ItemMeta, format_extension
 from .exceptions import BatchAudioTooLong, BatchHasNoAudio
@@ -244,36 +243,20 @@ def concatenate_audio(service: BatchService, plan: ResultPlan) -> tuple[bytes, l
 
     Returns (audio, each item's offset in ms or None when it is not in the file, sample rate).
     The rate is the batch's ``sample_rate`` default, else the first succeeded item's.
+    :func:`engine.join.concat` joins the items' frames when they allow it, else re-encodes.
     """
     batch = plan.batch
     ok = [i for i in plan.items if i.status == JobStatus.SUCCEEDED.value]
     if not ok:
         raise BatchHasNoAudio(batch.id, batch.status.value)
     requested = batch.defaults.get("sample_rate") or ok[0].sample_rate or 24000
-    rate = effective_rate(batch.format, int(requested))
-    gap = silence(plan.gap_ms / 1000, rate)
-    encoder = AudioEncoder(batch.format, rate)
+    # Each item's audio is read when it is needed (None: deleted or expired, left out).
+    segments = [Segment(format=item.format or batch.format, rate=item.sample_rate,
+                        data=functools.partial(service.rt.jobs.audio, item.job_id)) for item in ok]
+    joined = concat(segments, batch.format, int(requested), gap_seconds=plan.gap_ms / 1000)
+    at = iter(joined.offsets)
     offsets: list[int | None] = []
-    written = 0
-    try:
-        for item in plan.items:
-            if item.status != JobStatus.SUCCEEDED.value:
-                offsets.append(None)
-                continue
-            data = service.rt.jobs.audio(item.job_id)
-            if data is None:
-                offsets.append(None)
-                continue
-            samples, item_rate = decode(data, item.format or batch.format, pcm_rate=item.sample_rate)
-            samples = resample(np.asarray(samples, np.float32), item_rate, rate)
-            if written and gap.size:
-                encoder.write(gap)
-                written += gap.size
-            offsets.append(round(written * 1000 / rate))
-            encoder.write(samples)
-            written += samples.size
-        audio = encoder.finish()
-    except BaseException:
-        encoder.close()
-        raise
-    return audio, offsets, encoder.sample_rate
+    for item in plan.items:
+        start = next(at) if item.status == JobStatus.SUCCEEDED.value else None
+        offsets.append(None if start is None else round(start * 1000 / joined.sample_rate))
+    return joined.audio, offsets, joined.sample_rate
