@@ -14,11 +14,55 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from engine.exceptions import EngineError, UnknownVoiceError
-from tasks.exceptions import PipelineError
+from tasks.exceptions import (
+    AudioGone,
+    BatchAudioTooLong,
+    BatchHasNoAudio,
+    BatchNotFound,
+    DeadLetterNotFound,
+    IdempotencyConflict,
+    InvalidBatch,
+    InvalidRequest,
+    JobNotFinished,
+    JobNotFound,
+    PipelineError,
+    TextTooLong,
+    TooManyInputs,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 2
+
+#: The HTTP status of each domain error. An error class not listed takes the status of
+#: its nearest listed base class (a new PipelineError is a 400 until it is given one).
+ERROR_STATUS: dict[type[Exception], int] = {
+    PipelineError: 400,
+    InvalidRequest: 400,
+    InvalidBatch: 400,
+    JobNotFound: 404,
+    BatchNotFound: 404,
+    DeadLetterNotFound: 404,
+    JobNotFinished: 409,
+    BatchHasNoAudio: 409,
+    AudioGone: 410,
+    TextTooLong: 413,
+    TooManyInputs: 413,
+    BatchAudioTooLong: 413,
+    IdempotencyConflict: 422,
+    # A request the engine refuses (unknown voice, bad option, nothing to speak), and
+    # whatever else it raises while serving a request.
+    EngineError: 400,
+}
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status for a domain error, from :data:`ERROR_STATUS` (500 for anything else)."""
+    for cls in type(exc).__mro__:
+        status = ERROR_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
 
 
 class ApiError(Exception):
@@ -53,12 +97,12 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(PipelineError)
     def _pipeline_error(exc: PipelineError) -> Any:
-        return error_response(exc.http_status, exc.code, str(exc))
+        return error_response(status_for(exc), exc.code, str(exc))
 
     @app.errorhandler(EngineError)
     def _engine_error(exc: EngineError) -> Any:
         details = {"valid_voices": exc.valid} if isinstance(exc, UnknownVoiceError) else {}
-        return error_response(400, exc.code, str(exc), **details)
+        return error_response(status_for(exc), exc.code, str(exc), **details)
 
     @app.errorhandler(redis.exceptions.ConnectionError)
     @app.errorhandler(redis.exceptions.TimeoutError)

@@ -1,4 +1,7 @@
-"""Errors of the job pipeline. Messages name the id they are about."""
+"""Errors of the job pipeline. Messages name the id they are about.
+
+Each has a machine-readable ``code``; how an error is reported is up to the caller.
+"""
 from __future__ import annotations
 
 
@@ -6,14 +9,12 @@ class PipelineError(Exception):
     """Base class."""
 
     code = "pipeline_error"
-    http_status = 400
 
 
 class JobNotFound(PipelineError):
     """No job with that id (never existed, or expired)."""
 
     code = "job_not_found"
-    http_status = 404
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -24,7 +25,6 @@ class JobNotFinished(PipelineError):
     """The job's audio is asked for before it succeeded."""
 
     code = "job_not_finished"
-    http_status = 409
 
     def __init__(self, job_id: str, status: str) -> None:
         self.job_id = job_id
@@ -36,7 +36,6 @@ class AudioGone(PipelineError):
     """The job succeeded but its audio was deleted or expired."""
 
     code = "audio_gone"
-    http_status = 410
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -47,7 +46,6 @@ class DeadLetterNotFound(PipelineError):
     """No dead-letter record for that job."""
 
     code = "dead_letter_not_found"
-    http_status = 404
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -58,7 +56,6 @@ class IdempotencyConflict(PipelineError):
     """An Idempotency-Key was reused with a different request body."""
 
     code = "idempotency_key_reused"
-    http_status = 422
 
     def __init__(self, key: str, job_id: str, kind: str = "job") -> None:
         self.key = key
@@ -70,7 +67,6 @@ class TextTooLong(PipelineError):
     """Text longer than TTS_MAX_TEXT_CHARS."""
 
     code = "text_too_long"
-    http_status = 413
 
     def __init__(self, length: int, limit: int) -> None:
         super().__init__(f"text has {length} characters; the limit is {limit}")
@@ -80,14 +76,12 @@ class InvalidRequest(PipelineError):
     """A request field is missing or of the wrong type."""
 
     code = "invalid_request"
-    http_status = 400
 
 
 class BatchNotFound(PipelineError):
     """No batch with that id (never existed, or expired)."""
 
     code = "batch_not_found"
-    http_status = 404
 
     def __init__(self, batch_id: str) -> None:
         self.batch_id = batch_id
@@ -98,7 +92,6 @@ class TooManyInputs(PipelineError):
     """A batch with more inputs than TTS_MAX_BATCH_INPUTS."""
 
     code = "too_many_inputs"
-    http_status = 413
 
     def __init__(self, count: int, limit: int) -> None:
         self.count = count
@@ -110,7 +103,6 @@ class InvalidBatch(PipelineError):
     """Every input of a batch was rejected; ``errors`` says why, per input."""
 
     code = "invalid_batch"
-    http_status = 400
 
     def __init__(self, message: str, errors: list[dict[str, object]]) -> None:
         self.errors = errors
@@ -121,7 +113,6 @@ class BatchAudioTooLong(PipelineError):
     """The concatenated audio of a batch would be longer than TTS_BATCH_CONCAT_MAX_SECONDS."""
 
     code = "batch_audio_too_long"
-    http_status = 413
 
     def __init__(self, seconds: float, limit: int) -> None:
         super().__init__(f"the concatenated audio would be {seconds:.0f} s long; the limit is {limit} s "
@@ -132,7 +123,6 @@ class BatchHasNoAudio(PipelineError):
     """A batch's concatenated audio is asked for before any item succeeded."""
 
     code = "batch_has_no_audio"
-    http_status = 409
 
     def __init__(self, batch_id: str, status: str) -> None:
         super().__init__(f"batch {batch_id!r} is {status} and has no succeeded item yet")

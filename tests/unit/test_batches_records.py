@@ -4,6 +4,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from app.errors import status_for
 from settings import Settings
 from tasks import keys
 from tasks.batches import (
@@ -55,7 +56,7 @@ def test_parse_batch_request_refuses_malformed_bodies(body):
 def test_too_many_inputs():
     with pytest.raises(TooManyInputs) as info:
         parse({"inputs": [{"text": "x"}] * 11})
-    assert info.value.http_status == 413 and info.value.code == "too_many_inputs"
+    assert status_for(info.value) == 413 and info.value.code == "too_many_inputs"
     assert "10" in str(info.value)
 
 
