@@ -177,13 +177,13 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     g = gcd(int(src_rate), int(dst_rate))
     from scipy.signal import resample_poly  # imported here: scipy.signal costs ~0.8 s to import
 
-    return resample_poly(x, int(dst_rate) // g, int(src_rate) // g).astype(np.float32, copy=False)
+    return np.asarray(resample_poly(x, int(dst_rate) // g, int(src_rate) // g), dtype=np.float32)
 
 
 def to_pcm16(samples: np.ndarray) -> bytes:
     """Clip to [-1, 1], scale by 32767 and return little-endian int16 bytes."""
     x = np.clip(np.nan_to_num(np.asarray(samples, dtype=np.float32)), -1.0, 1.0)
-    return np.rint(x * 32767.0).astype("<i2").tobytes()
+    return (x * 32767.0).round().astype("<i2").tobytes()  # round() is np.rint, half to even
 
 
 def silence(seconds: float, rate: int) -> np.ndarray:
@@ -258,7 +258,7 @@ class AudioEncoder:
         self._out: list[bytes] = []
         self._reader: threading.Thread | None = None
         self._out_path: str | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes], str | None], AudioEncoder] | None = None
         self._started = time.perf_counter()
         name = self.format.name
         if name in _SNDFILE:
@@ -319,6 +319,9 @@ class AudioEncoder:
         if codec.seekable_output:
             return
         stdout, out = self._proc.stdout, self._out
+        if stdout is None:  # cannot happen: stdout=PIPE above
+            self._release()
+            raise EncodingError(f"{name} encoding failed: ffmpeg has no output pipe")
         # Drain stdout concurrently so ffmpeg never blocks on a full pipe while we write.
         self._reader = threading.Thread(
             target=lambda: out.extend(iter(lambda: stdout.read(65536), b"")),

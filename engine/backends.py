@@ -15,7 +15,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generic, Iterator, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -26,6 +26,10 @@ from .kokoro_model import MAX_TOKENS, style_for_tokens
 log = logging.getLogger(__name__)
 
 __all__ = ["VoiceBackend", "HibariBackend", "PiperBackend", "KokoroBackend", "session_options"]
+
+#: What a backend's phonemizer yields per model run: a phoneme string (hibari, Kokoro) or
+#: a list of phonemes (Piper).
+PhonemesT = TypeVar("PhonemesT")
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff66-\uff9f]")
 
@@ -41,25 +45,26 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 def _run(session: ort.InferenceSession, feeds: dict[str, Any]) -> list[np.ndarray]:
     try:
-        return session.run(None, feeds)
+        outputs = session.run(None, feeds)
     except Exception as exc:  # onnxruntime raises its own, unexported exception classes
         raise SynthesisRuntimeError(f"onnxruntime failed: {exc}") from exc
+    return [np.asarray(output) for output in outputs]  # already arrays; asarray only types them
 
 
-class VoiceBackend(ABC):
-    """What every voice family implements."""
+class VoiceBackend(ABC, Generic[PhonemesT]):
+    """What every voice family implements; ``PhonemesT`` is what one model run reads."""
 
     #: The longest text chunk (characters) this model is handed at once.
     max_chunk_chars: int = 300
     sample_rate: int = 24000
 
     @abstractmethod
-    def phonemize(self, text: str) -> list[str]:
-        """Phoneme strings for one chunk of text, each small enough for one model run."""
+    def phonemize(self, text: str) -> list[PhonemesT]:
+        """Phonemes for one chunk of text, in pieces each small enough for one model run."""
 
     @abstractmethod
-    def ids(self, phonemes: str) -> list[int]:
-        """Token ids (with pads) for one phoneme string."""
+    def ids(self, phonemes: PhonemesT) -> list[int]:
+        """Token ids (with pads) for one piece of phonemes."""
 
     @abstractmethod
     def run(self, ids: list[int], speed: float, rng: np.random.Generator) -> np.ndarray:
@@ -73,7 +78,7 @@ class VoiceBackend(ABC):
                 yield self.run(ids, speed, rng)
 
 
-class HibariBackend(VoiceBackend):
+class HibariBackend(VoiceBackend[str]):
     """Kokoro distilled to 8M parameters (``hibari-tts``), with its own English G2P."""
 
     max_chunk_chars = 300
@@ -90,19 +95,20 @@ class HibariBackend(VoiceBackend):
         return self.model.g2p
 
     def phonemize(self, text: str) -> list[str]:
-        return self.model.phonemize(text)
+        return [str(piece) for piece in self.model.phonemize(text)]
 
     def ids(self, phonemes: str) -> list[int]:
-        return self.model.ids(phonemes)
+        return [int(i) for i in self.model.ids(phonemes)]
 
     def run(self, ids: list[int], speed: float, rng: np.random.Generator) -> np.ndarray:
         try:
-            return self.model.from_ids(ids, speed, rng)
+            audio = self.model.from_ids(ids, speed, rng)
         except Exception as exc:
             raise SynthesisRuntimeError(f"hibari synthesis failed: {exc}") from exc
+        return np.asarray(audio, np.float32)
 
 
-class PiperBackend(VoiceBackend):
+class PiperBackend(VoiceBackend[list[str]]):
     """A Piper VITS voice (``.onnx`` + ``.onnx.json``), phonemized by the espeak-ng bundled in piper-tts."""
 
     max_chunk_chars = 400
@@ -120,11 +126,12 @@ class PiperBackend(VoiceBackend):
         self.sample_rate = int(config.sample_rate)
         self._lock = threading.Lock()  # espeak-ng's phonemizer is not re-entrant
 
-    def phonemize(self, text: str) -> list[str]:  # type: ignore[override]
+    def phonemize(self, text: str) -> list[list[str]]:
+        """One list of phonemes per sentence (piper's espeak-ng splits sentences itself)."""
         with self._lock:
             return [p for p in self.voice.phonemize(text) if p]
 
-    def ids(self, phonemes: Any) -> list[int]:
+    def ids(self, phonemes: list[str]) -> list[int]:
         return self.voice.phonemes_to_ids(phonemes)
 
     def run(self, ids: list[int], speed: float, rng: np.random.Generator) -> np.ndarray:
@@ -153,7 +160,7 @@ class KokoroModel:
         self.vocab: dict[str, int] = json.loads(vocab_file.read_text(encoding="utf-8"))["vocab"]
 
 
-class KokoroBackend(VoiceBackend):
+class KokoroBackend(VoiceBackend[str]):
     """One Kokoro voice (a style table, or a blend of several) over the shared model.
 
     English text is phonemized by the hibari G2P (same misaki alphabet as Kokoro);

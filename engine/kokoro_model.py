@@ -203,10 +203,10 @@ def parse_blend(spec: str) -> list[tuple[str, float]]:
 
 def blend_styles(styles: Mapping[str, np.ndarray], parts: list[tuple[str, float]]) -> np.ndarray:
     """The weighted sum of several voices' style tables."""
-    return np.sum([styles[name] * weight for name, weight in parts], axis=0).astype(np.float32)
+    return np.asarray(np.sum([styles[name] * weight for name, weight in parts], axis=0), dtype=np.float32)
 
 
 def style_for_tokens(style: np.ndarray, n_tokens: int) -> np.ndarray:
     """The (1, 256) style row for an utterance of ``n_tokens`` tokens, as upstream Kokoro picks it."""
     index = min(max(n_tokens - 1, 0), len(style) - 1)
-    return style[index].reshape(1, 256)
+    return style[index:index + 1].reshape(1, 256)  # a slice, not style[index]: stays an ndarray

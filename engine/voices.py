@@ -14,6 +14,7 @@ life of the process, so each model has exactly one onnxruntime session per proce
 """
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import threading
@@ -124,7 +125,7 @@ class VoiceCatalog:
         self._infos: dict[str, VoiceInfo] | None = None
         self._piper_paths: dict[str, Path] = {}
         self._kokoro_sources: dict[str, Path] = {}
-        self._backends: dict[str, VoiceBackend] = {}
+        self._backends: dict[str, VoiceBackend[Any]] = {}
         self._hibari: dict[str, HibariBackend] = {}
         self._kokoro_model: KokoroModel | None = None
         self._styles: dict[str, np.ndarray] = {}
@@ -231,7 +232,8 @@ class VoiceCatalog:
         """Every voice on this machine, sorted by id (blends are not listed)."""
         return sorted(self._all().values(), key=lambda v: v.id)
 
-    def ids(self) -> list[str]:
+    # (Below, the method list() hides the builtin in annotations: builtins.list it is.)
+    def ids(self) -> builtins.list[str]:
         """Every voice id."""
         return sorted(self._all())
 
@@ -258,7 +260,7 @@ class VoiceCatalog:
         raise UnknownVoiceError(voice, infos)
 
     # --- backends ------------------------------------------------------------------------
-    def backend(self, voice: str) -> VoiceBackend:
+    def backend(self, voice: str) -> VoiceBackend[Any]:
         """The loaded backend for a voice (built once per process, then reused)."""
         info = self.info(voice)
         with self._lock:
@@ -266,7 +268,7 @@ class VoiceCatalog:
             if cached is not None:
                 return cached
             if info.family == "hibari":
-                backend: VoiceBackend = self._hibari_backend(info.id)
+                backend: VoiceBackend[Any] = self._hibari_backend(info.id)
             elif info.family == "piper":
                 backend = PiperBackend(self._piper_paths[info.id], threads=self.onnx_threads)
             else:
@@ -295,7 +297,7 @@ class VoiceCatalog:
             return self._styles[parts[0][0]]
         return kokoro_model.blend_styles(self._styles, parts)
 
-    def model_files(self, voice: str) -> list[ModelFile]:
+    def model_files(self, voice: str) -> builtins.list[ModelFile]:
         """The files ``voice`` needs, and whether each is on disk; nothing is loaded or read.
 
         hibari: its ONNX model. Piper: the ``.onnx`` model and its ``.onnx.json`` config.
@@ -342,12 +344,12 @@ class VoiceCatalog:
         self._versions[key] = version
         return version
 
-    def loaded(self) -> list[str]:
+    def loaded(self) -> builtins.list[str]:
         """Ids of voices whose backends are loaded in this process."""
         with self._lock:
             return sorted(self._backends)
 
-    def warm_up(self, voices: list[str] | None = None) -> None:
+    def warm_up(self, voices: builtins.list[str] | None = None) -> None:
         """Load backends ahead of the first request (a worker does this at start-up)."""
         for voice in voices or []:
             self.backend(voice)
