@@ -34,10 +34,10 @@ redelivery. Parts of a cancelled job stop at the next sentence group and drop th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
-import struct
 import traceback as tb
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +55,8 @@ from engine.audio import (
     validate_format,
 )
 from engine.exceptions import EngineError, SynthesisRuntimeError
+from engine.join import Segment, concat
+from engine.mp3 import join as join_mp3  # its old name, kept for importers
 from engine.synthesis import SynthesisOptions, prepare, stream_chunks
 from engine.text import group_chunks
 from monitoring.correlation import bind
@@ -410,31 +412,18 @@ def _stitch(rt: Runtime, job_id: str) -> dict[str, Any] | None:
     work = sum(float(v or 0) for v in rt.redis.hmget(keys.job_parts(job_id), [f"seconds:{i}" for i in range(plan.total)]))
     stitch_started = now()
     fmt = validate_format(plan.format)
-    if plan.segments:
-        segments = []
-        for i in range(plan.total):
-            data = rt.redis.get(keys.job_part(job_id, i))
-            if data is None:
-                raise SynthesisRuntimeError(f"job {job_id}: the audio of part {i + 1} expired before stitching")
-            segments.append(data)
-        if plan.format == "mp3":
-            audio, samples = join_mp3(segments)
-        else:
-            audio, samples = b"".join(segments), sum(int(c or 0) for c in counts)
-        sample_rate = plan.rate
-    else:
-        encoder = AudioEncoder(plan.format, plan.rate)
-        try:
-            for i in range(plan.total):
-                data = rt.redis.get(keys.job_part(job_id, i))
-                if data is None:
-                    raise SynthesisRuntimeError(f"job {job_id}: the audio of part {i + 1} expired before stitching")
-                encoder.write(np.frombuffer(data, "<i2").astype(np.float32) / 32767.0)
-            audio = encoder.finish()
-        except BaseException:
-            encoder.close()
-            raise
-        samples, sample_rate = encoder.samples_written, encoder.sample_rate
+
+    def part_audio(index: int) -> bytes:
+        data: bytes | None = rt.redis.get(keys.job_part(job_id, index))
+        if data is None:
+            raise SynthesisRuntimeError(f"job {job_id}: the audio of part {index + 1} expired before stitching")
+        return data
+
+    # mp3, aac and pcm parts are encoded segments, joined as they are; the others are PCM, encoded once.
+    joined = concat([Segment(format=plan.format if plan.segments else "pcm", rate=plan.rate,
+                             data=functools.partial(part_audio, i), samples=int(c or 0))
+                     for i, c in enumerate(counts)], plan.format, plan.rate)
+    audio, samples, sample_rate = joined.audio, joined.samples, joined.sample_rate
     finished = now()
     # The work done, as for a whole job (every part's synthesis plus the stitch); the wall
     # time, parallel and including queue waits, is finished_at - started_at.
@@ -448,187 +437,6 @@ def _stitch(rt: Runtime, job_id: str) -> dict[str, Any] | None:
     outcome = _finish(rt, job, result, job.started_at or stitch_started)
     cleanup(rt, job_id, plan.total)
     return outcome
-
-
-# --- MP3 segments ------------------------------------------------------------------------
-_MPEG1_KBPS = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
-_MPEG2_KBPS = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
-_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
-
-
-@dataclass
-class _Mp3:
-    """One LAME-encoded MP3 segment, split into its Xing/LAME info frame and its audio frames."""
-
-    info: bytes | None
-    audio: bytes
-    frame_offsets: list[int]
-    samples_per_frame: int
-    rate: int
-    delay: int
-    padding: int
-    #: The LAME tag's CRC-16 of ``audio`` (None without a LAME tag).
-    music_crc: int | None = None
-
-
-def _frame_size(data: bytes, pos: int) -> tuple[int, int, int, int]:
-    """(frame bytes, samples per frame, sample rate, side-info bytes) of the MPEG layer III frame at ``pos``."""
-    if pos + 4 > len(data) or data[pos] != 0xFF or data[pos + 1] & 0xE0 != 0xE0:
-        raise EngineError(f"not an MP3 frame at byte {pos}")
-    version = (data[pos + 1] >> 3) & 3
-    layer = (data[pos + 1] >> 1) & 3
-    bitrate_index = data[pos + 2] >> 4
-    rate_index = (data[pos + 2] >> 2) & 3
-    if version == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
-        raise EngineError(f"unsupported MP3 frame header at byte {pos}")
-    mono = (data[pos + 3] >> 6) == 3
-    rate = _RATES[version][rate_index]
-    padding = (data[pos + 2] >> 1) & 1
-    if version == 3:
-        size = 144 * _MPEG1_KBPS[bitrate_index] * 1000 // rate + padding
-        return size, 1152, rate, 17 if mono else 32
-    size = 72 * _MPEG2_KBPS[bitrate_index] * 1000 // rate + padding
-    return size, 576, rate, 9 if mono else 17
-
-
-def _skip_id3(data: bytes) -> bytes:
-    if data[:3] == b"ID3" and len(data) >= 10:
-        size = (data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9]
-        data = data[10 + size + (10 if data[5] & 0x10 else 0):]
-    if len(data) >= 128 and data[-128:-125] == b"TAG":
-        data = data[:-128]
-    return data
-
-
-def _parse_mp3(data: bytes) -> _Mp3:
-    data = _skip_id3(data)
-    size, spf, rate, side = _frame_size(data, 0)
-    tag_at = 4 + side
-    info: bytes | None = None
-    delay = padding = 0
-    start = 0
-    music_crc: int | None = None
-    if data[tag_at:tag_at + 4] in (b"Xing", b"Info"):
-        info = data[:size]
-        start = size
-        lame_at = tag_at + 120
-        if info[lame_at:lame_at + 4] == b"LAME" and len(info) >= lame_at + 36:
-            d = info[lame_at + 21:lame_at + 24]
-            delay, padding = (d[0] << 4) | (d[1] >> 4), ((d[1] & 0x0F) << 8) | d[2]
-            if struct.unpack(">I", info[lame_at + 28:lame_at + 32])[0] == len(data):  # covers the whole segment
-                music_crc = struct.unpack(">H", info[lame_at + 32:lame_at + 34])[0]
-    offsets: list[int] = []
-    pos = start
-    while pos + 4 <= len(data):
-        offsets.append(pos - start)
-        pos += _frame_size(data, pos)[0]
-    audio = data[start:pos]
-    if music_crc is not None and pos != len(data):
-        music_crc = None
-    return _Mp3(info=info, audio=audio, frame_offsets=offsets, samples_per_frame=spf, rate=rate,
-                delay=delay, padding=padding, music_crc=music_crc)
-
-
-def _crc16_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC16_TABLE = _crc16_table()
-
-
-def _crc16(data: bytes, crc: int = 0) -> int:
-    """CRC-16 (polynomial 0x8005, reflected, initial 0), as the LAME tag uses."""
-    table = _CRC16_TABLE
-    for byte in data:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
-    return crc
-
-
-def _gf2_apply(matrix: list[int], vector: int) -> int:
-    out, i = 0, 0
-    while vector:
-        if vector & 1:
-            out ^= matrix[i]
-        vector >>= 1
-        i += 1
-    return out
-
-
-def _crc16_combine(crc_a: int, crc_b: int, length_b: int) -> int:
-    """The CRC-16 of A followed by B from the CRCs of A and B (as zlib's crc32_combine does).
-
-    Feeding zero bytes to the register is linear, so crc(A+B) = Z^len(B)(crc(A)) ^ crc(B),
-    with Z^n computed by squaring: O(log n) instead of reading megabytes of MP3 in Python.
-    """
-    zero_byte = [_crc16(b"\x00", 1 << bit) for bit in range(16)]  # column `bit`: register 1<<bit after one 0x00
-    power = zero_byte
-    n = length_b
-    while n:
-        if n & 1:
-            crc_a = _gf2_apply(power, crc_a)
-        n >>= 1
-        if n:
-            power = [_gf2_apply(power, column) for column in power]
-    return crc_a ^ crc_b
-
-
-def join_mp3(segments: list[bytes]) -> tuple[bytes, int]:
-    """Join LAME MP3 segments (same rate, mono) into one file; returns (bytes, samples a gapless decoder yields).
-
-    The frames are concatenated (each segment starts with an empty bit reservoir, so
-    that is a valid stream) behind one rewritten Xing/LAME info frame: total frame and
-    byte counts, a new seek table, the first segment's encoder delay and the last one's
-    padding, and both CRCs. Players then show the whole length and seek correctly; each
-    inner boundary keeps its segment's encoder delay and padding, about 50-100 ms of
-    near-silence, which falls between sentences.
-    """
-    if not segments:
-        raise EngineError("no MP3 segments to join")
-    parsed = [_parse_mp3(s) for s in segments]
-    first, last = parsed[0], parsed[-1]
-    if any(p.rate != first.rate or p.samples_per_frame != first.samples_per_frame for p in parsed):
-        raise EngineError("MP3 segments differ in sample rate")
-    audio = b"".join(p.audio for p in parsed)
-    offsets: list[int] = []
-    base = 0
-    for p in parsed:
-        offsets.extend(base + o for o in p.frame_offsets)
-        base += len(p.audio)
-    frames = len(offsets)
-    samples = max(0, frames * first.samples_per_frame - first.delay - last.padding)
-    if first.info is None:
-        return audio, frames * first.samples_per_frame
-    info = bytearray(first.info)
-    _, _, _, side = _frame_size(bytes(info), 0)
-    tag = 4 + side
-    flags = struct.unpack(">I", info[tag + 4:tag + 8])[0]
-    if flags & 0x7 != 0x7:  # no frame count, byte count or seek table to rewrite: drop the header
-        return audio, frames * first.samples_per_frame
-    total_bytes = len(info) + len(audio)
-    struct.pack_into(">II", info, tag + 8, frames, total_bytes)
-    toc = bytearray(100)
-    for i in range(100):
-        frame = min(frames - 1, i * frames // 100) if frames else 0
-        position = len(info) + (offsets[frame] if offsets else 0)
-        toc[i] = min(255, position * 256 // total_bytes)
-    info[tag + 16:tag + 116] = toc
-    lame = tag + 120
-    if info[lame:lame + 4] == b"LAME" and len(info) >= lame + 36:
-        delay, padding = first.delay, last.padding
-        info[lame + 21:lame + 24] = bytes([delay >> 4, ((delay & 0x0F) << 4) | (padding >> 8), padding & 0xFF])
-        struct.pack_into(">I", info, lame + 28, total_bytes)
-        music = 0
-        for p in parsed:  # each segment's LAME tag already holds its frames' CRC: combine, do not re-read
-            music = _crc16_combine(music, p.music_crc if p.music_crc is not None else _crc16(p.audio), len(p.audio))
-        struct.pack_into(">H", info, lame + 32, music)
-        struct.pack_into(">H", info, lame + 34, _crc16(bytes(info[:lame + 34])))
-    return bytes(info) + audio, samples
 
 
 # --- a part killed by the hard time limit ---------------------------------------------------
