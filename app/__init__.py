@@ -16,6 +16,7 @@ from settings import Settings, get_settings
 from tasks.runtime import Runtime
 from tasks.service import JobService
 
+from . import batches, dashboard, dlq, health, jobs, metrics, openai_compat, voices
 from .auth import install_api_keys
 from .errors import register_error_handlers
 
@@ -41,9 +42,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     _install_correlation(app)
     register_error_handlers(app)
     install_api_keys(app)
-
-    from . import batches, dashboard, dlq, health, jobs, metrics, openai_compat, voices
-
     for module in (jobs, batches, voices, dlq, health, openai_compat, metrics, dashboard):
         app.register_blueprint(module.bp)
     return app

@@ -6,8 +6,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from engine import FORMATS
-from tasks.batch_result import iter_zip, plan_result
-from tasks.batches import Batch, BatchService, ItemMeta, parse_batch_request
+from tasks.batch_result import concatenate_audio, iter_zip, plan_result
+from tasks.batches import MAX_GAP_MS, Batch, BatchService, ItemMeta, parse_batch_request
 from tasks.exceptions import InvalidBatch
 from tasks.status import JobStatus
 
@@ -131,8 +131,6 @@ def get_result(batch_id: str) -> Any:
 @bp.get("/<batch_id>/audio")
 def get_audio(batch_id: str) -> Any:
     """Every succeeded item concatenated into one file of the batch's format (``?gap_ms=``)."""
-    from tasks.batch_result import concatenate_audio
-
     svc = service()
     plan = plan_result(svc, batch_id, concatenate=True, gap_ms=_gap_arg())
     audio, offsets, _ = concatenate_audio(svc, plan)
@@ -147,8 +145,6 @@ def get_audio(batch_id: str) -> Any:
 
 
 def _gap_arg() -> int | None:
-    from tasks.batches import MAX_GAP_MS
-
     return int_arg(request, "gap_ms", None, low=0, high=MAX_GAP_MS)
 
 

@@ -6,8 +6,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
+from engine import FORMATS
 from tasks.job import Job
-from tasks.service import JobService, parse_job_request
+from tasks.job_request import parse_job_request
+from tasks.service import JobService
 from tasks.status import JobStatus
 
 from .errors import ApiError
@@ -76,8 +78,6 @@ def get_audio(job_id: str) -> Any:
     etag = hashlib.sha256(data).hexdigest()[:32]
     if request.if_none_match.contains(etag):
         return Response(status=304, headers={"ETag": f'"{etag}"'})
-    from engine import FORMATS
-
     fmt = FORMATS[job.format]
     filename = f"{job.name or job.id}.{fmt.extension}".replace('"', "")
     response = Response(data, mimetype=job.media_type or fmt.media_type)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,9 +23,9 @@ from engine.exceptions import UnknownVoiceError
 from engine.synthesis import MAX_SPEED, MIN_SPEED
 from engine.text import looks_like_markdown
 from settings import Settings
-from tasks import keys
 from tasks.job import Job
-from tasks.service import JobRequest, JobService, parse_job_request
+from tasks.job_request import JobRequest, parse_job_request
+from tasks.service import JobService
 from tasks.status import JobStatus
 
 from .errors import ApiError, error_response
@@ -58,10 +57,6 @@ OPENAI_MAX_SPEED = 4.0
 #: OpenAI's ``pcm`` is 24 kHz, 16-bit signed little-endian mono; every voice is resampled to it.
 PCM_SAMPLE_RATE = 24000
 _SPEECH_FIELDS = {"model", "input", "voice", "response_format", "speed", "instructions", "stream_format"}
-# Waiting for a job: first poll soon (cache hits and short texts finish in tens of ms), then back off.
-_POLL_FIRST = 0.01
-_POLL_MAX = 0.2
-_POLL_FACTOR = 1.5
 
 
 class SpeechRequest:
@@ -176,27 +171,6 @@ def _check_voice(speech: SpeechRequest, settings: Settings) -> None:
                        f"({', '.join(exc.valid)})", param="voice") from exc
 
 
-# --- waiting -------------------------------------------------------------------------------
-def _wait(service: JobService, job_id: str, timeout: float) -> JobStatus | None:
-    """Poll the job's status (one HGET per poll, backing off) until it finishes or ``timeout`` passes."""
-    redis_client = service.rt.redis
-    key = keys.job(job_id)
-    deadline = time.monotonic() + timeout
-    delay = _POLL_FIRST
-    while True:
-        raw = redis_client.hget(key, "status")
-        if raw is None:  # expired or deleted under us
-            return None
-        status = JobStatus(raw.decode() if isinstance(raw, bytes) else raw)
-        if status.finished:
-            return status
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return status
-        time.sleep(min(delay, remaining))
-        delay = min(delay * _POLL_FACTOR, _POLL_MAX)
-
-
 def _audio_response(job: Job, data: bytes) -> Response:
     fmt = FORMATS[job.format]
     response = Response(data, mimetype=job.media_type or fmt.media_type)
@@ -223,7 +197,7 @@ def speech() -> Any:
     _check_voice(speech_request, settings)
     service = _service()
     job, _ = service.submit(speech_request.job, correlation_id=g.get("correlation_id"))
-    status = job.status if job.status.finished else _wait(service, job.id, settings.speech_timeout)
+    status = job.status if job.status.finished else service.wait(job.id, settings.speech_timeout)
     if status is None:
         raise ApiError(502, "job_lost", f"job {job.id} disappeared before it finished (expired or deleted)",
                        job_id=job.id)

@@ -3,53 +3,44 @@
 A batch (``tts:batch:{id}``) is a hash of counters beside a list of its item job ids in
 input order (``tts:batch:{id}:items``). Every input becomes an ordinary job (same
 validation, cache, retries, dead-letter queue and metrics as ``POST /v1/jobs``) that
-knows its ``batch_id`` and ``batch_index``; the synthesize task calls
-:func:`on_item_started` and :func:`on_item_finished`, so reading a batch's status
-costs one HGETALL and one SCARD however many inputs it has.
+knows its ``batch_id`` and ``batch_index``. The job lifecycle tells this module when an
+item starts and finishes through hooks (:func:`on_item_started`, :func:`on_items_finished`,
+registered with :mod:`tasks.lifecycle`), so reading a batch's status costs one HGETALL
+and one SCARD however many inputs it has.
 
 An input that cannot succeed (empty text, unknown voice, bad speed...) is stored at
 submit time as a failed job carrying its error, and counted; it does not sink the
 batch. Only a malformed body, or a batch whose every input is bad, is refused.
 
-Submitting is built for 10,000 inputs: job records are written in pipelines and the
-tasks are published in pipelined batches (kombu's ``Producer.batch``).
+Submitting is built for 10,000 inputs: ``JobService.accept_many`` writes the job
+records in pipelines and publishes the tasks in pipelined batches (kombu's
+``Producer.batch``); ``JobService.cancel_many`` cancels them with one revoke.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
 import engine
-from engine.exceptions import EmptyTextError, EngineError
-from engine.text import chunk_text, normalize
+from engine.exceptions import EngineError
 
-from . import keys
-from .cache import cache_key
-from .celery_app import SYNTHESIS_QUEUE
-from .exceptions import (
-    IdempotencyConflict,
-    BatchNotFound,
-    InvalidBatch,
-    InvalidRequest,
-    PipelineError,
-    TooManyInputs,
-)
-from .job import Job, iso, job_score, new_job_id, now
+from . import keys, lifecycle
+from .exceptions import BatchNotFound, InvalidBatch, InvalidRequest, PipelineError, TooManyInputs
+from .idempotency import ResourceKind
+from .job import PIPELINE_CHUNK, Job, iso, job_score, new_job_id, now
+from .job_request import parse_job_request
+from .runtime import Runtime
+from .service import JobService
 from .status import BatchStatus, JobStatus
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
-    from .service import JobRequest, JobService
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +51,14 @@ __all__ = [
     "ItemMeta",
     "on_item_finished",
     "on_item_started",
+    "on_items_finished",
     "parse_batch_request",
-    "send_tasks",
 ]
 
 _BATCH_FIELDS = {"inputs", "defaults", "concatenate", "gap_ms"}
 #: Fields ``defaults`` may set (``text`` and ``name`` belong to each input).
 _DEFAULT_FIELDS = {"voice", "format", "speed", "sample_rate", "seed", "cache", "markdown"}
 MAX_GAP_MS = 60_000
-#: Redis commands per pipeline when writing many job records.
-PIPELINE_CHUNK = 1000
 #: Item records read per pipeline when listing or zipping.
 READ_WINDOW = 500
 #: Rejected inputs listed in an error body or a submit response, at most.
@@ -79,7 +68,8 @@ _ITEM_FIELDS = ("status", "name", "attempts", "duration", "error_code", "error",
                 "task_id")
 
 
-# --- the synthesize task's hooks ---------------------------------------------------------------
+# --- the lifecycle's hooks -------------------------------------------------------------------------
+@lifecycle.on_started
 def on_item_started(rt: Runtime, job: Job) -> None:
     """Note that a batch item started (the batch is running; the item counts as running)."""
     if not job.batch_id:
@@ -93,14 +83,23 @@ def on_item_started(rt: Runtime, job: Job) -> None:
 
 
 def on_item_finished(rt: Runtime, job_id: str) -> None:
-    """Count a finished job in its batch (no-op for a job outside any batch)."""
+    """Count a finished job in its batch, read from its record (no-op for a job outside any batch)."""
     try:
         job = rt.jobs.get(job_id)
     except Exception:  # noqa: BLE001 - an expired job has no batch to update
         return
-    if not job.batch_id or not job.status.finished:
-        return
-    _count_finished(rt, [job])
+    on_items_finished(rt, [job])
+
+
+@lifecycle.on_finished
+def on_items_finished(rt: Runtime, jobs: Sequence[Job]) -> None:
+    """Count jobs that reached a final status in their batches (jobs outside any batch are skipped)."""
+    by_batch: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.batch_id and job.status.finished:
+            by_batch.setdefault(job.batch_id, []).append(job)
+    for group in by_batch.values():
+        _count_finished(rt, group)
 
 
 def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
@@ -156,27 +155,6 @@ def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
                 continue
     if total is not None and int(finished or 0) >= int(total) and rt.redis.hsetnx(key, "finished_at", str(now())):
         log.info("batch %s finished", batch_id)
-
-
-# --- publishing many tasks ------------------------------------------------------------------------
-def send_tasks(rt: Runtime, name: str, calls: Iterable[tuple[list[Any], float | None]],
-               correlation_id: str | None = None, task_ids: Iterable[str] | None = None) -> None:
-    """Publish many tasks in pipelined round trips (falls back to one by one on older kombu).
-
-    ``calls``: (args, countdown) per task; ``task_ids``: the ids to use, in the same order.
-    """
-    app = rt.celery
-    headers = {"correlation_id": correlation_id} if correlation_id else None
-    ids = iter(task_ids) if task_ids is not None else None
-    # kombu only batches when Redis would not retry a half-sent pipeline; our broker
-    # options ask for retry_on_timeout, so this connection turns it off.
-    with app.connection_for_write(transport_options={"retry_on_timeout": False}) as conn:
-        producer = app.amqp.Producer(conn)
-        batch = getattr(producer, "batch", None)
-        with (batch(max_size=PIPELINE_CHUNK) if batch is not None else contextlib.nullcontext()):
-            for args, countdown in calls:
-                app.send_task(name, args=args, queue=SYNTHESIS_QUEUE, countdown=countdown, headers=headers,
-                              task_id=next(ids) if ids is not None else None, producer=producer)
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -437,22 +415,21 @@ class BatchService:
         """
         self._check_defaults(request.defaults)
         batch_id = uuid.uuid4().hex
+        claims = self.jobs.idempotency
         if idempotency_key:
-            existing = self._claim(idempotency_key, batch_id, request)
+            existing = claims.claim(ResourceKind.BATCH, idempotency_key, batch_id, request.fingerprint())
             if existing is not None:
                 return self.get(existing), [], False
         try:
             batch, rejected = self._create(request, batch_id, correlation_id)
         except BaseException:
             if idempotency_key:  # nothing was accepted: the key is free for a retry
-                self.rt.redis.delete(keys.idempotency(f"batch:{idempotency_key}"))
+                claims.release(ResourceKind.BATCH, idempotency_key, batch_id)
             raise
         return batch, rejected, True
 
     def _create(self, request: BatchRequest, batch_id: str,
                 correlation_id: str | None) -> tuple[Batch, list[Rejection]]:
-        from .service import parse_job_request
-
         settings = self.rt.settings
         created = now()
         versions: dict[str, str] = {}
@@ -464,7 +441,7 @@ class BatchService:
                 if not isinstance(raw, Mapping):
                     raise InvalidRequest(f"each input must be an object with 'text', got {type(raw).__name__}")
                 job_request = parse_job_request(raw, defaults=request.defaults, max_chars=settings.max_text_chars)
-                key = self._prepare(job_request, versions)
+                _, key = self.jobs.prepare(job_request, versions)
                 good.append(self.jobs.build_job(job_request, correlation_id, cache_key=key, batch_id=batch_id,
                                                 batch_index=index))
             except (PipelineError, EngineError) as exc:
@@ -486,61 +463,27 @@ class BatchService:
             characters=sum(job.characters for job in good), rejected=len(rejected_jobs),
             failed=len(rejected_jobs), finished=len(rejected_jobs), correlation_id=correlation_id,
         )
-        hits, misses = self._split_cached(good)
-        batch.settled_at_submit = len(rejected_jobs) + len(hits)
+        batch.settled_at_submit = len(rejected_jobs)
         self._store_batch(batch, [i for i in items if i is not None], rejected_jobs)
         try:
-            for job in hits:  # rare (a resubmitted batch): the one-job path, which re-checks the cache
-                self.jobs.accept(job)
-                if job.status.finished:
-                    _count_finished(self.rt, [job])
-            self._queue(misses, correlation_id)
+            served = self.jobs.accept_many(good, correlation_id)
+            if served:  # items finished at submit do not make the batch "running"
+                self.rt.redis.hincrby(keys.batch(batch_id), "settled_at_submit", len(served))
         except Exception:
             self._discard(batch, items)
             raise
         log.info("batch %s accepted: %d inputs, %d queued, %d from the cache, %d rejected", batch_id, batch.total,
-                 len(misses), len(hits), len(rejected_jobs))
+                 len(good) - len(served), len(served), len(rejected_jobs))
         return self.get(batch_id), rejected
-
-    def _claim(self, key: str, batch_id: str, request: BatchRequest) -> str | None:
-        """Reserve ``key`` for a new batch; returns the id of the batch that already holds it.
-
-        Raises :class:`IdempotencyConflict` when the key was used for a different request.
-        """
-        redis_key = keys.idempotency(f"batch:{key}")
-        value = json.dumps({"batch_id": batch_id, "fingerprint": request.fingerprint()})
-        if self.rt.redis.set(redis_key, value, nx=True, ex=self.rt.settings.result_ttl):
-            return None
-        raw = self.rt.redis.get(redis_key)
-        stored = json.loads(raw) if raw else {}
-        if stored.get("fingerprint") != request.fingerprint():
-            raise IdempotencyConflict(key, stored.get("batch_id", "?"), kind="batch")
-        return str(stored["batch_id"])
 
     def _check_defaults(self, defaults: Mapping[str, Any]) -> None:
         """Bad defaults are the request's fault, not each input's: refuse the whole batch."""
-        from .service import parse_job_request
-
         try:
             request = parse_job_request({"text": "check"}, defaults=defaults)
             request.options().validate(self.rt.catalog)
         except (PipelineError, EngineError) as exc:
             exc.args = (f"defaults: {exc}",)
             raise
-
-    def _prepare(self, request: JobRequest, versions: dict[str, str]) -> str | None:
-        """What ``JobService.prepare`` does, with each voice's model version looked up once per batch."""
-        options = request.options()
-        info = options.validate(self.rt.catalog)
-        normalized = normalize(request.text, markdown=request.markdown)
-        if not chunk_text(normalized, 400):
-            raise EmptyTextError("text is empty after normalising (nothing to speak)")
-        if not request.cache:
-            return None
-        if info.id not in versions:
-            versions[info.id] = self.rt.catalog.model_version(info.id)
-        return cache_key(normalized, options.to_dict() | {"voice": info.id}, options.output_rate(info),
-                         versions[info.id])
 
     def _rejected_job(self, raw: Any, defaults: Mapping[str, Any], exc: Exception, batch_id: str, index: int,
                       correlation_id: str | None, created: float) -> Job:
@@ -563,17 +506,6 @@ class BatchService:
             error=str(exc) or type(exc).__name__, error_type=type(exc).__name__, correlation_id=correlation_id,
             batch_id=batch_id, batch_index=index, name=name if isinstance(name, str) else None,
         )
-
-    def _split_cached(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
-        """(jobs whose audio is probably cached, the rest), with one pipelined EXISTS per job."""
-        candidates = [job for job in jobs if job.cache and job.cache_key]
-        if not candidates:
-            return [], jobs
-        pipe = self.rt.cache_redis.pipeline(transaction=False)
-        for job in candidates:
-            pipe.exists(keys.audio(job.cache_key or ""))
-        cached = {job.id for job, hit in zip(candidates, pipe.execute()) if hit}
-        return [j for j in jobs if j.id in cached], [j for j in jobs if j.id not in cached]
 
     def _store_batch(self, batch: Batch, item_ids: list[str], rejected: list[Job]) -> None:
         ttl = self.rt.settings.result_ttl
@@ -599,41 +531,9 @@ class BatchService:
         pipe.zadd(keys.BATCHES_INDEX, {batch.id: job_score(batch.created_at)})
         pipe.zremrangebyscore(keys.BATCHES_INDEX, 0, job_score(now() - ttl))
         pipe.execute()
-        self._write_jobs(rejected)
+        self.rt.jobs.create_many(rejected)
         if batch.finished >= batch.total:
             self.rt.redis.hsetnx(key, "finished_at", str(now()))
-
-    def _write_jobs(self, jobs: list[Job]) -> None:
-        """Store job records as ``JobStore.create`` does, many per round trip."""
-        ttl = self.rt.settings.result_ttl
-        for start in range(0, len(jobs), PIPELINE_CHUNK):
-            chunk = jobs[start:start + PIPELINE_CHUNK]
-            pipe = self.rt.redis.pipeline(transaction=False)
-            for job in chunk:
-                pipe.hset(keys.job(job.id), mapping=job.to_redis())
-                pipe.expire(keys.job(job.id), ttl)
-            pipe.zadd(keys.JOBS_INDEX, {job.id: job_score(job.created_at) for job in chunk})
-            pipe.execute()
-        if jobs:
-            self.rt.redis.zremrangebyscore(keys.JOBS_INDEX, 0, job_score(now() - ttl))
-
-    def _queue(self, jobs: list[Job], correlation_id: str | None) -> None:
-        """Store and enqueue cache misses in bulk, with the metrics ``JobService.accept`` records."""
-        if not jobs:
-            return
-        for job in jobs:
-            job.task_id = uuid.uuid4().hex
-        self._write_jobs(jobs)
-        send_tasks(self.rt, "tts.synthesize", [([job.id], None) for job in jobs], correlation_id,
-                   task_ids=[job.task_id or "" for job in jobs])
-        metrics = self.rt.metrics
-        from monitoring.recorder import CACHE_MISSES, JOBS_SUBMITTED
-
-        lookups = sum(1 for job in jobs if job.cache and job.cache_key)
-        if lookups:
-            metrics.count(CACHE_MISSES, float(lookups))
-        for voice, n in Counter(job.voice for job in jobs).items():
-            metrics.count(JOBS_SUBMITTED, float(n), voice=voice, queue=SYNTHESIS_QUEUE)
 
     def _discard(self, batch: Batch, items: list[str | None]) -> None:
         """Best effort: take back a batch that could not be queued, so nothing claims to be accepted."""
@@ -732,22 +632,10 @@ class BatchService:
             return batch
         self.rt.redis.hsetnx(keys.batch(batch_id), "cancelled_at", str(now()))
         unfinished = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-        cancelled: list[Job] = []
-        for item in list(self.iter_items(batch_id)):
-            if item.status not in unfinished:
-                continue
-            if self.rt.jobs.transition(item.job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, status=JobStatus.CANCELLED,
-                                       finished_at=now(), next_retry_at=None):
-                cancelled.append(Job(id=item.job_id, text="", voice=item.voice or "", status=JobStatus.CANCELLED,
-                                     batch_id=batch_id, batch_index=item.index, task_id=item.task_id))
-        task_ids = [job.task_id for job in cancelled if job.task_id]
-        if task_ids:
-            self.rt.celery.control.revoke(task_ids)
-        from monitoring.recorder import JOBS_CANCELLED
-
-        for voice, n in Counter(job.voice for job in cancelled).items():
-            self.rt.metrics.count(JOBS_CANCELLED, float(n), voice=voice, queue=SYNTHESIS_QUEUE)
-        _count_finished(self.rt, cancelled)
+        items = [Job(id=item.job_id, text="", voice=item.voice or "", status=JobStatus(item.status),
+                     batch_id=batch_id, batch_index=item.index, task_id=item.task_id)
+                 for item in self.iter_items(batch_id) if item.status in unfinished]
+        cancelled = self.jobs.cancel_many(items)
         log.info("batch %s cancelled: %d unfinished items cancelled", batch_id, len(cancelled))
         return self.get(batch_id)
 

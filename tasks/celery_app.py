@@ -83,7 +83,9 @@ def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("tts_batch")
     app.conf.update(celery_config(settings))
-    app.conf.include = ["tasks.synthesize", "tasks.fanout", "tasks.webhooks", "tasks.worker_signals"]
+    # tasks.batches holds no task, but registers the lifecycle hooks that count batch items.
+    app.conf.include = ["tasks.synthesize", "tasks.fanout", "tasks.webhooks", "tasks.worker_signals",
+                        "tasks.batches"]
     return app
 
 

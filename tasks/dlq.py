@@ -31,7 +31,7 @@ class DeadLetterQueue:
         """Record a dead job; returns False if it was already recorded (so alerts fire once)."""
         record = {
             "job_id": job.id,
-            "request": json.dumps({"text": job.text, **job.options(), "cache": job.cache, "name": job.name,
+            "request": json.dumps({"text": job.text, **job.options().to_dict(), "cache": job.cache, "name": job.name,
                                    "batch_id": job.batch_id}),
             "error_type": error_type,
             "error": error,

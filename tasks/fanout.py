@@ -33,18 +33,14 @@ redelivery. Parts of a cancelled job stop at the next sentence group and drop th
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
 import os
-import traceback as tb
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from celery import signals
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 import engine
 from engine.audio import (
@@ -54,16 +50,16 @@ from engine.audio import (
     to_pcm16,
     validate_format,
 )
-from engine.exceptions import EngineError, SynthesisRuntimeError
+from engine.exceptions import SynthesisRuntimeError
 from engine.join import Segment, concat
 from engine.mp3 import join as join_mp3  # its old name, kept for importers
-from engine.synthesis import SynthesisOptions, prepare, stream_chunks
+from engine.synthesis import prepare, stream_chunks
 from engine.text import group_chunks
-from monitoring.correlation import bind
 
-from . import keys
-from .celery_app import SYNTHESIS_QUEUE, celery_app
+from . import keys, lifecycle
+from .celery_app import celery_app
 from .job import Job, now
+from .publish import SYNTHESIZE_PART_TASK, send_tasks
 from .runtime import Runtime, get_runtime
 from .status import JobStatus
 
@@ -143,7 +139,7 @@ def _load_plan(rt: Runtime, job_id: str) -> PartPlan | None:
 
 
 def _make_plan(rt: Runtime, job: Job) -> PartPlan:
-    options = SynthesisOptions(**job.options())
+    options = job.options()
     info = options.validate(rt.catalog)
     chunks = prepare(job.text, options, rt.catalog)
     groups = group_chunks(chunks, max(1, rt.settings.fanout_part_chars))
@@ -184,7 +180,7 @@ def fan_out(rt: Runtime, job: Job) -> dict[str, Any] | None:
     pending = [i for i in range(plan.total) if i not in done]
     rt.jobs.update(job.id, extra={**job.extra, "fanout": {"parts": plan.total, "chunks": plan.chunks}})
     rt.jobs.add_history(job.id, {"attempt": job.attempts, "at": now(), "outcome": "fanned_out",
-                                 "parts": plan.total, "pending": len(pending), "worker": _worker(),
+                                 "parts": plan.total, "pending": len(pending), "worker": lifecycle.HOSTNAME,
                                  "pid": os.getpid()})
     if not pending:
         return _stitch(rt, job.id)
@@ -195,30 +191,20 @@ def fan_out(rt: Runtime, job: Job) -> dict[str, Any] | None:
 
 
 def _send_parts(rt: Runtime, job: Job, indexes: list[int]) -> None:
-    """Queue part tasks in one pipelined publish (see tasks.batches.send_tasks)."""
-    from .batches import send_tasks
-
-    send_tasks(rt, "tts.synthesize_part", [([job.id, i], None) for i in indexes], job.correlation_id)
-
-
-def _worker() -> str:
-    from .synthesize import HOSTNAME
-
-    return HOSTNAME
+    """Queue part tasks in one pipelined publish."""
+    send_tasks(rt, SYNTHESIZE_PART_TASK, [([job.id, i], None) for i in indexes], job.correlation_id)
 
 
 # --- the part task -----------------------------------------------------------------------
-@celery_app.task(bind=True, name="tts.synthesize_part", acks_late=True, reject_on_worker_lost=True,
+@celery_app.task(bind=True, name=SYNTHESIZE_PART_TASK, acks_late=True, reject_on_worker_lost=True,
                  max_retries=None)
 def synthesize_part(self: Any, job_id: str, index: int) -> dict[str, Any] | None:
     """Synthesize part ``index`` of a fanned-out job; the last part to finish stitches the job."""
-    from .synthesize import bind_task, load_task_job
-
     rt = get_runtime()
-    job = load_task_job(rt, job_id, f"its part {index}")
+    job = lifecycle.load_task_job(rt, job_id, f"its part {index}")
     if job is None:
         return None
-    with bind_task(self, job):
+    with lifecycle.bind_task(self, job):
         return _run_part(self, rt, job, int(index))
 
 
@@ -245,19 +231,19 @@ def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | 
         return None
     started = now()
     try:
-        _inject_part_fault(rt, job, attempt)
+        lifecycle.inject_fault(rt, job, attempt)
         data, samples, seconds = _render_part(rt, job, plan, index)
-        if _status(rt, job.id) in (JobStatus.CANCELLED, JobStatus.FAILED, None):
-            raise _Cancelled(job.id)
+        if rt.jobs.status(job.id) in (JobStatus.CANCELLED, JobStatus.FAILED, None):
+            raise lifecycle.JobCancelled(job.id)
         added, count = _store_part(rt, job.id, index, data, samples, seconds)
-    except _Cancelled:
+    except lifecycle.JobCancelled:
         log.info("job %s was cancelled or failed; part %d dropped", job.id, index)
         cleanup(rt, job.id, plan.total)
         return None
     except Exception as exc:  # noqa: BLE001 - classified like a whole job's failure
         return _part_failed(task, rt, job, plan, index, attempt, exc, started)
     rt.jobs.add_history(job.id, {"part": index, "parts": plan.total, "attempt": attempt, "started_at": started,
-                                 "finished_at": now(), "outcome": "part_succeeded", "worker": _worker(),
+                                 "finished_at": now(), "outcome": "part_succeeded", "worker": lifecycle.HOSTNAME,
                                  "pid": os.getpid(), "characters": sum(len(c) for c in plan.groups[index]),
                                  "audio_seconds": round(samples / plan.rate, 3),
                                  "synthesis_seconds": round(seconds, 3)})
@@ -265,7 +251,7 @@ def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | 
              samples / plan.rate, seconds, count, plan.total)
     if added and count >= plan.total:
         return _stitch_or_retry(task, rt, job, plan)
-    if _status(rt, job.id) in (JobStatus.CANCELLED, JobStatus.FAILED):  # cancelled while storing
+    if rt.jobs.status(job.id) in (JobStatus.CANCELLED, JobStatus.FAILED):  # cancelled while storing
         cleanup(rt, job.id, plan.total)
     return {"job_id": job.id, "part": index, "status": "stored"}
 
@@ -283,28 +269,17 @@ def _store_part(rt: Runtime, job_id: str, index: int, data: bytes, samples: int,
     return bool(results[2]), int(results[3])
 
 
-class _Cancelled(Exception):
-    """The job was cancelled while a part ran."""
-
-
-def _inject_part_fault(rt: Runtime, job: Job, attempt: int) -> None:
-    """The test-only fault switch applies to each part's attempts as to a whole job's."""
-    from .synthesize import _inject_fault
-
-    _inject_fault(dataclasses.replace(job, attempts=attempt), rt)
-
-
 def _render_part(rt: Runtime, job: Job, plan: PartPlan, index: int) -> tuple[bytes, int, float]:
     """Synthesize one part; returns (stored bytes, samples at the output rate, seconds taken)."""
     started = now()
-    options = SynthesisOptions(**job.options())
+    options = job.options()
     info = options.validate(rt.catalog)
     pieces: list[np.ndarray] = []
     for k, piece in enumerate(stream_chunks(plan.groups[index], options, rt.catalog,
                                             seed_offset=plan.first_chunk(index))):
         pieces.append(piece.samples)
-        if k % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 and _status(rt, job.id) is JobStatus.CANCELLED:
-            raise _Cancelled(job.id)
+        if k % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 and rt.jobs.status(job.id) is JobStatus.CANCELLED:
+            raise lifecycle.JobCancelled(job.id)
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     if plan.segments:
         encoder = AudioEncoder(plan.format, plan.rate, input_rate=info.sample_rate)
@@ -318,46 +293,20 @@ def _render_part(rt: Runtime, job: Job, plan: PartPlan, index: int) -> tuple[byt
     return data, count, now() - started
 
 
-def _status(rt: Runtime, job_id: str) -> JobStatus | None:
-    raw = rt.redis.hget(keys.job(job_id), "status")
-    return JobStatus(raw.decode()) if raw is not None else None
-
-
 def _part_failed(task: Any, rt: Runtime, job: Job, plan: PartPlan, index: int, attempt: int, exc: Exception,
                  started: float) -> dict[str, Any] | None:
-    """Retry a failed part with the job's retry policy, or dead-letter the job."""
-    if isinstance(exc, SoftTimeLimitExceeded):
-        exc = SynthesisRuntimeError(f"a part exceeded the soft time limit of {rt.settings.task_soft_time_limit}s")
-    policy = rt.retry_policy
-    error_type = type(exc).__name__
-    message = str(exc) or error_type
-    history: dict[str, Any] = {"part": index, "parts": plan.total, "attempt": attempt, "started_at": started,
-                               "finished_at": now(), "outcome": "part_failed", "error": f"{error_type}: {message}",
-                               "worker": _worker(), "pid": os.getpid()}
-    if policy.should_retry(attempt, exc):
-        delay = policy.delay_seconds(attempt)
-        history["retry_in"] = round(delay, 4)
-        rt.jobs.add_history(job.id, history)
-        rt.metrics.job_retried(job.voice, SYNTHESIS_QUEUE)
-        log.warning("job %s part %d attempt %d failed (%s: %s); retrying in %.3fs", job.id, index, attempt,
-                    error_type, message, delay)
-        raise task.retry(countdown=delay, exc=exc, max_retries=None)
-    rt.jobs.add_history(job.id, history)
-    permanent = isinstance(exc, EngineError) and exc.permanent
-    code = getattr(exc, "code", None) if permanent else "retry_exhausted"
-    trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
-    log.error("job %s part %d failed for good after %d attempt(s): %s: %s", job.id, index, attempt, error_type,
-              message)
-    _fail(rt, job, plan, error_type, f"part {index + 1} of {plan.total}: {message}", trace, code=code)
-    return {"job_id": job.id, "part": index, "status": "failed"}
+    """Retry a failed part with the job's retry policy, or dead-letter the job (the job stays running meanwhile)."""
+    history = {"part": index, "parts": plan.total, "started_at": started, "outcome": "part_failed",
+               "pid": os.getpid()}
+    outcome = lifecycle.fail_or_retry(task, rt, job, exc, attempt, history,
+                                      subject=f"part {index + 1} of {plan.total}", requeue_job=False,
+                                      cleanup=lambda: cleanup(rt, job.id, plan.total))
+    return {**outcome, "part": index}
 
 
-def _fail(rt: Runtime, job: Job, plan: PartPlan, error_type: str, message: str, trace: str = "",
-          code: str | None = None) -> None:
+def _fail(rt: Runtime, job: Job, plan: PartPlan, error_type: str, message: str, code: str | None = None) -> None:
     """Dead-letter the whole job (once: the status transition guards it) and drop its parts."""
-    from .synthesize import dead_letter
-
-    dead_letter(rt, rt.jobs.get(job.id), error_type, message, trace, code=code)
+    lifecycle.dead_letter(rt, rt.jobs.get(job.id), error_type, message, code=code)
     cleanup(rt, job.id, plan.total)
 
 
@@ -382,25 +331,14 @@ def _stitch_or_retry(task: Any, rt: Runtime, job: Job, plan: PartPlan) -> dict[s
     try:
         return _stitch(rt, job.id)
     except Exception as exc:  # noqa: BLE001 - classified like a part's failure
-        error_type = type(exc).__name__
-        message = str(exc) or error_type
-        rt.jobs.add_history(job.id, {"stitch": True, "attempt": attempt, "started_at": started, "finished_at": now(),
-                                     "outcome": "stitch_failed", "error": f"{error_type}: {message}",
-                                     "worker": _worker(), "pid": os.getpid()})
-        if rt.retry_policy.should_retry(attempt, exc):
-            delay = rt.retry_policy.delay_seconds(attempt)
-            log.warning("job %s stitch attempt %d failed (%s: %s); retrying in %.3fs", job.id, attempt, error_type,
-                        message, delay)
-            raise task.retry(countdown=delay, exc=exc, max_retries=None)
-        trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
-        _fail(rt, job, plan, error_type, f"stitching: {message}", trace, code="retry_exhausted")
+        history = {"stitch": True, "started_at": started, "outcome": "stitch_failed", "pid": os.getpid()}
+        lifecycle.fail_or_retry(task, rt, job, exc, attempt, history, subject="stitching", requeue_job=False,
+                                cleanup=lambda: cleanup(rt, job.id, plan.total))
         return None
 
 
 def _stitch(rt: Runtime, job_id: str) -> dict[str, Any] | None:
     """Join every part in order and finish the job exactly as a whole job finishes."""
-    from .synthesize import _finish
-
     job = rt.jobs.get(job_id)
     if job.status is not JobStatus.RUNNING:
         log.info("job %s is %s; not stitching", job_id, job.status.value)
@@ -434,35 +372,6 @@ def _stitch(rt: Runtime, job_id: str) -> dict[str, Any] | None:
     )
     log.info("job %s stitched from %d parts in %.2fs", job_id, plan.total, finished - stitch_started,
              extra={"parts": plan.total, "stitch_seconds": round(finished - stitch_started, 3)})
-    outcome = _finish(rt, job, result, job.started_at or stitch_started)
+    outcome = lifecycle.succeed(rt, job, result, job.started_at or stitch_started)
     cleanup(rt, job_id, plan.total)
     return outcome
-
-
-# --- a part killed by the hard time limit ---------------------------------------------------
-@signals.task_failure.connect
-def _part_time_limit(sender: Any = None, exception: BaseException | None = None, args: Any = None,
-                     **_: Any) -> None:
-    """A part killed by the hard time limit is acknowledged, not requeued: queue it again.
-
-    (A child killed outright, ``WorkerLostError``, is requeued by ``reject_on_worker_lost``
-    and the redelivery counts the lost attempt.)
-    """
-    if getattr(sender, "name", None) != "tts.synthesize_part" or not args or len(args) < 2:
-        return
-    if not isinstance(exception, TimeLimitExceeded):
-        return
-    rt = get_runtime()
-    job_id, index = str(args[0]), int(args[1])
-    job = rt.jobs.get_unfinished(job_id)
-    if job is None:
-        return
-    with bind(correlation_id=job.correlation_id, job_id=job_id, voice=job.voice):
-        attempts = int(rt.redis.hget(keys.job_parts(job_id), f"attempts:{index}") or 0)
-        rt.jobs.add_history(job_id, {"part": index, "attempt": attempts, "finished_at": now(),
-                                     "outcome": "part_failed", "error": f"TimeLimitExceeded: {exception}"})
-        delay = rt.retry_policy.delay_seconds(max(1, attempts))
-        from .batches import send_tasks
-
-        send_tasks(rt, "tts.synthesize_part", [([job_id, index], delay)], job.correlation_id)
-        log.warning("job %s part %d hit the hard time limit; queued again in %.3fs", job_id, index, delay)

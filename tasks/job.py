@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 import redis
 
+from engine.synthesis import SynthesisOptions
+
 from . import keys
 from .exceptions import JobNotFound
 from .status import JobStatus
@@ -22,6 +24,9 @@ from .status import JobStatus
 log = logging.getLogger(__name__)
 
 __all__ = ["Job", "JobStore", "new_job_id", "now"]
+
+#: Redis commands per pipeline when writing many job records.
+PIPELINE_CHUNK = 1000
 
 
 def now() -> float:
@@ -128,16 +133,10 @@ class Job:
                 kwargs[f.name] = raw
         return cls(**kwargs)
 
-    def options(self) -> dict[str, Any]:
-        """The synthesis options as a dict for ``engine.SynthesisOptions``."""
-        return {
-            "voice": self.voice,
-            "speed": self.speed,
-            "format": self.format,
-            "sample_rate": self.sample_rate,
-            "seed": self.seed,
-            "markdown": self.markdown,
-        }
+    def options(self) -> SynthesisOptions:
+        """The engine options of this job."""
+        return SynthesisOptions(voice=self.voice, speed=self.speed, format=self.format,
+                                sample_rate=self.sample_rate, seed=self.seed, markdown=self.markdown)
 
     def public(self, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The job as the API shows it (no text, ISO times)."""
@@ -207,6 +206,31 @@ class JobStore:
         pipe.zremrangebyscore(keys.JOBS_INDEX, 0, job_score(now() - self.ttl))
         pipe.execute()
         return job
+
+    def create_many(self, jobs: list[Job]) -> None:
+        """Store many new jobs as :meth:`create` does, :data:`PIPELINE_CHUNK` records per round trip."""
+        for start in range(0, len(jobs), PIPELINE_CHUNK):
+            chunk = jobs[start:start + PIPELINE_CHUNK]
+            pipe = self.redis.pipeline(transaction=False)
+            for job in chunk:
+                pipe.hset(keys.job(job.id), mapping=job.to_redis())
+                pipe.expire(keys.job(job.id), self.ttl)
+            pipe.zadd(keys.JOBS_INDEX, {job.id: job_score(job.created_at) for job in chunk})
+            pipe.execute()
+        if jobs:
+            self.redis.zremrangebyscore(keys.JOBS_INDEX, 0, job_score(now() - self.ttl))
+
+    def delete(self, job_id: str) -> None:
+        """Take a job record back (it was never accepted): the record and its listing entry."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(keys.job(job_id))
+        pipe.zrem(keys.JOBS_INDEX, job_id)
+        pipe.execute()
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """The job's status (one HGET), or None when it is not stored."""
+        raw = self.redis.hget(keys.job(job_id), "status")
+        return JobStatus(_s(raw)) if raw is not None else None
 
     def get(self, job_id: str) -> Job:
         """The job, or :class:`JobNotFound`."""

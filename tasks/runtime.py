@@ -16,6 +16,7 @@ from monitoring.recorder import MetricsRecorder
 from settings import Settings, get_settings
 
 from .cache import AudioCache
+from .celery_app import celery_app, create_celery
 from .dlq import DeadLetterQueue
 from .job import JobStore
 from .retry import RetryPolicy
@@ -88,8 +89,6 @@ class Runtime:
     @functools.cached_property
     def celery(self) -> Celery:
         """The Celery app to send tasks with: the process's own, or one for these settings."""
-        from .celery_app import celery_app, create_celery
-
         if self.settings == get_settings():
             return celery_app
         return create_celery(self.settings)

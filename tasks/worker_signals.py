@@ -2,9 +2,10 @@
 the task itself never sees.
 
 ``task_failure`` fires in the worker's main process for a hard time limit (the child
-was killed), which the task's own code cannot handle; the job is retried or
-dead-lettered from here. A child killed outright (SIGKILL, OOM) is requeued by
-``task_reject_on_worker_lost`` and the next delivery counts the lost attempt.
+was killed), which the task's own code cannot handle;
+:func:`tasks.lifecycle.retry_after_time_limit` retries or dead-letters the job (or the
+part of a fanned-out job) from here. A child killed outright (SIGKILL, OOM) is
+requeued by ``task_reject_on_worker_lost`` and the next delivery counts the lost attempt.
 """
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ from typing import Any
 from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
+from celery.worker import state
 
-from monitoring.correlation import bind
+import engine
+from monitoring.logs import configure_logging
+from monitoring.workers import WorkerRegistry
 from settings import get_settings
 
-from .job import now
+from . import lifecycle
+from .publish import SYNTHESIZE_PART_TASK, SYNTHESIZE_TASK
 from .runtime import get_runtime, reset_runtime
-from .status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +35,6 @@ _heartbeat_stop = threading.Event()
 
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
-    from monitoring.logs import configure_logging
-
     configure_logging(get_settings(), component="worker")
 
 
@@ -41,8 +43,6 @@ def _child_init(**_: Any) -> None:
     # Fresh Redis connections and models in each prefork child.
     rt = reset_runtime()
     try:
-        import engine
-
         # A short synthesis loads the model and the G2P lexicons before the first job arrives.
         engine.synthesize("Ready.", engine.SynthesisOptions(voice=rt.settings.default_voice, format="pcm"),
                           rt.catalog)
@@ -80,9 +80,6 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     concurrency = get_settings().concurrency
 
     def beat() -> None:
-        from celery.worker import state
-        from monitoring.workers import WorkerRegistry
-
         registry = WorkerRegistry(get_runtime().redis)
         while not _heartbeat_stop.is_set():
             try:
@@ -98,8 +95,6 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
 def _stop_heartbeat(**_: Any) -> None:
     _heartbeat_stop.set()
     if "name" in _hostname:
-        from monitoring.workers import WorkerRegistry
-
         try:
             WorkerRegistry(get_runtime().redis).remove(_hostname["name"])
         except Exception as exc:  # noqa: BLE001 - shutting down anyway
@@ -107,31 +102,12 @@ def _stop_heartbeat(**_: Any) -> None:
 
 
 @signals.task_failure.connect
-def _task_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-                  args: Any = None, **_: Any) -> None:
-    if getattr(sender, "name", None) != "tts.synthesize" or not args:
+def _task_failure(sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any) -> None:
+    """A synthesize or part task whose child was killed (time limit, lost worker): the lifecycle sends it again."""
+    name = getattr(sender, "name", None)
+    if not args:
         return
-    if not isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
-        return
-    job_id = str(args[0])
-    rt = get_runtime()
-    job = rt.jobs.get_unfinished(job_id)
-    if job is None:
-        return
-    from .synthesize import dead_letter, enqueue
-
-    with bind(correlation_id=job.correlation_id, job_id=job_id, voice=job.voice):
-        error_type = type(exception).__name__
-        message = str(exception) or error_type
-        rt.jobs.add_history(job_id, {"attempt": job.attempts, "finished_at": now(), "outcome": "failed",
-                                     "error": f"{error_type}: {message}"})
-        if job.attempts < job.max_attempts:
-            delay = rt.retry_policy.delay_seconds(job.attempts)
-            rt.jobs.transition(job_id, {JobStatus.RUNNING, JobStatus.QUEUED}, status=JobStatus.QUEUED,
-                               queued_at=now() + delay, next_retry_at=now() + delay, error=message,
-                               error_type=error_type, error_code="time_limit")
-            rt.metrics.job_retried(job.voice, "synthesis")
-            enqueue(rt, job, countdown=delay)
-            log.warning("job %s hit %s; retrying in %.3fs", job_id, error_type, delay)
-        else:
-            dead_letter(rt, job, error_type, message, code="retry_exhausted")
+    if name == SYNTHESIZE_TASK and isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
+        lifecycle.retry_after_time_limit(get_runtime(), str(args[0]), exception)
+    elif name == SYNTHESIZE_PART_TASK and isinstance(exception, TimeLimitExceeded) and len(args) >= 2:
+        lifecycle.retry_after_time_limit(get_runtime(), str(args[0]), exception, part=int(args[1]))
