@@ -20,6 +20,7 @@ import redis
 
 from monitoring import recorder as names
 from monitoring.recorder import MetricsRecorder, merge_series, summarize
+from tasks import keys
 
 __all__ = ["MetricsHistory", "take_sample", "with_rates"]
 
@@ -100,7 +101,7 @@ def with_rates(samples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 class MetricsHistory:
     """Samples in a capped, time-scored sorted set."""
 
-    def __init__(self, redis_client: redis.Redis, prefix: str = "tts:metrics:", max_samples: int = 2880) -> None:
+    def __init__(self, redis_client: redis.Redis, prefix: str = keys.METRICS_PREFIX, max_samples: int = 2880) -> None:
         self.redis = redis_client
         self.key = prefix + "history"
         self.slot_prefix = prefix + "history:slot:"

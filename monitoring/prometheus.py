@@ -32,6 +32,7 @@ from monitoring import recorder as names
 from monitoring.recorder import MetricsRecorder
 from monitoring.webhooks import DELIVERIES_METRIC
 from monitoring.workers import WorkerRegistry
+from tasks import keys
 
 __all__ = ["COUNTER_HELP", "HISTOGRAM_HELP", "RedisStateCollector", "build_registry", "render"]
 
@@ -82,7 +83,7 @@ class RedisStateCollector(Collector):
         queues: Sequence[str],
         cache_client: redis.Redis | None = None,
         discover: bool = True,
-        prefix: str = "tts:metrics:",
+        prefix: str = keys.METRICS_PREFIX,
     ) -> None:
         self.redis = redis_client
         self.cache_redis = cache_client if cache_client is not None else redis_client

@@ -6,8 +6,8 @@ A queue's length is the sum of their ``LLEN``. Messages a worker has taken but n
 acknowledged (prefetched or running, with ``acks_late``) are not in those lists: kombu
 keeps them in the ``unacked`` hash, so they are reported apart.
 
-The tts-batch key names below mirror ``tasks/keys.py`` (monitoring may not import
-``tasks``; a unit test keeps the two in step).
+The tts-batch key names come from ``tasks.keys``, the one table of Redis keys: the only
+module of ``tasks`` that monitoring imports (plain names, no Celery, no connection).
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import logging
 from collections.abc import Iterable, Sequence
 
 import redis
+
+from tasks import keys
 
 __all__ = [
     "AUDIO_BYTES_KEY",
@@ -42,10 +44,10 @@ UNACKED_KEY = "unacked"
 #: Kombu's binding tables: one set per exchange, members ``routing_key SEP pattern SEP queue``.
 BINDING_KEY_PATTERN = "_kombu.binding.*"
 
-#: Mirrors of ``tasks.keys``: the dead-letter index and the audio cache's accounting.
-DLQ_INDEX_KEY = "tts:dlq"
-AUDIO_INDEX_KEY = "tts:audio:index"
-AUDIO_BYTES_KEY = "tts:audio:bytes"
+#: The dead-letter index and the audio cache's accounting (``tasks.keys``).
+DLQ_INDEX_KEY = keys.DLQ_INDEX
+AUDIO_INDEX_KEY = keys.AUDIO_INDEX
+AUDIO_BYTES_KEY = keys.AUDIO_BYTES
 
 #: Exchanges and queues Celery creates for itself (events, remote control): not work queues.
 _INTERNAL_MARKERS = ("celeryev", "pidbox")

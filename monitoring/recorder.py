@@ -32,6 +32,8 @@ from typing import Any
 
 import redis
 
+from tasks import keys
+
 __all__ = [
     "DEFAULT_BUCKETS",
     "HISTOGRAM_BUCKETS",
@@ -46,7 +48,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "tts:metrics:"
+DEFAULT_PREFIX = keys.METRICS_PREFIX
 
 # --- metric names (Prometheus conventions: base units, _total, _seconds) -----------------
 JOBS_SUBMITTED = "tts_jobs_submitted_total"

@@ -15,6 +15,8 @@ from typing import Any
 
 import redis
 
+from tasks import keys
+
 __all__ = ["DEFAULT_TTL", "FORGET_AFTER", "WorkerRegistry"]
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ def _text(value: Any) -> str:
 class WorkerRegistry:
     """Heartbeats of the worker processes, kept in Redis under ``prefix``."""
 
-    def __init__(self, redis_client: redis.Redis, prefix: str = "tts:metrics:") -> None:
+    def __init__(self, redis_client: redis.Redis, prefix: str = keys.METRICS_PREFIX) -> None:
         self.redis = redis_client
         self.prefix = prefix
         self.seen_key = prefix + "workers"
