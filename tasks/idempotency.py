@@ -1,0 +1,79 @@
+"""Idempotency-Key claims, for jobs and batches alike.
+
+A client that sends ``Idempotency-Key: K`` with a submit and retries it (after a
+timeout, a 5xx, a dropped connection) must get the same job or batch back, never a
+second one. A claim is one ``SET NX`` of ``tts:idem:{K}`` (``tts:idem:batch:{K}`` for
+batches) holding the resource id and a fingerprint of the request body, kept for
+``TTS_RESULT_TTL``:
+
+* the first submit wins the claim and creates the resource;
+* a retry with the same body finds the claim and gets the earlier resource;
+* the same key with a different body is refused (:class:`IdempotencyConflict`);
+* a submit that fails before anything was accepted releases its claim, so the
+  client's retry with the same key is served at once instead of pointing at nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from enum import Enum
+
+import redis
+
+from . import keys
+from .exceptions import IdempotencyConflict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IdempotencyKeys", "ResourceKind"]
+
+
+class ResourceKind(str, Enum):
+    """What an Idempotency-Key stands for."""
+
+    JOB = "job"
+    BATCH = "batch"
+
+
+class IdempotencyKeys:
+    """Claims of Idempotency-Keys in Redis; ``ttl``: seconds a claim is kept."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self.redis = client
+        self.ttl = ttl
+
+    @staticmethod
+    def _redis_key(kind: ResourceKind, key: str) -> str:
+        return keys.idempotency(key if kind is ResourceKind.JOB else f"batch:{key}")
+
+    @staticmethod
+    def _id_field(kind: ResourceKind) -> str:
+        return f"{kind.value}_id"
+
+    def claim(self, kind: ResourceKind, key: str, resource_id: str, fingerprint: str) -> str | None:
+        """Claim ``key`` for a new resource; returns None when claimed, else the id that already holds it.
+
+        Raises :class:`IdempotencyConflict` when the key was used for a different request.
+        """
+        name, field = self._redis_key(kind, key), self._id_field(kind)
+        value = json.dumps({field: resource_id, "fingerprint": fingerprint})
+        while True:
+            if self.redis.set(name, value, nx=True, ex=self.ttl):
+                return None
+            raw = self.redis.get(name)
+            if raw is None:  # the claim expired between SET NX and GET: claim it again
+                continue
+            stored = json.loads(raw)
+            if stored.get("fingerprint") != fingerprint:
+                raise IdempotencyConflict(key, str(stored.get(field, "?")), kind=kind.value)
+            return str(stored[field])
+
+    def release(self, kind: ResourceKind, key: str, resource_id: str) -> None:
+        """Give up a claim made for ``resource_id`` (nothing was accepted); another holder's claim is kept."""
+        name, field = self._redis_key(kind, key), self._id_field(kind)
+        try:
+            raw = self.redis.get(name)
+            if raw is not None and json.loads(raw).get(field) == resource_id:
+                self.redis.delete(name)
+        except redis.RedisError as exc:  # Redis is probably down: the claim expires with its TTL
+            log.warning("could not release Idempotency-Key %r: %s", key, exc)

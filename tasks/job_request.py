@@ -1,0 +1,106 @@
+"""A synthesis request as the API, batches and the OpenAI endpoint receive it, checked once.
+
+:func:`parse_job_request` checks a JSON body's fields and types (values such as the
+voice or the speed range are checked against the engine by ``JobService.prepare``),
+so every front end refuses the same bad input with the same message naming the field.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import engine
+from engine.exceptions import EmptyTextError
+
+from .exceptions import InvalidRequest, TextTooLong
+
+__all__ = ["JOB_FIELDS", "JobRequest", "parse_job_request"]
+
+#: The fields a job request may have.
+JOB_FIELDS = {"text", "voice", "format", "speed", "sample_rate", "seed", "cache", "markdown", "name"}
+
+
+@dataclass
+class JobRequest:
+    """A validated synthesis request."""
+
+    text: str
+    voice: str
+    format: str = "mp3"
+    speed: float = 1.0
+    sample_rate: int | None = None
+    seed: int | None = None
+    cache: bool = True
+    markdown: bool = False
+    name: str | None = None
+
+    def options(self) -> engine.SynthesisOptions:
+        """The engine options of this request."""
+        return engine.SynthesisOptions(voice=self.voice, speed=self.speed, format=self.format,
+                                       sample_rate=self.sample_rate, seed=self.seed, markdown=self.markdown)
+
+    def fingerprint(self) -> str:
+        """A hash of the request, to tell an idempotent retry from a different request."""
+        body = json.dumps([self.text, self.voice, self.format, self.speed, self.sample_rate, self.seed,
+                           self.cache, self.markdown], ensure_ascii=False)
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _number(body: Mapping[str, Any], name: str, default: float | None, integer: bool = False) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"'{name}' must be a {'whole number' if integer else 'number'}, got {value!r}")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise InvalidRequest(f"'{name}' must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def parse_job_request(body: Any, defaults: Mapping[str, Any] | None = None,
+                      max_chars: int | None = None) -> JobRequest:
+    """Check a JSON request body's fields and types (values are checked against the engine later)."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("the request body must be a JSON object")
+    merged = {**(defaults or {}), **{k: v for k, v in body.items() if v is not None}}
+    unknown = sorted(set(body) - JOB_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(JOB_FIELDS))}")
+    text = merged.get("text")
+    if text is None:
+        raise InvalidRequest("'text' is required")
+    if not isinstance(text, str):
+        raise InvalidRequest("'text' must be a string")
+    if not text.strip():
+        raise EmptyTextError("'text' is empty")
+    if max_chars is not None and len(text) > max_chars:
+        raise TextTooLong(len(text), max_chars)
+    voice = merged.get("voice")
+    if not isinstance(voice, str) or not voice.strip():
+        raise InvalidRequest("'voice' must be a non-empty string")
+    fmt = merged.get("format", "mp3")
+    if not isinstance(fmt, str):
+        raise InvalidRequest("'format' must be a string")
+    for flag in ("cache", "markdown"):
+        if flag in merged and not isinstance(merged[flag], bool):
+            raise InvalidRequest(f"'{flag}' must be true or false")
+    name = merged.get("name")
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequest("'name' must be a string")
+    return JobRequest(
+        text=text,
+        voice=voice.strip(),
+        format=fmt.strip().lower(),
+        speed=_number(merged, "speed", 1.0),
+        sample_rate=_number(merged, "sample_rate", None, integer=True),
+        seed=_number(merged, "seed", None, integer=True),
+        cache=merged.get("cache", True),
+        markdown=merged.get("markdown", False),
+        name=name,
+    )
