@@ -12,8 +12,10 @@ Layout, in input order:
   ignoring case, the format's extension added), then ``manifest.json``;
 * concatenated (``concatenate: true`` at submit, or ``?concatenate=1``): one
   ``batch-{id}.{ext}`` holding every succeeded item in order with ``gap_ms`` of silence
-  between them (each item decoded, resampled if its rate differs, re-encoded in the
-  batch's format), then ``manifest.json`` with each item's ``offset_ms`` in that file.
+  between them, put together by ``engine.join.concat`` (frames joined as they are when
+  every item is already in the batch's format and rate and there is no gap, else each
+  item decoded, resampled if its rate differs, and encoded once), then
+  ``manifest.json`` with each item's ``offset_ms`` in that file.
 
 The manifest accounts for every input: index, name, job id, status, file,
 ``duration_ms``, bytes and error. A batch still running gives a partial zip whose

@@ -51,7 +51,7 @@ from engine.audio import (
     validate_format,
 )
 from engine.exceptions import SynthesisRuntimeError
-from engine.join import Segment, concat
+from engine.join import FRAME_JOINABLE, Segment, concat
 from engine.mp3 import join as join_mp3  # its old name, kept for importers
 from engine.synthesis import prepare, stream_chunks
 from engine.text import group_chunks
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 __all__ = ["SEGMENT_FORMATS", "PartPlan", "fan_out", "join_mp3", "should_fan_out", "synthesize_part"]
 
 #: Formats whose parts are encoded by the part tasks and joined without re-encoding.
-SEGMENT_FORMATS = frozenset({"mp3", "aac", "pcm"})
+SEGMENT_FORMATS = FRAME_JOINABLE
 #: Check for cancellation after this many sentences of a part.
 CANCEL_CHECK_EVERY = 8
 
