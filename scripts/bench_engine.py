@@ -54,7 +54,8 @@ from settings import get_settings  # noqa: E402
 
 log = logging.getLogger("bench_engine")
 
-CORPUS_CHAPTER = ROOT.parent / "shared" / "corpus" / "long" / "chapter.txt"
+#: The chapter of the test suite's own corpus (tests/data/README.md), so a plain clone can benchmark.
+CORPUS_CHAPTER = ROOT / "tests" / "data" / "long" / "chapter.txt"
 FALLBACK_TEXT = (
     "An old clockmaker followed the first snow of the winter before the tide turned. "
     "The ferryman repaired the lanterns along the pier as if nothing else mattered. "
@@ -91,7 +92,7 @@ class FamilyResult:
 
 
 def bench_text(chars: int) -> str:
-    """The first ``chars`` characters of the shared corpus chapter, cut at a sentence end."""
+    """The first ``chars`` characters of the corpus chapter (tests/data), cut at a sentence end."""
     source = CORPUS_CHAPTER.read_text(encoding="utf-8") if CORPUS_CHAPTER.is_file() else FALLBACK_TEXT
     body = source.split("\n", 1)[1].strip() if source.startswith("Chapter") else source
     cut = body[:chars]

@@ -1,8 +1,9 @@
 """``scripts/bulk_convert.py`` as a user runs it: a subprocess talking HTTP to a running API.
 
 The API is ``stack.app`` (real Celery worker, real voices) served by a werkzeug server in a
-thread of the test process. Input is a copy of ``../shared/corpus``, ``long/chapter.txt``
-(about 30,000 characters, 20-40 s of worker time) included.
+thread of the test process. Input is a copy of the suite's corpus (``tests/data``, the
+``corpus`` fixture), ``long/chapter.txt`` (about 31,000 characters, 20-40 s of worker time)
+included.
 """
 from __future__ import annotations
 
@@ -16,18 +17,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from engine.audio import decode
 
+if TYPE_CHECKING:
+    from conftest import Corpus
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bulk_convert.py"
-CORPUS = ROOT.parent / "shared" / "corpus"
 
+#: The corpus files that convert (source -> output), and the edge files with the reason each is refused.
+#: Together they are every file of tests/data: the ``corpus_copy`` fixture checks that.
 GOOD = {
     "README.md": "README.mp3",
     "letters/reminder.txt": "letters/reminder.mp3",
@@ -53,12 +58,12 @@ def api(stack: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private copy of ../shared/corpus (tests may change it)."""
-    if not (CORPUS / "edge").is_dir():
-        pytest.fail(f"the shared corpus is missing: expected it at {CORPUS} (with edge/, letters/, long/, news/)")
+def corpus_copy(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the corpus (tests may change it), holding exactly the GOOD and EDGE files."""
     copy = tmp_path_factory.mktemp("bulk") / "corpus"
-    shutil.copytree(CORPUS, copy)
+    shutil.copytree(corpus.root, copy)
+    files = {p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()}
+    assert files == set(GOOD) | set(EDGE), "tests/data changed: update GOOD and EDGE in this module"
     return copy
 
 
@@ -87,60 +92,61 @@ def outputs(out: Path) -> set[str]:
     return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
 
 
-def test_corpus_converts_reports_edge_files_and_resumes(api: str, corpus: Path, tmp_path: Path) -> None:
+def test_corpus_converts_reports_edge_files_and_resumes(api: str, corpus_copy: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     started = time.monotonic()
-    first = bulk(str(corpus), "--out", str(out), "--api", api, "--concurrency", "4", "--quiet")
+    first = bulk(str(corpus_copy), "--out", str(out), "--api", api, "--concurrency", "4", "--quiet")
     wall = time.monotonic() - started
     print(f"\nfirst run ({wall:.1f} s):\n{first.stderr}\n{first.stdout}")
     assert first.returncode == 1, first.stderr
-    assert summary(first).startswith("converted 7, skipped 0, failed 4,"), first.stdout
+    assert summary(first).startswith(f"converted {len(GOOD)}, skipped 0, failed {len(EDGE)},"), first.stdout
+    assert (len(GOOD), len(EDGE)) == (7, 4)
 
     # Every edge file is reported with its reason, and none of them was sent.
     for rel, reason in EDGE.items():
-        line = next((ln for ln in first.stderr.splitlines() if f"FAILED {corpus / rel}:" in ln), None)
+        line = next((ln for ln in first.stderr.splitlines() if f"FAILED {corpus_copy / rel}:" in ln), None)
         assert line is not None and reason in line, (rel, first.stderr)
 
     # The tree is mirrored: exactly one output per good file, nothing for the edge files.
     assert outputs(out) == set(GOOD.values())
     entries = manifest(out)
-    assert set(entries) == {str(corpus / rel) for rel in [*GOOD, *EDGE]}
+    assert set(entries) == {str(corpus_copy / rel) for rel in [*GOOD, *EDGE]}
     for rel, output in GOOD.items():
-        entry = entries[str(corpus / rel)]
+        entry = entries[str(corpus_copy / rel)]
         assert entry["status"] == "succeeded" and entry["output"] == output and entry["error"] is None, entry
         assert entry["job_id"] and entry["chars"] > 0 and entry["sha256"]
         assert entry["markdown"] is rel.endswith(".md")
         samples, rate = decode((out / output).read_bytes(), "mp3")
         assert abs(len(samples) / rate - entry["duration"]) < 0.2, (rel, len(samples) / rate, entry["duration"])
-    assert entries[str(corpus / "long/chapter.txt")]["duration"] > 10 * 60  # ~30,000 characters of prose
+    assert entries[str(corpus_copy / "long/chapter.txt")]["duration"] > 10 * 60  # ~30,000 characters of prose
     for rel, reason in EDGE.items():
-        entry = entries[str(corpus / rel)]
+        entry = entries[str(corpus_copy / rel)]
         assert entry["status"] == "failed" and reason in entry["error"] and entry["job_id"] is None, entry
     assert not list(out.rglob(".*")), "temporary files left behind"
 
-    # A rerun converts nothing and fails for the same four files, with the same reasons.
+    # A rerun converts nothing and fails for the same edge files, with the same reasons.
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")}
-    second = bulk(str(corpus), "--out", str(out), "--api", api, "--quiet")
+    second = bulk(str(corpus_copy), "--out", str(out), "--api", api, "--quiet")
     print(f"second run:\n{second.stdout}")
     assert second.returncode == 1, second.stderr
-    assert summary(second).startswith("converted 0, skipped 7, failed 4,"), second.stdout
+    assert summary(second).startswith(f"converted 0, skipped {len(GOOD)}, failed {len(EDGE)},"), second.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")} == mtimes
     again = manifest(out)
     failed = {src for src, e in again.items() if e["status"] == "failed"}
-    assert failed == {str(corpus / rel) for rel in EDGE}
+    assert failed == {str(corpus_copy / rel) for rel in EDGE}
     assert all(again[s]["error"] == entries[s]["error"] for s in failed)
 
     # A changed source is converted again; the others stay skipped.
-    welcome = corpus / "letters" / "welcome.txt"
+    welcome = corpus_copy / "letters" / "welcome.txt"
     welcome.write_text(welcome.read_text() + "\nP.S. See you soon.\n")
-    third = bulk(str(corpus), "--out", str(out), "--api", api, "--quiet")
-    assert summary(third).startswith("converted 1, skipped 6, failed 4,"), third.stdout
+    third = bulk(str(corpus_copy), "--out", str(out), "--api", api, "--quiet")
+    assert summary(third).startswith(f"converted 1, skipped {len(GOOD) - 1}, failed {len(EDGE)},"), third.stdout
     assert manifest(out)[str(welcome)]["sha256"] != entries[str(welcome)]["sha256"]
 
 
-def test_progress_bar_and_glob_inputs(api: str, corpus: Path, tmp_path: Path) -> None:
+def test_progress_bar_and_glob_inputs(api: str, corpus_copy: Path, tmp_path: Path) -> None:
     out = tmp_path / "md"
-    proc = bulk(f"{corpus}/**/*.md", "--out", str(out), "--api", api, "--format", "wav", "--voice", "joe")
+    proc = bulk(f"{corpus_copy}/**/*.md", "--out", str(out), "--api", api, "--format", "wav", "--voice", "joe")
     print(f"\nprogress bar run:\n{proc.stderr}\n{proc.stdout}")
     assert proc.returncode == 0, proc.stderr
     # Relative to the glob's fixed folder: the tree under the corpus is kept.
@@ -151,47 +157,77 @@ def test_progress_bar_and_glob_inputs(api: str, corpus: Path, tmp_path: Path) ->
     assert rate == 22050 and len(samples) / rate > 5
 
 
-def test_ctrl_c_leaves_a_consistent_manifest(api: str, tmp_path: Path) -> None:
+def test_ctrl_c_leaves_a_consistent_manifest(make_stack: Any, tmp_path: Path) -> None:
+    """Ctrl-C while the run is demonstrably mid-way, never racing the run's own end.
+
+    The first ``CACHED`` files were converted once, so their audio is in the cache, and then
+    the stack's worker is stopped: the interrupted run finishes those files at submit time
+    (real jobs, served from the cache) and then waits on a job that no worker will take. So
+    when the manifest shows ``CACHED`` files done, the run cannot have finished, and cannot
+    finish, before the SIGINT arrives.
+    """
+    files, cached = 10, 3
+    stack = make_stack()
     src = tmp_path / "src"
     src.mkdir()
     sentence = "Every file in this folder is new, so nothing can come from the cache. "
-    for i in range(10):
-        (src / f"part{i:02d}.txt").write_text(f"Part {i}, {uuid.uuid4().hex}. " + sentence * 12)
+    names = [f"part{i:02d}.txt" for i in range(files)]
+    for i, name in enumerate(names):
+        (src / name).write_text(f"Part {i}, {uuid.uuid4().hex}. " + sentence * 12)
     out = tmp_path / "out"
-    cmd = [sys.executable, str(SCRIPT), str(src), "--out", str(out), "--api", api, "--concurrency", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            if (out / "manifest.json").exists() and manifest(out):
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, (stdout, stderr)
-    assert "interrupted" in stdout
-    entries = manifest(out)  # valid JSON, written atomically
-    done = {s for s, e in entries.items() if e["status"] == "succeeded"}
-    assert 1 <= len(done) < 10, entries
-    for entry in entries.values():
-        samples, rate = decode((out / entry["output"]).read_bytes(), "mp3")
-        assert len(samples) / rate > 1
-    assert not list(out.rglob(".*")), "temporary files left behind"
+    with stack.serve() as api:
+        warm = bulk(*[str(src / name) for name in names[:cached]], "--out", str(tmp_path / "warm"), "--api", api,
+                    "--quiet")
+        assert warm.returncode == 0 and summary(warm).startswith(f"converted {cached},"), warm.stderr
+        stack.stop()  # from here on nothing is synthesized: the files after the cached ones stay queued
 
-    rerun = bulk(str(src), "--out", str(out), "--api", api, "--quiet")
+        cmd = [sys.executable, str(SCRIPT), str(src), "--out", str(out), "--api", api, "--concurrency", "1",
+               "--quiet"]
+        log = tmp_path / "bulk.log"  # the per-file lines (stderr), read while the run goes on
+        with open(log, "w") as err:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+
+        def converted() -> int:
+            return sum(" INFO converted " in line for line in log.read_text().splitlines())
+
+        def mid_way() -> bool:
+            """The cached files are reported done and the next file's job waits in the queue."""
+            return converted() >= cached and bool(stack.client.get("/v1/jobs?status=queued").get_json()["jobs"])
+
+        try:
+            deadline = time.monotonic() + 120
+            while not mid_way():
+                assert proc.poll() is None, (proc.communicate(), log.read_text())
+                assert time.monotonic() < deadline, f"the run never got {cached} files done and one queued"
+                time.sleep(0.05)  # poll interval of the wait above
+            assert proc.poll() is None and converted() == cached  # no worker: nothing else can finish
+            proc.send_signal(signal.SIGINT)
+            stdout, _ = proc.communicate(timeout=60)
+            stderr = log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, (stdout, stderr)
+        assert "interrupted" in stdout
+        entries = manifest(out)  # valid JSON, written atomically
+        done = {s for s, e in entries.items() if e["status"] == "succeeded"}
+        assert done == {str(src / name) for name in names[:cached]}, entries
+        for source in done:
+            samples, rate = decode((out / entries[source]["output"]).read_bytes(), "mp3")
+            assert len(samples) / rate > 1
+        assert not list(out.rglob(".*")), "temporary files left behind"
+
+        stack.start_worker()
+        rerun = bulk(str(src), "--out", str(out), "--api", api, "--quiet")
     assert rerun.returncode == 0, rerun.stderr
-    assert summary(rerun).startswith(f"converted {10 - len(done)}, skipped {len(done)}, failed 0,"), rerun.stdout
-    assert len(outputs(out)) == 10
+    assert summary(rerun).startswith(f"converted {files - cached}, skipped {cached}, failed 0,"), rerun.stdout
+    assert len(outputs(out)) == files
 
 
-def test_unreachable_api_and_unknown_voice_are_usage_errors(api: str, corpus: Path, tmp_path: Path) -> None:
-    down = bulk(str(corpus / "letters"), "--out", str(tmp_path / "a"), "--api", "http://127.0.0.1:9", "--quiet")
+def test_unreachable_api_and_unknown_voice_are_usage_errors(api: str, corpus_copy: Path, tmp_path: Path) -> None:
+    down = bulk(str(corpus_copy / "letters"), "--out", str(tmp_path / "a"), "--api", "http://127.0.0.1:9", "--quiet")
     assert down.returncode == 2 and "cannot reach the API" in down.stderr, down.stderr
-    voice = bulk(str(corpus / "letters"), "--out", str(tmp_path / "b"), "--api", api, "--voice", "nobody")
+    voice = bulk(str(corpus_copy / "letters"), "--out", str(tmp_path / "b"), "--api", api, "--voice", "nobody")
     assert voice.returncode == 2 and "nobody" in voice.stderr, voice.stderr
     missing = bulk(str(tmp_path / "missing"), "--out", str(tmp_path / "c"), "--api", api)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr

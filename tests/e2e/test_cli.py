@@ -6,15 +6,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from engine import audio
 
+if TYPE_CHECKING:
+    from conftest import Corpus
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-CORPUS = ROOT.parent / "shared" / "corpus"
 CONSOLE_SCRIPT = Path(sys.executable).with_name("tts-batch")
 
 
@@ -123,10 +126,8 @@ def test_missing_file_exits_2(tmp_path: Path) -> None:
     assert_user_error(done, "cannot read", "absent.txt")
 
 
-def test_non_utf8_file_exits_2(tmp_path: Path) -> None:
-    latin1 = CORPUS / "edge" / "latin1.txt"
-    if not latin1.is_file():
-        pytest.fail(f"shared corpus file {latin1} is missing: the tests expect shared/corpus beside the repository")
+def test_non_utf8_file_exits_2(tmp_path: Path, corpus: Corpus) -> None:
+    latin1 = corpus.path("edge/latin1.txt")
     done = run_cli("say", "-f", str(latin1), "-o", str(tmp_path / "x.wav"), tmp_path=tmp_path)
     assert_user_error(done, "not UTF-8")
 

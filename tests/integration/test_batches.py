@@ -6,29 +6,24 @@ import json
 import time
 import uuid
 import zipfile
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from engine.audio import decode
 from engine.text import normalize, split_sentences
 
+if TYPE_CHECKING:
+    from conftest import Corpus
+
 pytestmark = pytest.mark.integration
 
-#: The shared corpus lives beside the repository (CI clones the repo next to shared/).
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-
-
-def corpus_lines() -> list[str]:
-    """Short corpus-like inputs: the sentences of the shared corpus's short files."""
+def corpus_lines(corpus: Corpus) -> list[str]:
+    """Short corpus-like inputs: the sentences of the corpus's short files."""
     lines: list[str] = []
     for relative in ("letters/welcome.txt", "letters/reminder.txt", "numbers.txt", "unicode.txt", "news/briefing.md"):
-        path = CORPUS / relative
-        if not path.is_file():
-            pytest.fail(f"shared corpus file {path} is missing: the tests expect shared/corpus beside the repository")
-        text = path.read_text(encoding="utf-8")
-        lines += [s for s in split_sentences(normalize(text, markdown=path.suffix == ".md")) if len(s) > 8]
+        text = corpus.text(relative)
+        lines += [s for s in split_sentences(normalize(text, markdown=relative.endswith(".md"))) if len(s) > 8]
     return lines
 
 
@@ -58,10 +53,10 @@ def read_zip(response: Any) -> tuple[zipfile.ZipFile, dict[str, Any]]:
     return archive, json.loads(archive.read("manifest.json"))
 
 
-def test_bad_input_is_reported_and_the_rest_is_zipped_in_order(stack):
+def test_bad_input_is_reported_and_the_rest_is_zipped_in_order(stack, corpus):
     client = stack.client
     run = tag()
-    texts = corpus_lines()[:19]
+    texts = corpus_lines(corpus)[:19]
     assert len(texts) == 19
     inputs: list[dict[str, Any]] = [{"text": f"{t} ({run})"} for t in texts]
     names = {2: "../../etc/passwd", 3: "Chapter: one/two", 4: "Intro", 5: "intro", 6: "CON", 7: "..", 8: "notes.mp3"}

@@ -10,7 +10,7 @@ import importlib.util
 import math
 import re
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -21,23 +21,17 @@ from engine.exceptions import EmptyTextError, OptionError, UnknownVoiceError
 from engine.synthesis import prepare
 from engine.text import normalize, split_sentences
 
+if TYPE_CHECKING:
+    from conftest import Corpus
+
 pytestmark = pytest.mark.integration
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 BUILTIN = ["heart", "jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo", "joe"]
 FAMILY_VOICES = ["heart", "joe", "jf_alpha", "jm_kumo"]
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 SHORT = "Hello there, my friend."
 
 Synth = Callable[..., SynthesisResult]
-
-
-def corpus_file(relative: str) -> Path:
-    """A shared corpus file; a clear failure (never a skip) when the corpus is missing."""
-    path = CORPUS / relative
-    if not path.is_file():
-        pytest.fail(f"shared corpus file {path} is missing: the tests expect shared/corpus beside the repository")
-    return path
 
 
 def decoded(result: SynthesisResult) -> np.ndarray:
@@ -230,8 +224,8 @@ def test_same_seed_same_audio_for_kokoro(catalog: VoiceCatalog, voice: str) -> N
 
 # --- long text --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("voice", ["heart", "joe", "jf_alpha"])
-def test_chapter_is_chunked_without_loss(catalog: VoiceCatalog, voice: str) -> None:
-    text = corpus_file("long/chapter.txt").read_text(encoding="utf-8")
+def test_chapter_is_chunked_without_loss(catalog: VoiceCatalog, voice: str, corpus: Corpus) -> None:
+    text = corpus.text("long/chapter.txt")
     assert len(text) >= 30_000
     chunks = prepare(text, SynthesisOptions(voice=voice), catalog)
     limit = catalog.backend(voice).max_chunk_chars

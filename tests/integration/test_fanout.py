@@ -3,25 +3,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import engine
 from engine.audio import decode
 
+if TYPE_CHECKING:
+    from conftest import Corpus
+
 pytestmark = pytest.mark.integration
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 
-
-def chapter(chars: int) -> str:
-    """The first ``chars`` or so characters of the shared chapter, cut after a paragraph, tagged unique."""
-    path = CORPUS / "long" / "chapter.txt"
-    if not path.is_file():
-        pytest.fail(f"shared corpus file {path} is missing: the tests expect shared/corpus beside the repository")
-    text = path.read_text(encoding="utf-8")
+def chapter(corpus: Corpus, chars: int) -> str:
+    """The first ``chars`` or so characters of the corpus chapter, cut after a paragraph, tagged unique."""
+    text = corpus.text("long/chapter.txt")
     cut = text.find("\n\n", chars)
     return text[: cut if cut > 0 else chars] + f"\n\nThis copy is number {uuid.uuid4().hex[:6]}."
 
@@ -42,9 +39,9 @@ def part_keys(stack: Any, job_id: str, wait: float = 10.0) -> list[bytes]:
         time.sleep(0.1)
 
 
-def test_long_text_uses_both_workers_and_is_stitched_in_order(stack):
+def test_long_text_uses_both_workers_and_is_stitched_in_order(stack, corpus):
     client = stack.client
-    text = chapter(6000)
+    text = chapter(corpus, 6000)
     assert len(text) > stack.settings.chunk_fanout_chars * 2
     r = client.post("/v1/jobs", json={"text": text, "voice": "heart", "format": "mp3"})
     assert r.status_code == 202, r.get_json()
@@ -83,9 +80,9 @@ def test_long_text_uses_both_workers_and_is_stitched_in_order(stack):
     assert again.status_code == 200 and again.get_json()["cache_hit"] is True
 
 
-def test_wav_parts_are_joined_sample_exact(stack):
+def test_wav_parts_are_joined_sample_exact(stack, corpus):
     client = stack.client
-    text = chapter(3000)
+    text = chapter(corpus, 3000)
     r = client.post("/v1/jobs", json={"text": text, "voice": "heart", "format": "wav", "cache": False})
     job_id = r.get_json()["id"]
     done = stack.wait_for(job_id, timeout=120)
@@ -100,9 +97,9 @@ def test_wav_parts_are_joined_sample_exact(stack):
     assert abs(len(samples) / rate - whole) < 0.03 * whole, (len(samples) / rate, whole)
 
 
-def test_parts_are_retried_on_their_own(make_stack):
+def test_parts_are_retried_on_their_own(make_stack, corpus):
     stack = make_stack(TTS_FAULT_INJECTION="transient:1", TTS_RETRY_JITTER="0", TTS_BASE_DELAY_MS="50")
-    text = chapter(2500)
+    text = chapter(corpus, 2500)
     job_id = stack.client.post("/v1/jobs", json={"text": text, "voice": "heart", "format": "mp3"}).get_json()["id"]
     done = stack.wait_for(job_id, timeout=120)
     assert done["status"] == "succeeded", done
@@ -118,9 +115,9 @@ def test_parts_are_retried_on_their_own(make_stack):
     assert part_keys(stack, job_id) == []
 
 
-def test_cancelling_a_fanned_out_job_stops_its_parts(stack):
+def test_cancelling_a_fanned_out_job_stops_its_parts(stack, corpus):
     client = stack.client
-    text = chapter(6000)
+    text = chapter(corpus, 6000)
     job_id = client.post("/v1/jobs", json={"text": text, "voice": "joe", "format": "wav",
                                            "cache": False}).get_json()["id"]
     deadline = time.monotonic() + 60
@@ -144,10 +141,10 @@ def test_cancelling_a_fanned_out_job_stops_its_parts(stack):
     assert stack.wait_for(short.get_json()["id"], timeout=120)["status"] == "succeeded"
 
 
-def test_every_format_is_stitched(stack):
+def test_every_format_is_stitched(stack, corpus):
     """aac and pcm parts are joined as encoded; flac and opus are encoded once from PCM parts."""
     client = stack.client
-    text = chapter(2200)
+    text = chapter(corpus, 2200)
     ids = {fmt: client.post("/v1/jobs", json={"text": text, "voice": "heart", "format": fmt, "cache": False,
                                               "sample_rate": 24000}).get_json()["id"]
            for fmt in ("aac", "pcm", "flac", "opus")}
