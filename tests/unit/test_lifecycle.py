@@ -1,0 +1,382 @@
+"""The job lifecycle on fakeredis: the guarded transition, attempts, dead-lettering, retries and hooks."""
+from __future__ import annotations
+
+from typing import Any
+
+import fakeredis
+import pytest
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+
+from engine.exceptions import (
+    EncodingError,
+    OptionError,
+    SynthesisRuntimeError,
+    UnknownVoiceError,
+)
+from settings import Settings
+from tasks import keys, lifecycle, webhooks
+from tasks.exceptions import JobNotFound
+from tasks.job import Job, JobStore, now
+from tasks.lifecycle import HOSTNAME, begin_attempt, dead_letter, fail_or_retry
+from tasks.runtime import Runtime
+from tasks.status import JobStatus
+
+FINAL = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
+UNFINISHED = {JobStatus.QUEUED, JobStatus.RUNNING}
+
+
+@pytest.fixture
+def rt() -> Runtime:
+    runtime = Runtime(Settings(redis_url="redis://fake/0", retry_jitter=False, max_attempts=3, base_delay_ms=100,
+                               max_delay_ms=5000, exponential_base=2.0))
+    runtime.redis = fakeredis.FakeRedis()  # the cached property, set before first use
+    return runtime
+
+
+@pytest.fixture
+def hooks(monkeypatch) -> dict[str, list[Any]]:
+    """Started- and finished-hook calls; only these two hooks are registered."""
+    monkeypatch.setattr(lifecycle, "_finished_hooks", [])
+    monkeypatch.setattr(lifecycle, "_started_hooks", [])
+    calls: dict[str, list[Any]] = {"started": [], "finished": []}
+    lifecycle.on_started(lambda rt, job: calls["started"].append((job.id, job.status)))
+    lifecycle.on_finished(lambda rt, jobs: calls["finished"].append([(j.id, j.status) for j in jobs]))
+    return calls
+
+
+@pytest.fixture
+def alerts(monkeypatch) -> list[tuple[str, dict[str, Any]]]:
+    """Webhook events the lifecycle sends, recorded instead of queued."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(lifecycle, "notify", lambda event, **fields: sent.append((event, fields)) or 0)
+    return sent
+
+
+def make_job(rt: Runtime, status: JobStatus = JobStatus.QUEUED, **fields: Any) -> Job:
+    created = now()
+    job = Job(id=fields.pop("id", f"job-{status.value}-{len(rt.redis.keys('tts:job:*'))}"), text="Hello there.",
+              voice="heart", status=status, created_at=created, queued_at=created, max_attempts=3,
+              correlation_id="corr-1", **fields)
+    rt.jobs.create(job)
+    return job
+
+
+class RecordingTask:
+    """The part of a Celery task fail_or_retry uses: ``retry`` returns the exception to raise."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def retry(self, countdown: float, exc: Exception, max_retries: int | None) -> Retry:
+        self.calls.append({"countdown": countdown, "exc": exc, "max_retries": max_retries})
+        return Retry(exc=exc, when=countdown)
+
+
+def test_notify_sends_nothing_without_webhook_urls(monkeypatch):
+    # what dead_letter's alerts do when TTS_WEBHOOK_URLS is unset (the tests here record them instead)
+    monkeypatch.setattr(webhooks, "get_settings", lambda: Settings())
+    queued: list[Any] = []
+    monkeypatch.setattr(webhooks, "enqueue_payload", lambda payload: queued.append(payload) or 1)
+    assert webhooks.notify("job.failed", job_id="x", error="e", attempts=1) == 0
+    assert queued == []
+
+
+# --- JobStore.transition ------------------------------------------------------------------------
+@pytest.mark.parametrize("final", FINAL)
+def test_transition_never_overwrites_a_final_status(rt, final):
+    job = make_job(rt, final, error="kept")
+    before = rt.redis.hgetall(keys.job(job.id))
+    for target in (JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED):
+        assert rt.jobs.transition(job.id, UNFINISHED, status=target, error=None, worker="w") is False
+    assert rt.redis.hgetall(keys.job(job.id)) == before
+    assert rt.jobs.status(job.id) is final
+
+
+def test_transition_applies_sets_and_deletes_when_the_status_matches(rt):
+    job = make_job(rt, JobStatus.QUEUED, error="old", next_retry_at=123.0)
+    assert rt.jobs.transition(job.id, UNFINISHED, status=JobStatus.RUNNING, worker="w1", attempts=2,
+                              error=None, next_retry_at=None)
+    stored = rt.jobs.get(job.id)
+    assert (stored.status, stored.worker, stored.attempts) == (JobStatus.RUNNING, "w1", 2)
+    assert stored.error is None and stored.next_retry_at is None
+    assert rt.redis.hget(keys.job(job.id), "error") is None
+
+
+def test_transition_of_a_missing_job_creates_nothing(rt):
+    assert rt.jobs.transition("ghost", UNFINISHED, status=JobStatus.RUNNING) is False
+    assert not rt.redis.exists(keys.job("ghost"))
+
+
+def test_transition_refreshes_the_ttl(rt):
+    job = make_job(rt)
+    rt.redis.expire(keys.job(job.id), 5)
+    rt.jobs.transition(job.id, UNFINISHED, status=JobStatus.RUNNING)
+    assert rt.redis.ttl(keys.job(job.id)) > rt.settings.result_ttl - 5
+
+
+def test_job_round_trips_through_the_store(rt):
+    job = make_job(rt, JobStatus.SUCCEEDED, speed=1.25, sample_rate=16000, seed=3, markdown=True, cache=False,
+                   duration=1.5, batch_id="b", batch_index=2, extra={"audio_deleted": True}, name="n")
+    assert rt.jobs.get(job.id) == job
+
+
+def test_update_sets_deletes_and_history_is_oldest_first(rt):
+    job = make_job(rt)
+    rt.jobs.update(job.id, error="x", worker="w")
+    rt.jobs.update(job.id, error=None)
+    stored = rt.jobs.get(job.id)
+    assert (stored.error, stored.worker) == (None, "w")
+    rt.jobs.add_history(job.id, {"attempt": 1})
+    rt.jobs.add_history(job.id, {"attempt": 2})
+    assert rt.jobs.history(job.id) == [{"attempt": 1}, {"attempt": 2}]
+
+
+def test_create_many_get_and_delete(rt):
+    store = JobStore(rt.redis, ttl=100)
+    jobs = [Job(id=f"m{i}", text="t", voice="heart", created_at=now() - i) for i in range(3)]
+    store.create_many(jobs)
+    assert [store.get(j.id) for j in jobs] == jobs
+    assert 0 < rt.redis.ttl(keys.job("m0")) <= 100
+    store.delete("m1")
+    with pytest.raises(JobNotFound):
+        store.get("m1")
+    assert store.status("m1") is None
+    assert rt.redis.zscore(keys.JOBS_INDEX, "m1") is None
+    assert rt.redis.zcard(keys.JOBS_INDEX) == 2
+
+
+# --- begin_attempt -------------------------------------------------------------------------------
+def test_begin_attempt_counts_the_attempt_and_marks_the_job_running(rt, hooks):
+    job = make_job(rt)
+    attempt = begin_attempt(rt, job, "task-1")
+    assert attempt is not None and attempt.number == 1 and attempt.job is job
+    stored = rt.jobs.get(job.id)
+    assert (stored.status, stored.attempts, stored.task_id, stored.worker) == (
+        JobStatus.RUNNING, 1, "task-1", HOSTNAME)
+    assert stored.started_at == attempt.started_at
+    assert hooks["started"] == [(job.id, JobStatus.RUNNING)]
+    assert hooks["finished"] == []
+
+
+def test_begin_attempt_dead_letters_with_worker_lost_past_max_attempts(rt, hooks, alerts):
+    job = make_job(rt)
+    # three deliveries that started and never reported back (the worker died under each)
+    for expected in (1, 2, 3):
+        attempt = begin_attempt(rt, rt.jobs.get(job.id), f"task-{expected}")
+        assert attempt is not None and attempt.number == expected
+    assert begin_attempt(rt, rt.jobs.get(job.id), "task-4") is None
+
+    stored = rt.jobs.get(job.id)
+    assert stored.status is JobStatus.FAILED
+    assert stored.error_code == "worker_lost"
+    assert stored.error_type == "WorkerLostError"
+    assert stored.attempts == 4
+    assert rt.dlq.ids() == [job.id]
+    assert rt.dlq.get(job.id)["error_code"] == "worker_lost"
+    assert rt.jobs.history(job.id)[-1]["error"] == "WorkerLostError"
+    assert rt.jobs.history(job.id)[-1]["attempt"] == 3
+    assert [event for event, _ in alerts] == ["job.retry_exhausted", "job.failed"]
+    assert alerts[1][1]["job_id"] == job.id and alerts[1][1]["correlation_id"] == "corr-1"
+    assert hooks["finished"] == [[(job.id, JobStatus.FAILED)]]
+    assert len(hooks["started"]) == 3
+
+
+def test_begin_attempt_on_a_finished_job_does_nothing(rt, hooks):
+    job = make_job(rt, JobStatus.SUCCEEDED)
+    assert begin_attempt(rt, job, "task-x") is None
+    stored = rt.jobs.get(job.id)
+    assert stored.attempts == 0 and stored.status is JobStatus.SUCCEEDED and stored.task_id is None
+    assert hooks == {"started": [], "finished": []}
+
+
+def test_begin_attempt_loses_to_a_cancellation_made_meanwhile(rt, hooks):
+    job = make_job(rt)
+    stale = rt.jobs.get(job.id)  # the worker read the job while it was queued ...
+    rt.jobs.update(job.id, status=JobStatus.CANCELLED)  # ... and the API cancelled it
+    assert begin_attempt(rt, stale, "task-1") is None
+    assert rt.jobs.status(job.id) is JobStatus.CANCELLED
+    assert hooks["started"] == []
+
+
+# --- dead_letter ---------------------------------------------------------------------------------
+def test_dead_letter_records_once_even_when_called_twice(rt, hooks, alerts):
+    job = make_job(rt, JobStatus.RUNNING, attempts=3)
+    dead_letter(rt, job, "OptionError", "bad option", "Traceback ...", code="invalid_option")
+    dead_letter(rt, rt.jobs.get(job.id), "OptionError", "bad option again", code="invalid_option")
+
+    assert rt.dlq.ids() == [job.id]
+    record = rt.dlq.get(job.id)
+    assert (record["error_type"], record["error"], record["error_code"]) == ("OptionError", "bad option",
+                                                                               "invalid_option")
+    assert record["traceback"] == "Traceback ..."
+    assert record["attempts"] == 3 and record["worker"] == HOSTNAME
+    assert record["request"]["text"] == "Hello there." and record["request"]["voice"] == "heart"
+    stored = rt.jobs.get(job.id)
+    assert (stored.status, stored.error, stored.error_code) == (JobStatus.FAILED, "bad option", "invalid_option")
+    assert stored.finished_at is not None
+    assert [event for event, _ in alerts] == ["job.failed"]
+    assert hooks["finished"] == [[(job.id, JobStatus.FAILED)]]
+
+
+def test_dead_letter_without_a_code_is_synthesis_failed(rt, alerts):
+    job = make_job(rt, JobStatus.RUNNING)
+    dead_letter(rt, job, "RuntimeError", "boom")
+    assert rt.jobs.get(job.id).error_code == "synthesis_failed"
+
+
+def test_dead_letter_of_a_cancelled_job_does_nothing(rt, hooks, alerts):
+    job = make_job(rt, JobStatus.CANCELLED)
+    dead_letter(rt, job, "RuntimeError", "boom")
+    assert rt.jobs.status(job.id) is JobStatus.CANCELLED
+    assert len(rt.dlq) == 0 and alerts == [] and hooks["finished"] == []
+
+
+# --- fail_or_retry -------------------------------------------------------------------------------
+def run_failure(rt: Runtime, job: Job, exc: Exception, attempt: int, **kwargs: Any):
+    task = RecordingTask()
+    try:
+        outcome = fail_or_retry(task, rt, job, exc, attempt, {"started_at": job.started_at}, **kwargs)
+    except Retry as retry:
+        return task, retry
+    return task, outcome
+
+
+@pytest.mark.parametrize("exc, code", [(OptionError("speed out of range"), "invalid_option"),
+                                       (UnknownVoiceError("nobody", ["heart"]), "unknown_voice")])
+def test_a_permanent_engine_error_dead_letters_with_its_code(rt, hooks, alerts, exc, code):
+    job = make_job(rt, JobStatus.RUNNING, attempts=1, started_at=now())
+    cleaned: list[bool] = []
+    task, outcome = run_failure(rt, job, exc, 1, cleanup=lambda: cleaned.append(True))
+
+    assert outcome == {"job_id": job.id, "status": "failed"}
+    assert task.calls == []  # no retry
+    stored = rt.jobs.get(job.id)
+    assert (stored.status, stored.error_code, stored.error_type) == (JobStatus.FAILED, code, type(exc).__name__)
+    assert stored.error == str(exc)
+    assert rt.dlq.get(job.id)["error_code"] == code
+    assert f"{type(exc).__name__}: {exc}" in rt.dlq.get(job.id)["traceback"]
+    (entry,) = rt.jobs.history(job.id)
+    assert entry["outcome"] == "failed" and entry["attempt"] == 1 and entry["worker"] == HOSTNAME
+    assert entry["error"] == f"{type(exc).__name__}: {exc}"
+    assert cleaned == [True]
+    assert [event for event, _ in alerts] == ["job.failed"]
+    assert hooks["finished"] == [[(job.id, JobStatus.FAILED)]]
+
+
+def test_a_permanent_failure_names_its_subject(rt, alerts):
+    job = make_job(rt, JobStatus.RUNNING, attempts=1)
+    run_failure(rt, job, OptionError("bad"), 1, subject="part 2 of 5")
+    assert rt.jobs.get(job.id).error == "part 2 of 5: bad"
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_a_transient_error_is_retried_with_the_policy_delay(rt, hooks, alerts, attempt):
+    job = make_job(rt, JobStatus.RUNNING, attempts=attempt, started_at=now())
+    exc = SynthesisRuntimeError("onnxruntime hiccup")
+    before = now()
+    task, raised = run_failure(rt, job, exc, attempt)
+
+    expected = rt.retry_policy.delay_seconds(attempt)
+    assert expected == pytest.approx(0.1 * 2 ** (attempt - 1))  # jitter is off in these settings
+    assert isinstance(raised, Retry) and raised.when == expected
+    assert task.calls == [{"countdown": expected, "exc": exc, "max_retries": None}]
+    stored = rt.jobs.get(job.id)
+    assert stored.status is JobStatus.QUEUED  # waiting for its retry
+    assert stored.next_retry_at == pytest.approx(stored.queued_at)
+    assert before + expected <= stored.next_retry_at <= now() + expected
+    assert (stored.error, stored.error_type, stored.error_code) == (
+        "onnxruntime hiccup", "SynthesisRuntimeError", "synthesis_failed")
+    (entry,) = rt.jobs.history(job.id)
+    assert entry["retry_in"] == round(expected, 4) and entry["attempt"] == attempt
+    assert len(rt.dlq) == 0 and alerts == [] and hooks["finished"] == []
+
+
+def test_a_transient_error_without_a_code_is_transient_error(rt):
+    job = make_job(rt, JobStatus.RUNNING, attempts=1)
+    _, raised = run_failure(rt, job, ConnectionResetError("reset"), 1)
+    assert isinstance(raised, Retry)
+    assert rt.jobs.get(job.id).error_code == "transient_error"
+
+
+def test_a_soft_time_limit_is_retried_as_a_runtime_error(rt):
+    job = make_job(rt, JobStatus.RUNNING, attempts=1)
+    task, raised = run_failure(rt, job, SoftTimeLimitExceeded(), 1)
+    assert isinstance(raised, Retry)
+    assert isinstance(task.calls[0]["exc"], SynthesisRuntimeError)
+    assert "soft time limit of 600s" in str(task.calls[0]["exc"])
+    assert task.calls[0]["countdown"] == pytest.approx(0.1)
+
+
+def test_a_retry_that_does_not_requeue_leaves_the_job_running(rt):
+    job = make_job(rt, JobStatus.RUNNING, attempts=1)
+    _, raised = run_failure(rt, job, EncodingError("encoder hiccup"), 1, requeue_job=False)
+    assert isinstance(raised, Retry)
+    stored = rt.jobs.get(job.id)
+    assert stored.status is JobStatus.RUNNING and stored.error is None
+
+
+def test_a_transient_error_on_the_last_attempt_dead_letters_as_retry_exhausted(rt, hooks, alerts):
+    job = make_job(rt, JobStatus.RUNNING, attempts=3)
+    task, outcome = run_failure(rt, job, SynthesisRuntimeError("still failing"), 3)
+    assert outcome == {"job_id": job.id, "status": "failed"}
+    assert task.calls == []
+    stored = rt.jobs.get(job.id)
+    assert (stored.status, stored.error_code) == (JobStatus.FAILED, "retry_exhausted")
+    assert rt.dlq.get(job.id)["error_code"] == "retry_exhausted"
+    assert [event for event, _ in alerts] == ["job.retry_exhausted", "job.failed"]
+    assert hooks["finished"] == [[(job.id, JobStatus.FAILED)]]
+
+
+def test_a_failure_of_a_job_cancelled_meanwhile_changes_nothing(rt, hooks, alerts):
+    job = make_job(rt, JobStatus.CANCELLED, attempts=1)
+    _, outcome = run_failure(rt, job, OptionError("bad"), 1)
+    assert outcome["status"] == "failed"
+    assert rt.jobs.status(job.id) is JobStatus.CANCELLED
+    assert len(rt.dlq) == 0 and alerts == [] and hooks["finished"] == []
+
+
+def test_with_jitter_on_the_countdown_stays_within_the_cap():
+    runtime = Runtime(Settings(redis_url="redis://fake/0", retry_jitter=True, base_delay_ms=100))
+    runtime.redis = fakeredis.FakeRedis()
+    countdowns = []
+    for i in range(30):
+        job = make_job(runtime, JobStatus.RUNNING, attempts=2, id=f"jit-{i}")
+        task, raised = run_failure(runtime, job, SynthesisRuntimeError("x"), 2)
+        assert isinstance(raised, Retry)
+        countdowns.append(task.calls[0]["countdown"])
+    assert all(0.0 <= c <= 0.2 for c in countdowns)
+    assert len(set(countdowns)) > 1
+
+
+# --- hooks ---------------------------------------------------------------------------------------
+def test_finished_hooks_receive_the_finished_jobs(rt, hooks):
+    jobs = [make_job(rt, JobStatus.SUCCEEDED, id="h1"), make_job(rt, JobStatus.FAILED, id="h2")]
+    lifecycle.finished(rt, jobs)
+    assert hooks["finished"] == [[("h1", JobStatus.SUCCEEDED), ("h2", JobStatus.FAILED)]]
+
+
+def test_finished_with_no_jobs_calls_no_hook(rt, hooks):
+    lifecycle.finished(rt, [])
+    assert hooks["finished"] == []
+
+
+def test_a_hook_registered_twice_runs_once(rt, monkeypatch):
+    monkeypatch.setattr(lifecycle, "_finished_hooks", [])
+    calls: list[int] = []
+
+    def hook(rt, jobs):
+        calls.append(len(jobs))
+
+    assert lifecycle.on_finished(hook) is hook
+    lifecycle.on_finished(hook)
+    lifecycle.finished(rt, [make_job(rt, JobStatus.SUCCEEDED)])
+    assert calls == [1]
+
+
+def test_every_registered_hook_runs_in_order(rt, monkeypatch):
+    monkeypatch.setattr(lifecycle, "_finished_hooks", [])
+    order: list[str] = []
+    lifecycle.on_finished(lambda rt, jobs: order.append("first"))
+    lifecycle.on_finished(lambda rt, jobs: order.append("second"))
+    lifecycle.finished(rt, [make_job(rt, JobStatus.SUCCEEDED)])
+    assert order == ["first", "second"]
