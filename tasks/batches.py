@@ -499,10 +499,10 @@ class BatchService:
         text = text_field("text")
         return Job(
             id=new_job_id(), text=text, voice=text_field("voice"), format=text_field("format", "mp3"),
-            speed=float(speed) if isinstance(speed, (int, float)) and not isinstance(speed, bool)
-            and math.isfinite(speed) else 1.0,
+            speed=_recorded_speed(speed),
             status=JobStatus.FAILED, characters=len(text), max_attempts=self.rt.settings.max_attempts,
-            created_at=created, finished_at=created, error_code=getattr(exc, "code", None) or "invalid_request",
+            created_at=created + index * 1e-6, finished_at=created,  # distinct listing scores
+            error_code=getattr(exc, "code", None) or "invalid_request",
             error=str(exc) or type(exc).__name__, error_type=type(exc).__name__, correlation_id=correlation_id,
             batch_id=batch_id, batch_index=index, name=name if isinstance(name, str) else None,
         )
@@ -638,6 +638,16 @@ class BatchService:
         cancelled = self.jobs.cancel_many(items)
         log.info("batch %s cancelled: %d unfinished items cancelled", batch_id, len(cancelled))
         return self.get(batch_id)
+
+
+def _recorded_speed(value: Any) -> float:
+    """The speed a rejected input's record shows: the requested one when it is a usable number, else 1.0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 1.0
+    try:
+        return float(value) if math.isfinite(value) else 1.0
+    except OverflowError:  # an integer too large for a float
+        return 1.0
 
 
 def format_extension(fmt: str | None) -> str:

@@ -46,7 +46,7 @@ class JobRequest:
     def fingerprint(self) -> str:
         """A hash of the request, to tell an idempotent retry from a different request."""
         body = json.dumps([self.text, self.voice, self.format, self.speed, self.sample_rate, self.seed,
-                           self.cache, self.markdown], ensure_ascii=False)
+                           self.cache, self.markdown, self.name], ensure_ascii=False)
         return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -54,8 +54,15 @@ def _number(body: Mapping[str, Any], name: str, default: float | None, integer: 
     value = body.get(name, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidRequest(f"'{name}' must be a {'whole number' if integer else 'number'}, got {value!r}")
+    kind = "whole number" if integer else "number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"'{name}' must be a {kind}, got {value!r}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        raise InvalidRequest(f"'{name}' must be a {kind}, got an integer too large to use") from None
+    if not finite:
+        raise InvalidRequest(f"'{name}' must be a {kind}, got {value!r}")
     if integer:
         if isinstance(value, float) and not value.is_integer():
             raise InvalidRequest(f"'{name}' must be a whole number, got {value!r}")

@@ -50,6 +50,7 @@ from .celery_app import SYNTHESIS_QUEUE
 from .exceptions import JobNotFound
 from .job import Job, now
 from .publish import SYNTHESIZE_PART_TASK, enqueue, send_tasks
+from .retry import is_transient
 from .runtime import Runtime
 from .status import JobStatus
 from .webhooks import notify
@@ -245,6 +246,13 @@ class Failure:
                    permanent=permanent)
 
     @property
+    def dead_letter_code(self) -> str:
+        """The error code a job failed by this gets: the engine's own, retries used up, or a bug of ours."""
+        if self.permanent:
+            return self.code or "synthesis_failed"
+        return "retry_exhausted" if is_transient(self.exc) else "internal_error"
+
+    @property
     def trace(self) -> str:
         """The formatted traceback."""
         return "".join(tb.format_exception(type(self.exc), self.exc, self.exc.__traceback__))
@@ -284,8 +292,7 @@ def fail_or_retry(task: Any, rt: Runtime, job: Job, exc: Exception, attempt: int
     rt.jobs.add_history(job.id, history)
     log.error("%s failed for good after %d attempt(s): %s: %s", what, attempt, failure.error_type, failure.message)
     message = f"{subject}: {failure.message}" if subject else failure.message
-    dead_letter(rt, job, failure.error_type, message, failure.trace,
-                code=failure.code if failure.permanent else "retry_exhausted")
+    dead_letter(rt, job, failure.error_type, message, failure.trace, code=failure.dead_letter_code)
     if cleanup is not None:
         cleanup()
     return {"job_id": job.id, "status": "failed"}

@@ -42,7 +42,11 @@ class RetryPolicy:
 
     def cap_ms(self, attempt: int) -> float:
         """The longest wait after failed attempt number ``attempt`` (1-based)."""
-        return min(float(self.max_delay_ms), self.base_delay_ms * self.exponential_base ** max(0, attempt - 1))
+        try:
+            growth = self.exponential_base ** max(0, attempt - 1)
+        except OverflowError:  # thousands of attempts: the cap has long been reached
+            return float(self.max_delay_ms)
+        return min(float(self.max_delay_ms), self.base_delay_ms * growth)
 
     def delay_seconds(self, attempt: int, rng: random.Random | None = None) -> float:
         """The wait after failed attempt ``attempt``: full jitter, or the cap itself without jitter."""

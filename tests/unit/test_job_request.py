@@ -270,3 +270,14 @@ def test_fingerprint_tells_seed_zero_from_no_seed():
 
 def test_fingerprint_handles_non_ascii_text():
     assert parse(text="こんにちは。").fingerprint() != parse(text="こんばんは。").fingerprint()
+
+
+@pytest.mark.parametrize("name", ["speed", "sample_rate", "seed"])
+def test_an_integer_too_large_for_a_float_is_a_clear_invalid_request(name):
+    with pytest.raises(InvalidRequest, match=f"'{name}' must be a .*too large"):
+        parse(**{name: 10 ** 400})
+
+
+def test_the_name_is_part_of_the_fingerprint():
+    """An Idempotency-Key reused with another name is another request, not a retry."""
+    assert parse(name="a").fingerprint() != parse(name="b").fingerprint()

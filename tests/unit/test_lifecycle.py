@@ -380,3 +380,19 @@ def test_every_registered_hook_runs_in_order(rt, monkeypatch):
     lifecycle.on_finished(lambda rt, jobs: order.append("second"))
     lifecycle.finished(rt, [make_job(rt, JobStatus.SUCCEEDED)])
     assert order == ["first", "second"]
+
+
+def test_a_bug_of_ours_dead_letters_as_internal_error_without_a_retry_exhausted_alert(rt, hooks, alerts):
+    job = make_job(rt, JobStatus.RUNNING, attempts=1)
+    task, outcome = run_failure(rt, job, KeyError("missing"), 1)
+    assert outcome["status"] == "failed" and task.calls == []  # not worth a retry
+    assert rt.jobs.get(job.id).error_code == "internal_error"
+    assert [event for event, _ in alerts] == ["job.failed"]
+
+
+def test_the_last_transient_failure_is_retry_exhausted(rt, alerts):
+    job = make_job(rt, JobStatus.RUNNING, attempts=3)
+    _, outcome = run_failure(rt, job, SynthesisRuntimeError("again"), 3)
+    assert outcome["status"] == "failed"
+    assert rt.jobs.get(job.id).error_code == "retry_exhausted"
+    assert [event for event, _ in alerts] == ["job.retry_exhausted", "job.failed"]

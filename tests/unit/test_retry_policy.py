@@ -167,3 +167,9 @@ def test_policy_is_immutable():
     policy = RetryPolicy()
     with pytest.raises(AttributeError):
         policy.max_attempts = 10  # type: ignore[misc]
+
+
+def test_thousands_of_attempts_wait_the_cap_instead_of_overflowing():
+    policy = RetryPolicy(max_attempts=5000, base_delay_ms=100, max_delay_ms=4000, jitter=False)
+    assert policy.cap_ms(2000) == 4000.0
+    assert policy.delay_seconds(2000) == 4.0
