@@ -11,14 +11,21 @@ Redis
     as given; its ``kill()``/``restart()`` skip the calling test (they need our own server).
     ``.embedded`` tells the two apart.
 
-``redis_url`` (function scope)
-    A URL to a database reserved for one test, FLUSHDB'ed before and after it:
-    db ``REDIS_TEST_DB`` (1) of the embedded server, or the database named in
-    ``TEST_REDIS_URL`` (which must name one explicitly, e.g. ``redis://host:6379/15``,
-    because it is flushed). Nothing else is ever flushed; FLUSHALL is never used.
+``redis_dbs`` (session scope)
+    Where every test and stack gets its database from (:class:`Databases`): ``acquire()``
+    gives a URL to an empty database that is this holder's alone until ``release(url)``.
+    On the embedded server: databases 1 to 63 in turn (db 0 is left alone), flushed
+    before and after use; nobody else uses that server. On a ``TEST_REDIS_URL`` server
+    (:class:`ClaimedDatabases`), which other people and other test sessions may share:
+    only a database that is empty is taken, and it is claimed with a marker key
+    (``CLAIM_KEY``) so that concurrent sessions never pick the same one; on release it is
+    flushed, which deletes only what this session wrote into it. A database that holds
+    anything else is never touched, let alone flushed; FLUSHALL is never used. So the
+    worker tests run against ``TEST_REDIS_URL`` exactly as against the embedded server.
 
-Db 0 of the embedded server is left alone by these fixtures, for session-wide users such
-as a Celery worker's broker.
+``redis_url`` (function scope)
+    A database from ``redis_dbs`` for one test. It starts empty (on a ``TEST_REDIS_URL``
+    server, apart from the claim marker: ``redis_dbs.reserved_keys``).
 
 ``own_redis``
     An embedded Redis for one test, to kill and restart: ``make_stack(server=own_redis)``.
@@ -43,13 +50,21 @@ Workers
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
+import json
+import logging
 import os
+import shutil
+import socket
 import sys
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-import functools
 from typing import Any, Iterator, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -60,8 +75,7 @@ import redis  # noqa: E402
 
 from scripts.embedded_redis import EmbeddedRedis  # noqa: E402
 
-#: Database of the embedded server handed out (and flushed) by the ``redis_url`` fixture.
-REDIS_TEST_DB = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,46 @@ def corpus() -> Corpus:
     return CORPUS
 
 
+def in_ci() -> bool:
+    """True under ``CI=true`` (or 1/yes), as set by ``.ci/run`` and by CI services."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the test because something it needs is missing; under CI, fail it instead.
+
+    CI must not pass on skips: there, a missing tool is a broken set-up, not an excuse.
+    """
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """The path of ``promtool`` (skipped without it; a failure under CI)."""
+    path = shutil.which("promtool")
+    if path is None:
+        missing("promtool not on PATH (Debian package `prometheus`; .ci/run installs it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of a Chromium for Playwright (skipped without it; a failure under CI)."""
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if path is None:
+        missing("Chromium is not installed (Debian package `chromium`; .ci/run installs it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def japanese_g2p() -> None:
+    """pyopenjtalk (the ``ja`` extra, which ``make test`` installs); skipped without it, a failure under CI."""
+    if importlib.util.find_spec("pyopenjtalk") is None:
+        missing("Japanese text needs the 'ja' extra: pip install 'tts-batch[ja]' (pyopenjtalk-plus)")
+
+
 @dataclass(frozen=True)
 class ExternalRedis:
     """A Redis given by ``TEST_REDIS_URL``: used as-is, never started, stopped or killed."""
@@ -101,11 +155,9 @@ class ExternalRedis:
     url: str
     embedded: bool = False
 
-    def url_for_db(self, db: int) -> str:
-        """Only the database named in the URL may be used; anything else skips the test."""
-        if db != _db_of(self.url):
-            pytest.skip(f"TEST_REDIS_URL names one database ({self.url}); this test needs db {db}")
-        return self.url
+    def url_for_db(self, db: int) -> NoReturn:
+        """Not on a shared server: databases come from ``redis_dbs`` (claimed, never someone else's)."""
+        pytest.fail(f"TEST_REDIS_URL={self.url}: take a database from the redis_dbs fixture, not db {db} by number")
 
     def kill(self) -> NoReturn:
         """Fault tests need the embedded server: skip."""
@@ -120,6 +172,189 @@ def _db_of(url: str) -> int | None:
     """The database number in a ``redis://host:port/N`` URL, or None when it names none."""
     path = urlsplit(url).path.strip("/")
     return int(path) if path.isdigit() else None
+
+
+def _with_db(url: str, db: int) -> str:
+    """``url`` naming database ``db`` instead."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+class Databases:
+    """Hands out databases of one Redis server, each to one holder at a time."""
+
+    #: Keys a fresh database may hold besides nothing at all (the claim marker, if any).
+    reserved_keys: frozenset[bytes] = frozenset()
+
+    def acquire(self) -> str:
+        """The URL of an empty database that is the caller's until :meth:`release`."""
+        raise NotImplementedError
+
+    def release(self, url: str) -> None:
+        """Give back a database from :meth:`acquire` (its content is deleted)."""
+        raise NotImplementedError
+
+
+class EmbeddedDatabases(Databases):
+    """Databases 1..count-1 of a server this session started (db 0 is left alone), flushed before and after use."""
+
+    def __init__(self, server: EmbeddedRedis, count: int = 64) -> None:
+        self.server = server
+        self.free = list(range(1, count))
+        self.lock = threading.Lock()
+
+    def acquire(self) -> str:
+        """The lowest free database, flushed (the whole server is ours)."""
+        with self.lock:
+            if not self.free:
+                pytest.fail("every database of the embedded Redis is in use: a fixture does not release its own")
+            db = self.free.pop(0)
+        if not self.server.is_running():  # a fault test killed it and did not restart it
+            self.server.restart()
+        url = self.server.url_for_db(db)
+        _flushdb(url)
+        return url
+
+    def release(self, url: str) -> None:
+        """Flush the database (when the server still runs) and put it back."""
+        if self.server.is_running():
+            _flushdb(url)
+        with self.lock:
+            self.free.append(_db_of(url) or 0)
+            self.free.sort()
+
+
+#: Marker key of a database of a ``TEST_REDIS_URL`` server that a test session has claimed.
+CLAIM_KEY = "tts-test:claim"
+#: A claim left by a session that could not release it (killed) lapses after this many seconds.
+CLAIM_TTL = 24 * 3600
+#: How long :meth:`ClaimedDatabases.acquire` waits for a database to come free (others release theirs).
+CLAIM_WAIT = 120.0
+#: Compare-and-delete of a claim: only the holder's own marker is removed.
+_UNCLAIM = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+#: Compare-and-set of a stale claim to ours.
+_TAKE_OVER = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) "
+              "return 1 end return 0")
+
+
+class ClaimedDatabases(Databases):
+    """Databases of a shared ``TEST_REDIS_URL`` server: only empty ones, each claimed with a marker key.
+
+    Claiming is ``SET CLAIM_KEY <owner> NX`` in the candidate database, kept only when the
+    marker is then the database's one key: a database with anything else in it belongs to
+    someone else and is never touched; one with another session's marker is that session's.
+    The named database is tried first, then the others in order. A claim whose owner was a
+    process on this machine that no longer exists (a killed test session) is taken over
+    and its leftovers, written by that session into a database it found empty, flushed.
+    Releasing flushes the database only while the marker is still ours.
+    """
+
+    reserved_keys = frozenset({CLAIM_KEY.encode()})
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session = uuid.uuid4().hex
+        self.held: dict[str, str] = {}
+        named = _db_of(url) or 0
+        count = self._database_count()
+        self.order = [named, *(db for db in range(count) if db != named)]
+
+    def _client(self, db: int) -> redis.Redis:
+        return redis.Redis.from_url(_with_db(self.url, db), socket_timeout=10)
+
+    def _database_count(self) -> int:
+        client = self._client(_db_of(self.url) or 0)
+        try:
+            return int(client.config_get("databases").get("databases", 16))
+        except redis.RedisError:  # CONFIG may be disabled on a managed server: Redis's default
+            return 16
+        finally:
+            client.close()
+
+    def _owner(self) -> str:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "session": self.session,
+                           "since": time.time()})
+
+    def _claim(self, db: int) -> str | None:
+        """Claim database ``db`` if it is empty (or a dead local session's); the marker value, or None."""
+        client = self._client(db)
+        try:
+            owner = self._owner()
+            if client.set(CLAIM_KEY, owner, nx=True, ex=CLAIM_TTL):
+                if client.dbsize() == 1:
+                    return owner
+                client.eval(_UNCLAIM, 1, CLAIM_KEY, owner)  # someone else's data: not ours to use
+                return None
+            current = client.get(CLAIM_KEY)
+            if current is not None and _claim_is_stale(current) and \
+                    client.eval(_TAKE_OVER, 1, CLAIM_KEY, current, owner, CLAIM_TTL):
+                log.warning("taking over database %d of %s from a test session that no longer runs: %s",
+                            db, self.url, current.decode(errors="replace"))
+                client.flushdb()  # that session's leftovers, and its marker
+                if client.set(CLAIM_KEY, owner, nx=True, ex=CLAIM_TTL) and client.dbsize() == 1:
+                    return owner
+            return None
+        finally:
+            client.close()
+
+    def acquire(self) -> str:
+        """Claim an empty database, waiting up to ``CLAIM_WAIT`` seconds for one to come free."""
+        deadline = time.monotonic() + CLAIM_WAIT
+        while True:
+            for db in self.order:
+                owner = self._claim(db)
+                if owner is not None:
+                    url = _with_db(self.url, db)
+                    self.held[url] = owner
+                    return url
+            if time.monotonic() > deadline:
+                pytest.fail(f"no empty database on TEST_REDIS_URL={self.url} after {CLAIM_WAIT:g} s: "
+                            f"{self._describe()}. Free one (it must hold no key) or use another server.")
+            time.sleep(0.5)  # poll interval while other sessions hold every database
+
+    def release(self, url: str) -> None:
+        """Flush the database and so drop the claim, but only while the claim is still ours."""
+        owner = self.held.pop(url, None)
+        if owner is None:
+            return
+        client = redis.Redis.from_url(url, socket_timeout=10)
+        try:
+            if client.get(CLAIM_KEY) == owner.encode():
+                client.flushdb()  # everything in it was written by this session: it was empty when claimed
+            else:
+                log.warning("the claim on %s is no longer ours; leaving the database as it is", url)
+        except redis.RedisError as exc:
+            log.warning("could not release %s: %s", url, exc)
+        finally:
+            client.close()
+
+    def _describe(self) -> str:
+        out = []
+        for db in self.order:
+            client = self._client(db)
+            try:
+                owner = client.get(CLAIM_KEY)
+                out.append(f"db {db}: " + (f"claimed by {owner.decode(errors='replace')}" if owner
+                                           else f"{client.dbsize()} keys of someone else"))
+            except redis.RedisError as exc:
+                out.append(f"db {db}: {exc}")
+            finally:
+                client.close()
+        return "; ".join(out)
+
+
+def _claim_is_stale(raw: bytes) -> bool:
+    """True when a claim's owner was a process on this machine that has gone."""
+    try:
+        owner = json.loads(raw)
+        if owner.get("host") != socket.gethostname():
+            return False
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, KeyError, TypeError, PermissionError, OSError):
+        return False
+    return False
 
 
 @pytest.fixture(scope="session")
@@ -138,29 +373,26 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
         server.stop()
 
 
-@pytest.fixture
-def redis_url(redis_server: EmbeddedRedis | ExternalRedis) -> Iterator[str]:
-    """A URL to a database for this test alone, FLUSHDB'ed before and after it."""
+@pytest.fixture(scope="session")
+def redis_dbs(redis_server: EmbeddedRedis | ExternalRedis) -> Databases:
+    """The session's source of databases (see :class:`Databases` and the module doc)."""
     if isinstance(redis_server, ExternalRedis):
-        url = redis_server.url
-        if _db_of(url) is None:
-            pytest.fail(
-                f"TEST_REDIS_URL={url!r} names no database, and the redis_url fixture flushes "
-                "the one it uses; name a dedicated one, e.g. redis://127.0.0.1:6379/15"
-            )
-    else:
-        if not redis_server.is_running():  # a fault test killed it and did not restart it
-            redis_server.restart()
-        url = redis_server.url_for_db(REDIS_TEST_DB)
+        return ClaimedDatabases(redis_server.url)
+    return EmbeddedDatabases(redis_server)
 
-    _flushdb(url)
-    yield url
-    if isinstance(redis_server, ExternalRedis) or redis_server.is_running():
-        _flushdb(url)
+
+@pytest.fixture
+def redis_url(redis_dbs: Databases) -> Iterator[str]:
+    """A URL to an empty database for this test alone, released (flushed) after it."""
+    url = redis_dbs.acquire()
+    try:
+        yield url
+    finally:
+        redis_dbs.release(url)
 
 
 def _flushdb(url: str) -> None:
-    """FLUSHDB the one database ``url`` names (never FLUSHALL)."""
+    """FLUSHDB the one database ``url`` names (never FLUSHALL); only for databases this session owns."""
     client = redis.Redis.from_url(url)
     try:
         client.flushdb()
@@ -170,28 +402,23 @@ def _flushdb(url: str) -> None:
 
 # --- workers -----------------------------------------------------------------------------
 import contextlib  # noqa: E402
-import itertools  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
 
+from monitoring.queues import queue_lengths, reserved_count  # noqa: E402
 from settings import Settings, load_settings  # noqa: E402
 
-#: Databases of the embedded server: 1 for ``redis_url``, 8 for the session ``stack``, 9 to 58 in turn
-#: for ``make_stack`` (each stack is stopped, and its database flushed, before the number comes round
-#: again), 60 for the API property tests. The embedded server has 64.
-SESSION_STACK_DB = 8
-_next_db = itertools.cycle(range(9, 59))
+#: Every stack (the session's and each ``make_stack`` one) takes its own database from ``redis_dbs``.
 WORKER_START_TIMEOUT = 90.0
+#: The queues a test worker consumes.
+WORKER_QUEUES = ("synthesis", "batch", "webhooks")
 
 
 class WorkerProcess:
     """A ``celery worker`` subprocess with its own environment."""
 
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2,
-                 queues: str = "synthesis,batch,webhooks") -> None:
+                 queues: str = ",".join(WORKER_QUEUES)) -> None:
         self.env = env
         self.log_path = log_path
         self.concurrency = concurrency
@@ -236,7 +463,14 @@ class WorkerProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        """Warm shutdown, then kill what is left."""
+        """SIGTERM to the whole process group, then kill what is left.
+
+        Not a warm shutdown of running tasks: the pool children get the SIGTERM too and, as
+        Celery resets it to the default action in them, die at once. A message whose task
+        was still running, or had finished but was not acknowledged yet, goes back to the
+        queue (``reject_on_worker_lost``, or kombu restoring unacked messages when the
+        channel closes). Wait for :meth:`Stack.wait_idle` first when that matters.
+        """
         if not self.proc or self.proc.poll() is not None:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)
@@ -311,6 +545,35 @@ class Stack:
         logs = "\n".join(w.log_tail() for w in self.workers)
         raise AssertionError(f"job {job_id} still {body.get('status')} after {timeout}s: {body}\n{logs}")
 
+    def wait_until(self, probe: Any, timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
+        """Poll ``probe()`` until it returns something true (returned); fails with the workers' logs at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = probe()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                logs = "\n".join(w.log_tail() for w in self.workers)
+                raise AssertionError(f"{what}: not reached within {timeout}s\n{logs}")
+            time.sleep(interval)
+
+    def broker_idle(self) -> bool:
+        """No message waits in any worker queue and none is delivered but unacknowledged.
+
+        Unacknowledged covers a task that is running (tasks ack late), one held for a retry
+        countdown, and a webhook delivery between attempts: when this is true, no task of
+        this stack can still start or write anything.
+        """
+        client = self.redis
+        try:
+            return reserved_count(client) == 0 and not any(queue_lengths(client, WORKER_QUEUES).values())
+        finally:
+            client.close()
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait until :meth:`broker_idle`: every task sent so far has run and been acknowledged."""
+        self.wait_until(self.broker_idle, timeout, "an idle broker (no queued or unacknowledged message)")
+
     def stop(self) -> None:
         """Stop every worker."""
         for worker in self.workers:
@@ -332,11 +595,10 @@ def _stack_env(redis_url: str, tmp: Path, model_cache: Path, **overrides: str) -
     return env
 
 
-def _new_stack(redis_server: Any, tmp: Path, model_cache: Path, start: bool = True, db: int | None = None,
-               **overrides: str) -> Stack:
+def _new_stack(dbs: Databases, tmp: Path, model_cache: Path, start: bool = True, **overrides: str) -> Stack:
+    """A stack on a database from ``dbs``; the caller stops it and then releases ``stack.redis_url``."""
     tmp.mkdir(parents=True, exist_ok=True)
-    url = redis_server.url_for_db(next(_next_db) if db is None else db)
-    _flushdb(url)
+    url = dbs.acquire()
     env = _stack_env(url, tmp, model_cache, **overrides)
     stack = Stack(redis_url=url, settings=load_settings(env), env=env, workers=[], tmp=tmp)
     if start:
@@ -351,32 +613,35 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(redis_server: Any, tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Stack]:
+def stack(redis_dbs: Databases, tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Stack]:
     """The shared stack: one real worker (2 children) and an app on a dedicated database."""
-    s = _new_stack(redis_server, tmp_path_factory.mktemp("stack"), model_cache, db=SESSION_STACK_DB)
+    s = _new_stack(redis_dbs, tmp_path_factory.mktemp("stack"), model_cache)
     try:
         yield s
     finally:
         s.stop()
+        redis_dbs.release(s.redis_url)
 
 
 @pytest.fixture
-def make_stack(redis_server: Any, tmp_path: Path, model_cache: Path) -> Iterator[Any]:
-    """A factory of stacks with extra settings; every stack is stopped after the test."""
-    made: list[Stack] = []
+def make_stack(redis_dbs: Databases, tmp_path: Path, model_cache: Path) -> Iterator[Any]:
+    """A factory of stacks with extra settings; every stack is stopped, and its database released, after the test."""
+    made: list[tuple[Stack, Databases]] = []
+    others: dict[int, Databases] = {}
 
     def factory(start: bool = True, server: Any = None, **overrides: str) -> Stack:
         """``server``: another Redis (e.g. one the test may kill) instead of the session's."""
-        s = _new_stack(server or redis_server, tmp_path / f"stack{len(made)}", model_cache, start=start,
-                       **overrides)
-        made.append(s)
+        dbs = redis_dbs if server is None else others.setdefault(id(server), EmbeddedDatabases(server))
+        s = _new_stack(dbs, tmp_path / f"stack{len(made)}", model_cache, start=start, **overrides)
+        made.append((s, dbs))
         return s
 
     try:
         yield factory
     finally:
-        for s in made:
+        for s, dbs in made:
             s.stop()
+            dbs.release(s.redis_url)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ Set ``UPDATE_DOCS_SCREENSHOT=1`` to also write the screenshot to ``docs/dashboar
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -19,23 +18,18 @@ from typing import Any
 
 import pytest
 import requests
+from playwright.sync_api import Page, sync_playwright
 
 from scripts.embedded_redis import find_free_port
 
-pytestmark = pytest.mark.e2e
+#: ``chromium`` first: without it the tests skip (fail under CI) before starting any worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("chromium")]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 CHARTS = ("queue", "throughput", "latency", "cache", "system")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-if CHROMIUM is None:
-    pytest.skip("Chromium is not installed (Debian package `chromium`; .ci/run installs it)",
-                allow_module_level=True)
-
-from playwright.sync_api import Page, sync_playwright
 
 
 def unique(text: str) -> str:
@@ -90,11 +84,11 @@ def serve(tmp_path: Path) -> Iterator[Callable[[Any], Api]]:
 
 
 @pytest.fixture
-def browser_page() -> Iterator[tuple[Page, dict[str, list[str]]]]:
-    """A Chromium page, with the URLs it requested and any console or page errors."""
+def browser_page(chromium: str) -> Iterator[tuple[Page, dict[str, list[str]]]]:
+    """A Chromium page, with the URLs it requested and any console or page errors (no Chromium: see ``chromium``)."""
     seen: dict[str, list[str]] = {"requests": [], "errors": []}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("request", lambda request: seen["requests"].append(request.url))

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,17 +47,17 @@ def check(response: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(redis_server: Any, tmp_path_factory: pytest.TempPathFactory, model_cache: Any) -> Any:
+def client(redis_dbs: Any, tmp_path_factory: pytest.TempPathFactory, model_cache: Any) -> Any:
     from app import create_app
     from settings import load_settings
 
-    url = redis_server.url_for_db(60)
-    db = redis.Redis.from_url(url)
-    db.flushdb()
+    url = redis_dbs.acquire()  # a database of its own for the module, released (flushed) at the end
     settings_ = load_settings({"REDIS_URL": url, "TTS_DATA_DIR": str(tmp_path_factory.mktemp("fuzz")),
                                "TTS_MODEL_CACHE_DIR": str(model_cache), "TTS_SPEECH_TIMEOUT": "0.05"})
-    yield create_app(settings_).test_client()
-    db.flushdb()
+    try:
+        yield create_app(settings_).test_client()
+    finally:
+        redis_dbs.release(url)
 
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -4,7 +4,6 @@ status summary, the history and the Server-Sent Events stream."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -178,10 +177,7 @@ def test_prometheus_openmetrics_on_request(stack: Any) -> None:
     assert r.get_data(as_text=True).rstrip().endswith("# EOF")
 
 
-def test_promtool_accepts_both_expositions(stack: Any, start_exporter: Any) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not on PATH (Debian package `prometheus`; .ci/run installs it)")
+def test_promtool_accepts_both_expositions(stack: Any, start_exporter: Any, promtool: str) -> None:
     job = stack.client.post("/v1/jobs", json={"text": unique("Lint me."), "voice": "heart"}).get_json()
     assert stack.wait_for(job["id"])["status"] == "succeeded"
     exporter = start_exporter(stack)
@@ -290,10 +286,14 @@ def test_history_samples_are_stored_capped_and_rated(make_stack: Any) -> None:
         count = client.get("/api/metrics/history?hours=1").get_json()["count"]
         time.sleep(0.3)
     client.post("/v1/jobs", json={"text": unique("Queued for history."), "voice": "heart"})
-    for _ in range(3):
-        time.sleep(1.05)
-        client.get("/metrics/json")
-    body = client.get("/api/metrics/history?hours=168").get_json()
+
+    def sampled_after_the_job() -> dict[str, Any] | None:
+        """The history once a sample taken after the submit is stored (one is due every second)."""
+        assert client.get("/metrics/json").status_code == 200  # stores a sample when one is due
+        history = client.get("/api/metrics/history?hours=168").get_json()
+        return history if history["samples"] and history["samples"][-1]["submitted"] == 1 else None
+
+    body = stack.wait_until(sampled_after_the_job, timeout=20, what="a history sample with the job", interval=0.2)
     assert body["hours"] == 168 and body["max_samples"] == 3 and body["interval_seconds"] == 1
     samples = body["samples"]
     assert len(samples) == body["count"] == 3  # capped

@@ -3,7 +3,6 @@ health checks and bounded timeouts when Redis is down or hangs."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -158,10 +157,7 @@ def test_openmetrics_when_asked(client: redis.Redis) -> None:
     assert body.rstrip().endswith(b"# EOF")
 
 
-def test_promtool_accepts_the_exposition(client: redis.Redis, tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not on PATH (Debian package `prometheus`; .ci/run installs it)")
+def test_promtool_accepts_the_exposition(client: redis.Redis, tmp_path: Path, promtool: str) -> None:
     rec = MetricsRecorder(client)
     rec.job_submitted("heart", "synthesis", cache_hit=False)
     rec.job_started("heart", "synthesis", 0.2)

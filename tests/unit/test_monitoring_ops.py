@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -63,13 +62,6 @@ def test_dashboard_and_rules_only_use_exposed_metrics() -> None:
     assert len(ids) == len(set(ids))
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not on PATH (Debian package `prometheus`; .ci/run installs it)")
-    return path
-
-
 @pytest.mark.parametrize(
     "args",
     [
@@ -79,6 +71,6 @@ def promtool() -> str:
     ],
     ids=["config", "rules", "rule-tests"],
 )
-def test_promtool(args: list[str]) -> None:
-    result = subprocess.run([promtool(), *args], cwd=OPS, capture_output=True, text=True, timeout=60, check=False)
+def test_promtool(args: list[str], promtool: str) -> None:
+    result = subprocess.run([promtool, *args], cwd=OPS, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
