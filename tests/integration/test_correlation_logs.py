@@ -3,7 +3,6 @@ about the job, as JSON."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -18,16 +17,24 @@ def test_request_id_follows_the_job_into_worker_logs(make_stack):
     assert r.headers["X-Request-ID"] == request_id
     job_id = r.get_json()["id"]
     assert stack.wait_for(job_id)["status"] == "succeeded"
-    time.sleep(0.5)  # let the worker flush its last lines
 
-    lines = []
-    for raw in stack.workers[0].log_path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            continue  # Celery's banner is plain text
-        if isinstance(record, dict) and record.get("job_id") == job_id:
-            lines.append(record)
+    def job_lines() -> list[dict]:
+        lines = []
+        for raw in stack.workers[0].log_path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue  # Celery's banner is plain text
+            if isinstance(record, dict) and record.get("job_id") == job_id:
+                lines.append(record)
+        return lines
+
+    def with_finish_line() -> list[dict]:
+        lines = job_lines()
+        return lines if any("succeeded" in r["message"] for r in lines) else []
+
+    # The job record says succeeded a moment before the worker writes its line about it.
+    lines = stack.wait_until(with_finish_line, timeout=10, what="the worker's log line about the job's success")
     assert len(lines) >= 2, "expected the start and finish lines of the job"
     for record in lines:
         assert record["correlation_id"] == request_id

@@ -13,6 +13,10 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
+#: What Celery's consumer logs when its broker connection drops.
+BROKER_LOST = "Connection to broker lost"
+
+
 def unique(text: str) -> str:
     return f"{text} Tag {uuid.uuid4().hex[:6]}."
 
@@ -74,7 +78,13 @@ def test_permanent_fault_dead_letters_once_and_replay_succeeds(make_stack):
     assert client.get(f"/v1/dlq/{job_id}").status_code == 200
 
     # The fault is fixed: a worker without it takes over, and the replay succeeds.
+    # The job record says failed while the dead-lettering task is still finishing: its message
+    # is acknowledged only after the task returns (acks_late). Stopping the worker before that
+    # puts the message back in the queue, and the next worker would run that stale delivery
+    # next to the replay's own (attempts == 2). So the first series must be over, acked.
+    stack.wait_idle()
     stack.stop()
+    assert stack.broker_idle(), "the first attempt's message came back to the queue"
     stack.workers.clear()
     stack.start_worker(TTS_FAULT_INJECTION="")
     r = client.post(f"/v1/dlq/{job_id}/replay")
@@ -174,8 +184,11 @@ def test_redis_restart_loses_no_accepted_job_and_workers_reconnect(make_stack, o
         assert stack.wait_for(job_id)["status"] == "succeeded"
 
     # Redis goes away under a running worker, comes back, and the worker carries on.
+    worker = stack.workers[0]
+    lost_before = worker.log_path.read_text(errors="replace").count(BROKER_LOST)
     server.kill()
-    time.sleep(2)
+    stack.wait_until(lambda: worker.log_path.read_text(errors="replace").count(BROKER_LOST) > lost_before,
+                     timeout=30, what="the worker noticing that Redis went away")
     server.restart()
     after = client.post("/v1/jobs", json={"text": unique("After the restart."), "voice": "heart"})
     assert after.status_code == 202

@@ -73,7 +73,7 @@ def _serve(state: Receiver) -> Iterator[Receiver]:
             body = self.rfile.read(length)
             state.requests.append(Received(self.path, dict(self.headers.items()), body))
             if state.delay:
-                time.sleep(state.delay)
+                time.sleep(state.delay)  # the thing under test: a slow receiver
             status = state.next_status()
             self.send_response(status)
             if 300 <= status < 400:
@@ -296,7 +296,8 @@ def test_permanent_failure_sends_exactly_one_signed_job_failed(make_stack, recei
     job_id = r.get_json()["id"]
     assert stack.wait_for(job_id)["status"] == "failed"
     assert _wait(lambda: len(receiver.requests) >= 1), stack.workers[0].log_tail()
-    time.sleep(2.0)  # anything else would have arrived by now
+    # Nothing else can arrive once no task is queued, running or waiting for a retry.
+    stack.wait_idle()
     failed = [req for req in receiver.requests if req.headers.get(EVENT_HEADER) == "job.failed"]
     assert len(failed) == 1, [req.headers.get(EVENT_HEADER) for req in receiver.requests]
     hook = failed[0]
@@ -319,7 +320,7 @@ def test_alert_survives_a_receiver_that_is_down_for_a_while(make_stack, receiver
     assert stack.wait_for(job_id)["status"] == "failed"
     # Two 503s, then the default 200 on the third try.
     assert _wait(lambda: len(receiver.requests) >= 3, timeout=90), len(receiver.requests)
-    time.sleep(1.0)
+    stack.wait_idle()  # the third answer was a 200: no retry is left that could send a fourth
     deliveries = {req.headers.get(DELIVERY_HEADER) for req in receiver.requests}
     assert len(receiver.requests) == 3
     assert len(deliveries) == 1  # the same delivery id on every retry

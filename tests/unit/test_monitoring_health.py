@@ -53,10 +53,11 @@ def test_run_check_accepts_bools_and_dicts(answer: object, status: str) -> None:
 
 def test_run_checks_runs_concurrently() -> None:
     def slow() -> bool:
-        time.sleep(0.3)
+        time.sleep(0.3)  # the thing under test: a slow check (three of them must overlap, not queue up)
         return True
 
     started = time.monotonic()
+    # "hang" sleeps on purpose: a check that never answers within the timeout.
     results = health.run_checks({"a": slow, "b": slow, "c": slow, "hang": lambda: time.sleep(5)}, timeout=0.5)
     elapsed = time.monotonic() - started
     assert elapsed < 1.5
