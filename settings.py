@@ -182,7 +182,7 @@ def _env_name(name: str) -> str:
     return _ENV_NAMES.get(name, "TTS_" + name.upper())
 
 
-def _convert(f: dataclasses.Field, raw: str) -> Any:
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = str(f.type)
     try:
         if kind == "int":

@@ -26,6 +26,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from redis.typing import EncodableT, FieldT
+
 from monitoring import recorder as names
 from monitoring.recorder import MetricsRecorder, merge_series, quantile
 from monitoring.webhooks import build_payload
@@ -94,19 +96,20 @@ class _Evaluation:
         self.current = _snapshot(recorder, now)
         self.state = {_text(k): json.loads(v) for k, v in self.redis.hgetall(self.state_key).items()}
         self.payloads: list[dict[str, Any]] = []
-        self.changes: dict[str, str] = {}
+        self.changes: dict[FieldT, EncodableT] = {}  # HSET's mapping type (its keys are invariant)
 
     def baseline(self) -> dict[str, Any] | None:
         window = max(1, self.settings.alert_window)
         found = self.redis.zrangebyscore(self.samples_key, self.now - window, f"({self.now}", start=0, num=1)
         if not found:
             found = self.redis.zrevrangebyscore(self.samples_key, f"({self.now}", "-inf", start=0, num=1)
-        if not found:
+        if not found or not isinstance(found[0], (bytes, str)):  # asked without scores: members only
             return None
         try:
-            return json.loads(found[0])
+            sample: dict[str, Any] = json.loads(found[0])
         except ValueError:
             return None
+        return sample
 
     def transition(self, key: str, firing: bool, event: str, **fields: Any) -> None:
         """Record the condition's state; queue a payload when it starts or stops firing."""

@@ -63,13 +63,13 @@ class PlainFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value:
                 parts.append(f" {short}={value}")
-        record.context_text = "".join(parts)
+        record.__dict__["context_text"] = "".join(parts)  # our format's own field; LogRecord declares none such
         if getattr(record, "component", None) is None:
             record.component = "-"
         try:
             return super().format(record)
         finally:
-            del record.context_text
+            del record.__dict__["context_text"]
 
 
 def json_formatter() -> JsonFormatter:

@@ -8,9 +8,11 @@ report ``celery_worker_up 0`` for a worker that went away recently (for a day).
 """
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -91,13 +93,13 @@ class WorkerRegistry:
         """
         return [w for w in self.known() if w["up"]]
 
-    def known(self) -> list[dict[str, Any]]:
+    def known(self) -> builtins.list[dict[str, Any]]:  # ``list`` here is the method above
         """Every worker seen in the last day; ``up`` tells whether its heartbeat is live.
 
         Raises :class:`redis.RedisError` when Redis is unreachable.
         """
         now = time.time()
-        seen = self.redis.zrangebyscore(self.seen_key, now - FORGET_AFTER, "+inf", withscores=True)
+        seen: Iterable[Any] = self.redis.zrangebyscore(self.seen_key, now - FORGET_AFTER, "+inf", withscores=True)
         names = [(_text(name), float(score)) for name, score in seen]
         if not names:
             return []
@@ -105,7 +107,7 @@ class WorkerRegistry:
         for name, _ in names:
             pipe.hgetall(self._key(name))
         hashes = pipe.execute()
-        workers = []
+        workers: list[dict[str, Any]] = []
         for (name, last_seen), raw in zip(names, hashes):
             data = {_text(k): _text(v) for k, v in (raw or {}).items()}
             if data:

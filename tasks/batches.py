@@ -38,6 +38,7 @@ from .exceptions import BatchNotFound, InvalidBatch, InvalidRequest, PipelineErr
 from .idempotency import ResourceKind
 from .job import PIPELINE_CHUNK, Job, iso, job_score, new_job_id, now
 from .job_request import parse_job_request
+from .redis_values import HashMapping, scored_members, text, text_or_none
 from .runtime import Runtime
 from .service import JobService
 from .status import BatchStatus, JobStatus
@@ -121,8 +122,8 @@ def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
             try:
                 pipe.watch(done_key)
                 counted = dict(zip(values, pipe.hmget(done_key, list(values))))
-                changed = {job_id: old.decode() if old is not None else None for job_id, old in counted.items()
-                           if old is None or old.decode() != values[job_id]}
+                changed = {job_id: text_or_none(old) for job_id, old in counted.items()
+                           if old is None or text(old) != values[job_id]}
                 if not changed:
                     pipe.unwatch()
                     return
@@ -453,7 +454,7 @@ class BatchService:
             first = rejected[0]
             raise InvalidBatch(f"every input was rejected (input {first.index}: {first.message})",
                                [r.public() for r in rejected[:MAX_LISTED_ERRORS]])
-        items = [None] * len(request.inputs)
+        items: list[str | None] = [None] * len(request.inputs)
         for job in good + rejected_jobs:
             items[job.batch_index or 0] = job.id
         batch = Batch(
@@ -510,7 +511,7 @@ class BatchService:
     def _store_batch(self, batch: Batch, item_ids: list[str], rejected: list[Job]) -> None:
         ttl = self.rt.settings.result_ttl
         key = keys.batch(batch.id)
-        record = {
+        record: HashMapping = {
             "id": batch.id, "total": batch.total, "created_at": batch.created_at, "format": batch.format,
             "concatenate": "1" if batch.concatenate else "0", "gap_ms": batch.gap_ms,
             "defaults": json.dumps(batch.defaults), "characters": batch.characters, "audio_seconds": 0,
@@ -535,7 +536,7 @@ class BatchService:
         if batch.finished >= batch.total:
             self.rt.redis.hsetnx(key, "finished_at", str(now()))
 
-    def _discard(self, batch: Batch, items: list[str | None]) -> None:
+    def _discard(self, batch: Batch, items: Sequence[str | None]) -> None:
         """Best effort: take back a batch that could not be queued, so nothing claims to be accepted."""
         ids = [i for i in items if i]
         try:
@@ -566,7 +567,7 @@ class BatchService:
         """Every item from ``start`` on, in input order (records read ``window`` at a time)."""
         pos = max(0, start)
         while True:
-            ids = [i.decode() for i in self.rt.redis.lrange(keys.batch_items(batch_id), pos, pos + window - 1)]
+            ids = [text(i) for i in self.rt.redis.lrange(keys.batch_items(batch_id), pos, pos + window - 1)]
             if not ids:
                 return
             pipe = self.rt.redis.pipeline(transaction=False)
@@ -597,19 +598,19 @@ class BatchService:
         upper: str | int = f"({cursor}" if cursor is not None else "+inf"
         out: list[Batch] = []
         while len(out) < limit:
-            rows = self.rt.redis.zrevrangebyscore(keys.BATCHES_INDEX, upper, "-inf", start=0, num=limit - len(out),
-                                                  withscores=True)
+            rows = scored_members(self.rt.redis.zrevrangebyscore(keys.BATCHES_INDEX, upper, "-inf", start=0,
+                                                                 num=limit - len(out), withscores=True))
             if not rows:
                 return out, None
             pipe = self.rt.redis.pipeline(transaction=False)
             for member, _ in rows:
-                pipe.hgetall(keys.batch(member.decode()))
-                pipe.scard(keys.batch_running(member.decode()))
+                pipe.hgetall(keys.batch(member))
+                pipe.scard(keys.batch_running(member))
             results = pipe.execute()
             for n, (member, score) in enumerate(rows):
                 data, running = results[2 * n], results[2 * n + 1]
                 if data:
-                    out.append(Batch.from_redis(member.decode(), data, int(running)))
+                    out.append(Batch.from_redis(member, data, int(running)))
                 else:
                     self.rt.redis.zrem(keys.BATCHES_INDEX, member)
             upper = f"({int(rows[-1][1])}"

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from . import keys
+from .redis_values import as_bytes, scored_members
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class AudioCache:
         pipe.zadd(keys.AUDIO_INDEX, {key: time.time()})
         pipe.expire(keys.audio(key), self.ttl)
         pipe.execute()
-        return entry[b"audio"], json.loads(entry.get(b"meta") or b"{}")
+        return as_bytes(entry[b"audio"]), json.loads(entry.get(b"meta") or b"{}")
 
     def put(self, key: str, data: bytes, meta: dict[str, Any] | None = None) -> bool:
         """Store audio (and a little metadata: duration, rate) unless it is larger than the entry
@@ -86,8 +87,7 @@ class AudioCache:
             if not popped:
                 self.redis.set(keys.AUDIO_BYTES, 0)
                 return
-            member = popped[0][0]
-            key = member.decode() if isinstance(member, bytes) else member
+            key = scored_members(popped)[0][0]
             pipe = self.redis.pipeline(transaction=True)
             pipe.hget(keys.AUDIO_SIZES, key)
             pipe.hdel(keys.AUDIO_SIZES, key)

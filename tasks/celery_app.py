@@ -14,8 +14,10 @@ Reliability settings and why:
 """
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from settings import Settings, get_settings
 
@@ -25,7 +27,7 @@ WEBHOOK_QUEUE = "webhooks"
 QUEUES = (SYNTHESIS_QUEUE, BATCH_QUEUE, WEBHOOK_QUEUE)
 
 
-def celery_config(settings: Settings) -> dict:
+def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for these settings."""
     transport = {
         "visibility_timeout": settings.visibility_timeout,

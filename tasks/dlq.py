@@ -6,6 +6,7 @@ purge records through the API (``/v1/dlq``) or ``tts-batch dlq``.
 """
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 from typing import Any
@@ -15,6 +16,7 @@ import redis
 from . import keys
 from .exceptions import DeadLetterNotFound
 from .job import Job, iso, now
+from .redis_values import HashMapping, decode_hash, members
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ class DeadLetterQueue:
 
     def add(self, job: Job, error_type: str, error: str, traceback: str = "", worker: str | None = None) -> bool:
         """Record a dead job; returns False if it was already recorded (so alerts fire once)."""
-        record = {
+        record: HashMapping = {
             "job_id": job.id,
             "request": json.dumps({"text": job.text, **job.options().to_dict(), "cache": job.cache, "name": job.name,
                                    "batch_id": job.batch_id}),
@@ -55,23 +57,23 @@ class DeadLetterQueue:
         data = self.redis.hgetall(keys.dead_letter(job_id))
         if not data:
             raise DeadLetterNotFound(job_id)
-        return _public({_s(k): _s(v) for k, v in data.items()})
+        return _public(decode_hash(data))
 
     def list(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """Records, newest first."""
-        ids = [_s(m) for m in self.redis.zrevrange(keys.DLQ_INDEX, offset, offset + limit - 1)]
+        ids = members(self.redis.zrevrange(keys.DLQ_INDEX, offset, offset + limit - 1))
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(keys.dead_letter(job_id))
         out = []
         for data in pipe.execute():
             if data:
-                out.append(_public({_s(k): _s(v) for k, v in data.items()}))
+                out.append(_public(decode_hash(data)))
         return out
 
-    def ids(self) -> list[str]:
+    def ids(self) -> builtins.list[str]:  # ``list`` here is the method above
         """Every dead-lettered job id, oldest first."""
-        return [_s(m) for m in self.redis.zrange(keys.DLQ_INDEX, 0, -1)]
+        return members(self.redis.zrange(keys.DLQ_INDEX, 0, -1))
 
     def __len__(self) -> int:
         return int(self.redis.zcard(keys.DLQ_INDEX))
@@ -95,10 +97,6 @@ class DeadLetterQueue:
             pipe.zrem(keys.DLQ_INDEX, *ids)
             pipe.execute()
         return len(ids)
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _public(record: dict[str, str]) -> dict[str, Any]:

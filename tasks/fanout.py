@@ -37,6 +37,7 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ from . import keys, lifecycle
 from .celery_app import celery_app
 from .job import Job, now
 from .publish import SYNTHESIZE_PART_TASK, send_tasks
+from .redis_values import HashMapping, as_bytes, decode_hash
 from .runtime import Runtime, get_runtime
 from .status import JobStatus
 
@@ -114,18 +116,18 @@ class PartPlan:
         """The number of the first sentence of part ``index`` (seeds stay distinct per part)."""
         return sum(len(g) for g in self.groups[:index])
 
-    def to_redis(self) -> dict[str, str]:
+    def to_redis(self) -> HashMapping:
         """The plan as hash fields."""
-        out = {"total": str(self.total), "format": self.format, "rate": str(self.rate),
-               "voice_rate": str(self.voice_rate), "replays": str(self.replays)}
+        out: HashMapping = {"total": str(self.total), "format": self.format, "rate": str(self.rate),
+                            "voice_rate": str(self.voice_rate), "replays": str(self.replays)}
         for i, group in enumerate(self.groups):
             out[f"text:{i}"] = json.dumps(group, ensure_ascii=False)
         return out
 
     @classmethod
-    def from_redis(cls, job_id: str, data: dict[bytes, bytes]) -> PartPlan | None:
+    def from_redis(cls, job_id: str, data: Mapping[bytes | str, bytes | str]) -> PartPlan | None:
         """Rebuild a stored plan; None when there is none (never made, cleaned up or expired)."""
-        fields = {k.decode(): v.decode() for k, v in data.items()}
+        fields = decode_hash(data)
         if "total" not in fields:
             return None
         total = int(fields["total"])
@@ -218,7 +220,7 @@ def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | 
     if plan is None or index >= plan.total:
         log.warning("job %s has no fan-out plan for part %d (expired or replaced); dropping it", job.id, index)
         return None
-    if rt.redis.sismember(keys.job_parts_done(job.id), index):
+    if rt.redis.sismember(keys.job_parts_done(job.id), str(index)):
         # A redelivery of a part that already stored its audio: only make sure the job gets stitched.
         return _maybe_stitch_again(task, rt, job, plan)
     attempt = int(rt.redis.hincrby(keys.job_parts(job.id), f"attempts:{index}", 1))
@@ -352,10 +354,10 @@ def _stitch(rt: Runtime, job_id: str) -> dict[str, Any] | None:
     fmt = validate_format(plan.format)
 
     def part_audio(index: int) -> bytes:
-        data: bytes | None = rt.redis.get(keys.job_part(job_id, index))
+        data = rt.redis.get(keys.job_part(job_id, index))
         if data is None:
             raise SynthesisRuntimeError(f"job {job_id}: the audio of part {index + 1} expired before stitching")
-        return data
+        return as_bytes(data)
 
     # mp3, aac and pcm parts are encoded segments, joined as they are; the others are PCM, encoded once.
     joined = concat([Segment(format=plan.format if plan.segments else "pcm", rate=plan.rate,

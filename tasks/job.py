@@ -19,6 +19,7 @@ from engine.synthesis import SynthesisOptions
 
 from . import keys
 from .exceptions import JobNotFound
+from .redis_values import HashMapping, as_bytes, decode_hash, scored_members, text
 from .status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,9 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)
 
     # --- (de)serialisation ------------------------------------------------------------------
-    def to_redis(self) -> dict[str, str]:
+    def to_redis(self) -> HashMapping:
         """Flat string mapping for HSET (None fields are left out)."""
-        out: dict[str, str] = {}
+        out: HashMapping = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None:
@@ -230,14 +231,14 @@ class JobStore:
     def status(self, job_id: str) -> JobStatus | None:
         """The job's status (one HGET), or None when it is not stored."""
         raw = self.redis.hget(keys.job(job_id), "status")
-        return JobStatus(_s(raw)) if raw is not None else None
+        return JobStatus(text(raw)) if raw is not None else None
 
     def get(self, job_id: str) -> Job:
         """The job, or :class:`JobNotFound`."""
         data = self.redis.hgetall(keys.job(job_id))
         if not data:
             raise JobNotFound(job_id)
-        return Job.from_redis(_decode(data))
+        return Job.from_redis(decode_hash(data))
 
     def get_unfinished(self, job_id: str) -> Job | None:
         """The job if it is still stored and not finished, else None."""
@@ -253,7 +254,7 @@ class JobStore:
 
     def update(self, job_id: str, **changes: Any) -> None:
         """Set some fields (None deletes the field) and refresh the TTL."""
-        sets: dict[str, str] = {}
+        sets: HashMapping = {}
         dels: list[str] = []
         probe = Job(id=job_id, text="", voice="")
         for name, value in changes.items():
@@ -279,12 +280,13 @@ class JobStore:
                 try:
                     pipe.watch(key)
                     status = pipe.hget(key, "status")
-                    if status is None or JobStatus(_s(status)) not in expected:
+                    if status is None or JobStatus(text(status)) not in expected:
                         pipe.unwatch()
                         return False
                     pipe.multi()
                     probe = Job(id=job_id, text="", voice="")
-                    sets, dels = {}, []
+                    sets: HashMapping = {}
+                    dels: list[str] = []
                     for name, value in changes.items():
                         if value is None:
                             dels.append(name)
@@ -314,7 +316,7 @@ class JobStore:
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         """Every attempt's record, oldest first."""
-        return [json.loads(_s(raw)) for raw in self.redis.lrange(keys.job_history(job_id), 0, -1)]
+        return [json.loads(text(raw)) for raw in self.redis.lrange(keys.job_history(job_id), 0, -1)]
 
     def store_audio(self, job_id: str, audio: bytes) -> None:
         """Keep the job's audio for the TTL."""
@@ -322,7 +324,8 @@ class JobStore:
 
     def audio(self, job_id: str) -> bytes | None:
         """The job's audio bytes, if still there."""
-        return self.redis.get(keys.job_audio(job_id))
+        data = self.redis.get(keys.job_audio(job_id))
+        return None if data is None else as_bytes(data)
 
     def delete_audio(self, job_id: str) -> bool:
         """Drop the job's audio; True if there was some."""
@@ -332,25 +335,19 @@ class JobStore:
         """Jobs newest first, as (score, job), skipping expired ones; ``before``: an exclusive score cursor."""
         upper: str | int = f"({before}" if before is not None else "+inf"
         while True:
-            rows = self.redis.zrevrangebyscore(keys.JOBS_INDEX, upper, "-inf", start=0, num=batch, withscores=True)
+            rows = scored_members(self.redis.zrevrangebyscore(keys.JOBS_INDEX, upper, "-inf", start=0, num=batch,
+                                                              withscores=True))
             if not rows:
                 return
             pipe = self.redis.pipeline(transaction=False)
             for member, _ in rows:
-                pipe.hgetall(keys.job(_s(member)))
+                pipe.hgetall(keys.job(member))
             for (member, score), data in zip(rows, pipe.execute()):
                 if data:
-                    yield int(score), Job.from_redis(_decode(data))
+                    yield int(score), Job.from_redis(decode_hash(data))
                 else:
                     self.redis.zrem(keys.JOBS_INDEX, member)
             upper = f"({int(rows[-1][1])}"
             if len(rows) < batch:
                 return
 
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode(data: dict[Any, Any]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in data.items()}

@@ -10,6 +10,7 @@ import logging
 
 import redis
 from celery import Celery
+from redis import Redis
 
 from engine import VoiceCatalog
 from monitoring.recorder import MetricsRecorder
@@ -46,12 +47,12 @@ class Runtime:
         self.settings = settings or get_settings()
 
     @functools.cached_property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Redis:
         """The main Redis (broker, job store, dead-letter queue, metrics)."""
         return make_redis(self.settings.broker_url)
 
     @functools.cached_property
-    def cache_redis(self) -> redis.Redis:
+    def cache_redis(self) -> Redis:  # ``redis`` in this class is the property above
         """The Redis that holds the audio cache (the main one unless TTS_CACHE_URL is set)."""
         if not self.settings.cache_url:
             return self.redis

@@ -7,6 +7,7 @@ unfinished jobs (cancellation, and everything a worker does) go through
 """
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 import uuid
@@ -236,7 +237,7 @@ class JobService:
             log.info("job %s cancelled (was %s)", job_id, job.status.value)
         return self.rt.jobs.get(job_id)
 
-    def cancel_many(self, jobs: Sequence[Job]) -> list[Job]:
+    def cancel_many(self, jobs: Sequence[Job]) -> builtins.list[Job]:  # ``list`` here is the method above
         """Cancel the unfinished ones of ``jobs`` (each needs its id, voice, batch id and task id).
 
         Finished jobs are left as they are, audio included. Returns the jobs this call cancelled.

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from billiard.exceptions import WorkerLostError
 from celery import signals
@@ -32,13 +33,26 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10.0
 _heartbeat_stop = threading.Event()
 
+_Receiver = TypeVar("_Receiver", bound=Callable[..., None])
 
-@signals.setup_logging.connect
+
+def _receiver(signal: Any) -> Callable[[_Receiver], _Receiver]:
+    """``@signal.connect``, typed: Celery's decorator has no annotations, so it would make the receiver Any.
+
+    ``Signal.connect(fn)`` registers ``fn`` (weakly, as the decorator does) and returns it unchanged.
+    """
+    def connect(receiver: _Receiver) -> _Receiver:
+        signal.connect(receiver)
+        return receiver
+    return connect
+
+
+@_receiver(signals.setup_logging)
 def _setup_logging(**_: Any) -> None:
     configure_logging(get_settings(), component="worker")
 
 
-@signals.worker_process_init.connect
+@_receiver(signals.worker_process_init)
 def _child_init(**_: Any) -> None:
     # Fresh Redis connections and models in each prefork child.
     rt = reset_runtime()
@@ -58,22 +72,22 @@ def _queue_of(request: Any) -> str:
     return str(info.get("routing_key") or "unknown")
 
 
-@signals.task_success.connect
+@_receiver(signals.task_success)
 def _count_success(sender: Any = None, **_: Any) -> None:
     get_runtime().metrics.task_succeeded(getattr(sender, "name", "?"), _queue_of(getattr(sender, "request", None)))
 
 
-@signals.task_retry.connect
+@_receiver(signals.task_retry)
 def _count_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
     get_runtime().metrics.task_retried(getattr(sender, "name", "?"), _queue_of(request))
 
 
-@signals.task_failure.connect
+@_receiver(signals.task_failure)
 def _count_failure(sender: Any = None, **_: Any) -> None:
     get_runtime().metrics.task_failed(getattr(sender, "name", "?"), _queue_of(getattr(sender, "request", None)))
 
 
-@signals.worker_ready.connect
+@_receiver(signals.worker_ready)
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None) or "worker"
     _hostname["name"] = hostname
@@ -91,7 +105,7 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     threading.Thread(target=beat, name="tts-heartbeat", daemon=True).start()
 
 
-@signals.worker_shutdown.connect
+@_receiver(signals.worker_shutdown)
 def _stop_heartbeat(**_: Any) -> None:
     _heartbeat_stop.set()
     if "name" in _hostname:
@@ -101,7 +115,7 @@ def _stop_heartbeat(**_: Any) -> None:
             log.debug("could not remove heartbeat: %s", exc)
 
 
-@signals.task_failure.connect
+@_receiver(signals.task_failure)
 def _task_failure(sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any) -> None:
     """A synthesize or part task whose child was killed (time limit, lost worker): the lifecycle sends it again."""
     name = getattr(sender, "name", None)
