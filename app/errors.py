@@ -101,7 +101,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(EngineError)
     def _engine_error(exc: EngineError) -> Any:
-        details = {"valid_voices": exc.valid} if isinstance(exc, UnknownVoiceError) else {}
+        details: dict[str, Any] = {"valid_voices": exc.valid} if isinstance(exc, UnknownVoiceError) else {}
         return error_response(status_for(exc), exc.code, str(exc), **details)
 
     @app.errorhandler(redis.exceptions.ConnectionError)

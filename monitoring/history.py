@@ -145,6 +145,8 @@ class MetricsHistory:
         raw = self.redis.zrangebyscore(self.key, now - float(seconds), "+inf")
         samples = []
         for item in raw:
+            if not isinstance(item, (bytes, str)):  # asked without scores: members only
+                continue
             try:
                 samples.append(json.loads(item))
             except ValueError:
