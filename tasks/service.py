@@ -245,15 +245,32 @@ class JobService:
         return lifecycle.cancel_jobs(self.rt, jobs)
 
     def replay(self, job_id: str) -> Job:
-        """Send a dead-lettered job through a fresh series of attempts."""
+        """Send a dead-lettered job through a fresh series of attempts.
+
+        The job goes from ``failed`` to ``queued`` through the status guard (two replays
+        at once send one message), and leaves the dead-letter queue only once its
+        message is sent: a replay that cannot publish puts the job back as it was, still
+        dead-lettered, so it can be replayed again.
+        """
         self.rt.dlq.get(job_id)
         job = self.rt.jobs.get(job_id)
         task_id = uuid.uuid4().hex
-        self.rt.jobs.update(job_id, status=JobStatus.QUEUED, attempts=0, queued_at=now(), started_at=None,
-                            finished_at=None, next_retry_at=None, error=None, error_type=None, error_code=None,
-                            replays=job.replays + 1, task_id=task_id)
+        if not self.rt.jobs.transition(job_id, {JobStatus.FAILED}, status=JobStatus.QUEUED, attempts=0,
+                                       queued_at=now(), started_at=None, finished_at=None, next_retry_at=None,
+                                       error=None, error_type=None, error_code=None, replays=job.replays + 1,
+                                       task_id=task_id):
+            # Replayed already (a replay whose last step failed left the record behind), or not failed.
+            self.rt.dlq.remove(job_id)
+            return self.rt.jobs.get(job_id)
+        try:
+            enqueue(self.rt, self.rt.jobs.get(job_id), task_id=task_id)
+        except Exception:
+            self.rt.jobs.transition(job_id, {JobStatus.QUEUED}, status=JobStatus.FAILED, attempts=job.attempts,
+                                    queued_at=job.queued_at, started_at=job.started_at, finished_at=job.finished_at,
+                                    error=job.error, error_type=job.error_type, error_code=job.error_code,
+                                    replays=job.replays, task_id=job.task_id)
+            raise
         self.rt.dlq.remove(job_id)
         job = self.rt.jobs.get(job_id)
-        enqueue(self.rt, job, task_id=task_id)
         log.info("job %s replayed from the dead-letter queue", job_id)
         return job

@@ -617,3 +617,33 @@ def test_replay_of_a_job_not_in_the_dlq(svc, rt, app):
         svc.replay(job.id)
     assert drain(app) == []
     assert rt.jobs.get(job.id).replays == 0
+
+
+def test_a_replay_that_cannot_publish_leaves_the_job_failed_and_dead_lettered(svc, rt, app, refused_app, alerts):
+    job, _ = svc.submit(request())
+    drain(app)
+    rt.jobs.update(job.id, attempts=3)
+    lifecycle.dead_letter(rt, rt.jobs.get(job.id), "SynthesisRuntimeError", "boom", code="retry_exhausted")
+    before = rt.jobs.get(job.id)
+    rt.celery = refused_app
+
+    with pytest.raises(Exception):  # kombu's OperationalError: the broker refused the connection
+        svc.replay(job.id)
+
+    after = rt.jobs.get(job.id)
+    assert (after.status, after.attempts, after.error_code, after.replays, after.task_id) == (
+        JobStatus.FAILED, 3, "retry_exhausted", 0, before.task_id)
+    assert rt.dlq.ids() == [job.id]  # still there to be replayed again
+    rt.celery = app
+    assert svc.replay(job.id).status is JobStatus.QUEUED
+    assert [m["args"] for m in drain(app)] == [[job.id]]
+
+
+def test_a_replay_of_a_job_that_is_no_longer_failed_only_drops_the_stale_record(svc, rt, app, alerts):
+    job, _ = svc.submit(request())
+    drain(app)
+    lifecycle.dead_letter(rt, rt.jobs.get(job.id), "SynthesisRuntimeError", "boom", code="retry_exhausted")
+    rt.jobs.update(job.id, status=JobStatus.QUEUED)  # a replay got this far before its last step failed
+    assert svc.replay(job.id).status is JobStatus.QUEUED
+    assert drain(app) == []  # no second message
+    assert rt.dlq.ids() == []
