@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-__all__ = ["Settings", "SettingsError", "get_settings", "reset_settings", "load_settings", "child_environment"]
+__all__ = ["Settings", "SettingsError", "child_environment", "get_settings", "load_settings", "reset_settings"]
 
 #: OpenAI voice names mapped to local voice ids (``TTS_OPENAI_VOICES`` overrides, as JSON).
 DEFAULT_OPENAI_VOICES: dict[str, str] = {

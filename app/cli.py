@@ -24,15 +24,16 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from engine import VoiceCatalog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["main", "build_parser", "build_catalog", "cmd_voices", "cmd_say", "cmd_dlq", "UsageError"]
+__all__ = ["UsageError", "build_catalog", "build_parser", "cmd_dlq", "cmd_say", "cmd_voices", "main"]
 
 PROG = "tts-batch"
 #: Exit status for a user error (bad input or options), as argparse uses.

@@ -15,12 +15,12 @@ from .synthesis import SynthesisOptions, SynthesisResult, stream, synthesize
 from .voices import VoiceCatalog, VoiceInfo
 
 __all__ = [
-    "VoiceCatalog",
-    "VoiceInfo",
-    "SynthesisOptions",
-    "SynthesisResult",
-    "synthesize",
-    "stream",
     "FORMATS",
     "EngineError",
+    "SynthesisOptions",
+    "SynthesisResult",
+    "VoiceCatalog",
+    "VoiceInfo",
+    "stream",
+    "synthesize",
 ]

@@ -41,9 +41,20 @@ from . import mp3
 from .exceptions import EncodingError, EngineError, OptionError
 
 __all__ = [
-    "AudioFormat", "FORMATS", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE", "FALLBACK_RATE",
-    "AudioEncoder", "encode", "decode", "resample", "to_pcm16", "silence",
-    "validate_format", "validate_sample_rate", "effective_rate",
+    "FALLBACK_RATE",
+    "FORMATS",
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
+    "AudioEncoder",
+    "AudioFormat",
+    "decode",
+    "effective_rate",
+    "encode",
+    "resample",
+    "silence",
+    "to_pcm16",
+    "validate_format",
+    "validate_sample_rate",
 ]
 
 log = logging.getLogger(__name__)

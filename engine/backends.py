@@ -14,8 +14,9 @@ import logging
 import re
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -25,7 +26,7 @@ from .kokoro_model import MAX_TOKENS, style_for_tokens
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VoiceBackend", "HibariBackend", "PiperBackend", "KokoroBackend", "session_options"]
+__all__ = ["HibariBackend", "KokoroBackend", "PiperBackend", "VoiceBackend", "session_options"]
 
 #: What a backend's phonemizer yields per model run: a phoneme string (hibari, Kokoro) or
 #: a list of phonemes (Piper).
@@ -152,7 +153,7 @@ class KokoroModel:
     """The shared Kokoro-82M int8 session and vocabulary (one per process for all Kokoro voices)."""
 
     def __init__(self, model_path: Path, threads: int = 1) -> None:
-        import importlib.resources as resources
+        from importlib import resources
 
         self.session = ort.InferenceSession(str(model_path), sess_options=session_options(threads),
                                             providers=["CPUExecutionProvider"])

@@ -5,7 +5,7 @@ heals, a runtime hiccup in onnxruntime might.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class EngineError(Exception):

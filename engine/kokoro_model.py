@@ -12,7 +12,6 @@ every :func:`assemble_model` call removes such files once they are
 from __future__ import annotations
 
 import hashlib
-import importlib.resources as resources
 import importlib.util
 import logging
 import os
@@ -21,8 +20,9 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -33,14 +33,14 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MODEL_FILENAME",
     "PARTS",
-    "expected_sha256",
-    "part_files",
-    "assemble_model",
-    "remove_stale_parts",
     "STALE_PART_SECONDS",
+    "assemble_model",
+    "blend_styles",
+    "expected_sha256",
     "load_style_file",
     "parse_blend",
-    "blend_styles",
+    "part_files",
+    "remove_stale_parts",
     "style_for_tokens",
 ]
 

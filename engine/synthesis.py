@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from .voices import VoiceCatalog, VoiceInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SynthesisOptions", "AudioChunk", "SynthesisResult", "prepare", "stream", "stream_chunks", "synthesize"]
+__all__ = ["AudioChunk", "SynthesisOptions", "SynthesisResult", "prepare", "stream", "stream_chunks", "synthesize"]
 
 MIN_SPEED = 0.5
 MAX_SPEED = 2.0

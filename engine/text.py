@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 __all__ = [
-    "normalize",
-    "strip_markdown",
-    "split_sentences",
     "chunk_text",
     "group_chunks",
     "looks_like_markdown",
+    "normalize",
+    "split_sentences",
+    "strip_markdown",
 ]
 
 _QUOTES = str.maketrans(
@@ -172,8 +172,7 @@ _CLAUSE = re.compile(r"(?<=[,;:])\s+")
 # ave, blvd, rd, ft) are mostly followed by a number or a name ("Apt. 4B", "Ft. Worth");
 # the rare sentence that ends with one is joined to the next, which costs a pause, not words.
 _TITLES = frozenset(
-    "mr mrs ms dr prof sr jr st mt vs etc inc ltd co corp no vol fig jan feb mar apr jun jul aug sep sept oct nov dec"
-    " e.g i.e approx dept est gen gov lt col sgt capt rev apt ave blvd rd ft".split()
+    ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "inc", "ltd", "co", "corp", "no", "vol", "fig", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "e.g", "i.e", "approx", "dept", "est", "gen", "gov", "lt", "col", "sgt", "capt", "rev", "apt", "ave", "blvd", "rd", "ft"]
 )
 
 

@@ -18,8 +18,8 @@ import builtins
 import json
 import logging
 import threading
-from importlib import metadata
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 

@@ -35,22 +35,23 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from engine import FORMATS, SynthesisOptions, VoiceCatalog, stream, synthesize  # noqa: E402
-from engine.audio import AudioEncoder  # noqa: E402
-from engine.backends import session_options  # noqa: E402
-from engine.kokoro_model import assemble_model, builtin_style_file, load_style_file  # noqa: E402
-from engine.synthesis import prepare  # noqa: E402
-from settings import get_settings  # noqa: E402
+from engine import FORMATS, SynthesisOptions, VoiceCatalog, stream, synthesize
+from engine.audio import AudioEncoder
+from engine.backends import session_options
+from engine.kokoro_model import assemble_model, builtin_style_file, load_style_file
+from engine.synthesis import prepare
+from settings import get_settings
 
 log = logging.getLogger("bench_engine")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tts_batch_client.cli import main  # noqa: E402
+from tts_batch_client.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,9 +36,9 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -49,10 +49,10 @@ __all__ = [
     "EmbeddedRedisError",
     "PortInUseError",
     "find_free_port",
+    "main",
     "port_is_free",
     "redis_executable",
     "wait_for_redis",
-    "main",
 ]
 
 logger = logging.getLogger(__name__)
@@ -324,14 +324,14 @@ class EmbeddedRedis:
         log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         cmd = self.command()
         logger.info("starting redis-server on %s:%s (data in %s)", self.host, self.port, self.data_dir)
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+        self._proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=str(self.data_dir),
             close_fds=True,
-            preexec_fn=_parent_death_signal() if self.die_with_parent else None,  # noqa: PLW1509
+            preexec_fn=_parent_death_signal() if self.die_with_parent else None,
         )
         proc = self._proc
         ready = wait_for_redis(self.url, timeout=self.start_timeout, alive=lambda: proc.poll() is None)

@@ -26,20 +26,20 @@ import os
 import shlex
 import sys
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from honcho.environ import parse_procfile  # noqa: E402
-from honcho.manager import Manager  # noqa: E402
+from honcho.environ import parse_procfile
+from honcho.manager import Manager
 
-from scripts.embedded_redis import find_free_port, port_is_free, wait_for_redis  # noqa: E402
-from settings import Settings, SettingsError, child_environment, get_settings  # noqa: E402
+from scripts.embedded_redis import find_free_port, port_is_free, wait_for_redis
+from settings import Settings, SettingsError, child_environment, get_settings
 
 __all__ = ["StackError", "StackPlan", "build_plan", "main"]
 
@@ -61,7 +61,7 @@ class StackError(RuntimeError):
 class StackPlan:
     """What :func:`main` will run: ordered processes, their environment and the Redis URL."""
 
-    processes: "OrderedDict[str, str]"
+    processes: OrderedDict[str, str]
     env: dict[str, str]
     redis_url: str
     embedded_redis: bool
@@ -84,7 +84,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_procfile(path: Path) -> "OrderedDict[str, str]":
+def load_procfile(path: Path) -> OrderedDict[str, str]:
     """The ``name: command`` entries of a Procfile, in file order."""
     try:
         content = path.read_text(encoding="utf-8")
@@ -98,7 +98,7 @@ def load_procfile(path: Path) -> "OrderedDict[str, str]":
 
 def select_processes(
     processes: Mapping[str, str], only: str = "", no_flower: bool = False
-) -> "OrderedDict[str, str]":
+) -> OrderedDict[str, str]:
     """Filter Procfile entries by ``--only`` and ``--no-flower`` (keeping Procfile order)."""
     wanted = [name.strip() for name in only.split(",") if name.strip()]
     known = set(processes) | {REDIS_PROCESS}

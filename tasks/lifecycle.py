@@ -236,7 +236,7 @@ class Failure:
     permanent: bool
 
     @classmethod
-    def of(cls, exc: Exception, soft_time_limit: int | float) -> Failure:
+    def of(cls, exc: Exception, soft_time_limit: float) -> Failure:
         """Classify ``exc``; a soft time limit counts as a transient runtime error."""
         if isinstance(exc, SoftTimeLimitExceeded):
             exc = SynthesisRuntimeError(f"synthesis exceeded the soft time limit of {soft_time_limit}s")

@@ -24,7 +24,7 @@ from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PIPELINE_CHUNK", "SYNTHESIZE_TASK", "SYNTHESIZE_PART_TASK", "enqueue", "send_tasks"]
+__all__ = ["PIPELINE_CHUNK", "SYNTHESIZE_PART_TASK", "SYNTHESIZE_TASK", "enqueue", "send_tasks"]
 
 #: Task names (the Celery registry's keys; routes in ``celery_app`` use them too).
 SYNTHESIZE_TASK = "tts.synthesize"

@@ -93,7 +93,7 @@ def test_say_from_stdin_with_format_speed_seed_and_rate(tmp_path: Path) -> None:
     def say(out: Path) -> subprocess.CompletedProcess[bytes]:
         return run_cli("say", "-f", "-", "-v", "heart", "-o", str(out), "--format", "wav", "--speed", "1.5",
                        "--seed", "3", "--sample-rate", "16000", "-q", tmp_path=tmp_path,
-                       stdin="Read from standard input.\n".encode())
+                       stdin=b"Read from standard input.\n")
 
     first = tmp_path / "speech.bin"
     done = say(first)

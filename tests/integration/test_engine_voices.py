@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from engine import FORMATS, SynthesisOptions, SynthesisResult, VoiceCatalog, stream, synthesize
-from engine import audio, kokoro_model
+from engine import FORMATS, SynthesisOptions, SynthesisResult, VoiceCatalog, audio, kokoro_model, stream, synthesize
 from engine.exceptions import EmptyTextError, OptionError, UnknownVoiceError
 from engine.synthesis import prepare
 from engine.text import normalize, split_sentences

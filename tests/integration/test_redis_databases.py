@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import redis
-
 from conftest import CLAIM_KEY, ClaimedDatabases, EmbeddedDatabases
 
 pytestmark = pytest.mark.integration

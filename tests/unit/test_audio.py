@@ -257,11 +257,10 @@ def test_bitrate_changes_size() -> None:
 
 @pytest.mark.parametrize("fmt", ["aac", "opus", "mp3"])
 def test_context_manager_aborts_on_exception_and_kills_ffmpeg(fmt: str) -> None:
-    with pytest.raises(RuntimeError, match="boom"):
-        with audio.AudioEncoder(fmt, RATE) as enc:
-            enc.write(tone(0.5))
-            proc = enc._proc
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), audio.AudioEncoder(fmt, RATE) as enc:
+        enc.write(tone(0.5))
+        proc = enc._proc
+        raise RuntimeError("boom")
     assert proc is not None and proc.poll() is not None
     with pytest.raises(EngineError):
         enc.finish()

@@ -129,7 +129,7 @@ def test_unfinished_or_batchless_jobs_are_not_counted(rt):
 
 
 def test_item_meta_from_a_record_and_an_expired_one():
-    values = {name: None for name in _ITEM_FIELDS}
+    values = dict.fromkeys(_ITEM_FIELDS)
     values.update(status=b"failed", name=b"intro", attempts=b"3", error_code=b"retry_exhausted", error=b"boom",
                   characters=b"12", cache_hit=b"0")
     item = ItemMeta.from_fields(4, "j4", [values[n] for n in _ITEM_FIELDS])

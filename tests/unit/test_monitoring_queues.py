@@ -22,9 +22,9 @@ def test_key_mirrors_match_tasks_keys() -> None:
 
 
 def test_priority_names_match_kombu() -> None:
-    assert queues.KOMBU_SEPARATOR == kombu_redis.Channel.sep
+    assert kombu_redis.Channel.sep == queues.KOMBU_SEPARATOR
     assert list(queues.PRIORITY_STEPS) == list(kombu_redis.PRIORITY_STEPS)
-    assert queues.UNACKED_KEY == kombu_redis.Channel.unacked_key
+    assert kombu_redis.Channel.unacked_key == queues.UNACKED_KEY
     assert queues.priority_queue_names("synthesis") == [
         "synthesis", "synthesis\x06\x163", "synthesis\x06\x166", "synthesis\x06\x169"
     ]
