@@ -105,7 +105,7 @@ def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _run_job(service, text: str, voice: str, fmt: str, timeout: float = 900.0):  # type: ignore[no-untyped-def]
-    from tasks.service import parse_job_request
+    from tasks.job_request import parse_job_request
 
     job, _ = service.submit(parse_job_request({"text": text, "voice": voice, "format": fmt, "cache": False}))
     deadline = time.monotonic() + timeout
