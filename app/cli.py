@@ -159,10 +159,7 @@ def cmd_say(args: argparse.Namespace) -> int:
     from settings import get_settings
 
     settings = get_settings()
-    if args.file is not None:
-        text = read_text(args.file)
-    else:
-        text = args.text
+    text = read_text(args.file) if args.file is not None else args.text
     markdown = args.markdown or (args.file not in (None, "-") and Path(args.file).suffix.lower() in _MARKDOWN_SUFFIXES)
     fmt = format_for_output(args.output, args.format, settings.default_format)
     path = _check_writable(args.output)

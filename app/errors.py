@@ -123,5 +123,5 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:
-        log.exception("unhandled error: %s", exc)
+        log.error("unhandled error: %s", exc, exc_info=exc)
         return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")

@@ -19,6 +19,7 @@ or above the one asked for (22050 Hz becomes 24000 Hz for Opus);
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -32,7 +33,7 @@ from functools import lru_cache
 from math import gcd
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 import numpy as np
 import soundfile as sf
@@ -156,9 +157,9 @@ def validate_format(fmt: str) -> AudioFormat:
 
 def validate_sample_rate(rate: int) -> int:
     """Return ``rate`` as an int if it is a whole number of Hz in 8000..48000, else OptionError."""
-    if isinstance(rate, (int, np.integer)) and not isinstance(rate, bool):
-        if MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-            return int(rate)
+    if (isinstance(rate, (int, np.integer)) and not isinstance(rate, bool)
+            and MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE):
+        return int(rate)
     raise OptionError(
         f"invalid sample rate {rate!r}; valid: an integer from {MIN_SAMPLE_RATE} to "
         f"{MAX_SAMPLE_RATE} Hz (e.g. 8000, 16000, 22050, 24000, 44100, 48000)"
@@ -201,7 +202,7 @@ def silence(seconds: float, rate: int) -> np.ndarray:
     """Return ``seconds`` of float32 zeros at ``rate`` Hz."""
     if seconds < 0:
         raise OptionError(f"silence length must be >= 0 seconds, got {seconds}")
-    return np.zeros(int(round(seconds * rate)), dtype=np.float32)
+    return np.zeros(round(seconds * rate), dtype=np.float32)
 
 
 @lru_cache(maxsize=1)
@@ -317,7 +318,8 @@ class AudioEncoder:
                "-ar", str(self.sample_rate), "-ac", "1", "-i", "pipe:0",
                *codec.args, *rate_control, "-f", codec.muxer, *target]
         try:
-            self._stderr = tempfile.TemporaryFile()
+            # ffmpeg writes its stderr here for as long as the encoder lives; _release() closes it.
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - kept open on purpose, see above
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stderr=self._stderr,
                 stdout=subprocess.DEVNULL if codec.seekable_output else subprocess.PIPE)
@@ -341,10 +343,8 @@ class AudioEncoder:
 
     def _ffmpeg_error(self, what: str) -> EncodingError:
         if self._proc is not None:
-            try:  # let a dying ffmpeg finish writing its complaint
+            with contextlib.suppress(subprocess.TimeoutExpired):  # let a dying ffmpeg finish writing its complaint
                 self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
         return EncodingError(f"{self.format.name} encoding failed: {what}: {_stderr_tail(self._stderr)}")
 
     def write(self, chunk: np.ndarray) -> None:
@@ -443,10 +443,8 @@ class AudioEncoder:
                 self._reader.join()  # ffmpeg is gone, so the reader sees EOF
             for pipe in (self._proc.stdin, self._proc.stdout):
                 if pipe is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         pipe.close()
-                    except OSError:
-                        pass
             self._proc = None
         if self._stderr is not None:
             self._stderr.close()
@@ -458,7 +456,7 @@ class AudioEncoder:
             self._finalizer.detach()
             self._finalizer = None
 
-    def __enter__(self) -> AudioEncoder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -528,7 +526,7 @@ def _decode_aac(data: bytes) -> tuple[np.ndarray, int]:
     cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "aac", "-i", "pipe:0",
            "-f", "f32le", "-ac", "1", "pipe:1"]
     try:
-        done = subprocess.run(cmd, input=data, capture_output=True, timeout=_FFMPEG_TIMEOUT)
+        done = subprocess.run(cmd, input=data, capture_output=True, timeout=_FFMPEG_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EncodingError(f"aac decoding failed: {exc}") from exc
     if done.returncode != 0:

@@ -189,10 +189,7 @@ class KokoroBackend(VoiceBackend[str]):
         return self._ja_g2p
 
     def phonemize(self, text: str) -> list[str]:
-        if _CJK.search(text):
-            phonemes = self._japanese_g2p()(text)
-        else:
-            phonemes = self.english_g2p(text)
+        phonemes = self._japanese_g2p()(text) if _CJK.search(text) else self.english_g2p(text)
         return _split_tokens(phonemes, self.model.vocab, MAX_TOKENS - 10)
 
     def ids(self, phonemes: str) -> list[int]:

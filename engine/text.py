@@ -65,9 +65,7 @@ def _is_speakable_char(ch: str) -> bool:
         return True
     if cat.startswith("C"):  # control, format, private use, unassigned
         return False
-    if cat == "So" or cat == "Sk":  # emoji, pictographs, modifier symbols
-        return False
-    return True
+    return cat not in ("So", "Sk")  # not emoji, pictographs, modifier symbols
 
 
 def normalize(text: str, markdown: bool = False) -> str:
@@ -184,9 +182,7 @@ def _ends_sentence(para: str, end: int, next_char: str) -> bool:
     word = para[para.rfind(" ", 0, end) + 1 : end - 1].lstrip("(\"'")
     if word.lower() in _TITLES:
         return False
-    if len(word) == 1 and word.isalpha():  # initials: "J. K. Rowling"
-        return False
-    return True
+    return not (len(word) == 1 and word.isalpha())  # not initials: "J. K. Rowling"
 
 
 def split_sentences(text: str) -> list[str]:

@@ -98,7 +98,8 @@ class _QuietHandler(WSGIRequestHandler):
     """Request lines go to the debug log instead of stderr."""
 
     def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("exporter %s " + format, self.address_string(), *args)
+        if logger.isEnabledFor(logging.DEBUG):  # format only a line that is logged, as before
+            logger.debug("exporter %s %s", self.address_string(), format % args)
 
 
 def serve(

@@ -315,14 +315,14 @@ def markdown(results: Iterable[FamilyResult], meta: dict[str, Any]) -> str:
     """The results as Markdown tables."""
     results = list(results)
     lines = [
-        f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, no GPU; onnxruntime "
-        f"{meta['machine']['onnxruntime']}, numpy {meta['machine']['numpy']}, Python {meta['machine']['python']}; "
-        f"{meta['threads']} onnxruntime thread(s), {meta['repeat']} timed rounds after 1 warm-up, "
-        f"load average at the start {meta['machine']['load_average_1min']}.",
+        (f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, no GPU; onnxruntime "
+         f"{meta['machine']['onnxruntime']}, numpy {meta['machine']['numpy']}, Python {meta['machine']['python']}; "
+         f"{meta['threads']} onnxruntime thread(s), {meta['repeat']} timed rounds after 1 warm-up, "
+         f"load average at the start {meta['machine']['load_average_1min']}."),
         "",
-        "| family | voice | upstream (called directly) | chars | audio s | upstream x RT | ours stream x RT "
-        "| ours wav x RT | ratio stream/upstream | ratio wav/upstream | worst round wav "
-        "| CPU ratio stream | CPU ratio wav |",
+        ("| family | voice | upstream (called directly) | chars | audio s | upstream x RT | ours stream x RT "
+         "| ours wav x RT | ratio stream/upstream | ratio wav/upstream | worst round wav "
+         "| CPU ratio stream | CPU ratio wav |"),
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:

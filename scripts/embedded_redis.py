@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis
 from redis.backoff import NoBackoff
@@ -450,8 +451,9 @@ class EmbeddedRedis:
 
     # --- context manager ------------------------------------------------------------------
 
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(
         self,

@@ -170,8 +170,8 @@ def _urls(settings: Settings, names: Sequence[str], redis_url: str, embedded: bo
     if "flower" in names:
         password = (settings.flower_password if settings.flower_password == DEFAULT_FLOWER_PASSWORD
                     else "<TTS_FLOWER_PASSWORD>")
-        urls.append(("Flower", f"http://127.0.0.1:{settings.flower_port}  "
-                               f"(login {settings.flower_user} / {password})"))
+        urls.append(("Flower", (f"http://127.0.0.1:{settings.flower_port}  "
+                                f"(login {settings.flower_user} / {password})")))
     if "exporter" in names:
         urls.append(("Exporter", f"http://127.0.0.1:{settings.exporter_port}/metrics"))
     where = f"embedded, data in {data_dir}" if embedded else "external, from REDIS_URL"

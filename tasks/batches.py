@@ -607,7 +607,7 @@ class BatchService:
                 pipe.hgetall(keys.batch(member))
                 pipe.scard(keys.batch_running(member))
             results = pipe.execute()
-            for n, (member, score) in enumerate(rows):
+            for n, (member, _score) in enumerate(rows):
                 data, running = results[2 * n], results[2 * n + 1]
                 if data:
                     out.append(Batch.from_redis(member, data, int(running)))

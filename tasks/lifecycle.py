@@ -315,8 +315,8 @@ def dead_letter(rt: Runtime, job: Job, exc_type: str, message: str, trace: str =
     if rt.dlq.add(job, exc_type, message, trace, worker=HOSTNAME):
         rt.metrics.job_failed(job.voice, SYNTHESIS_QUEUE)
         rt.metrics.job_dead_lettered(job.voice, SYNTHESIS_QUEUE)
-        fields = dict(job_id=job.id, error=f"{exc_type}: {message}", attempts=job.attempts,
-                      correlation_id=job.correlation_id, voice=job.voice, batch_id=job.batch_id)
+        fields = {"job_id": job.id, "error": f"{exc_type}: {message}", "attempts": job.attempts,
+                  "correlation_id": job.correlation_id, "voice": job.voice, "batch_id": job.batch_id}
         if code in ("retry_exhausted", "worker_lost"):
             notify("job.retry_exhausted", **fields)
         notify("job.failed", **fields)

@@ -96,7 +96,7 @@ def deliver_webhook(self: Task, url: str, payload: dict[str, Any]) -> int | None
                 event, payload.get("id"), attempt, exc, delay,
             )
             _count(event, "retried")
-            raise self.retry(exc=exc, countdown=delay)
+            raise self.retry(exc=exc, countdown=delay) from exc
         _count(event, "delivered")
         return status
 

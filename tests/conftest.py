@@ -433,10 +433,9 @@ class WorkerProcess:
         cmd = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", self.queues,
                "-c", str(self.concurrency), "-n", self.hostname, "--without-gossip", "--without-mingle",
                "-E", "--loglevel", "INFO"]
-        log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log_file.close()
+        with open(self.log_path, "ab") as log_file:  # the worker has its own copy once started
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         client = redis.Redis.from_url(self.env["REDIS_URL"])
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         try:
@@ -479,10 +478,8 @@ class WorkerProcess:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
             self.kill()
-        try:  # children that outlived the main process
+        with contextlib.suppress(ProcessLookupError):  # children that outlived the main process
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @dataclass

@@ -8,6 +8,7 @@ flight are cancelled, the manifest lists every finished file.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -255,10 +256,9 @@ def _run_all(converter: BulkConverter, sources: list[SourceFile], *, concurrency
         for future in pending:
             future.cancel()
         converter.save_manifest(force=True)
-        try:
+        # A second Ctrl-C stops the waiting; the manifest is already consistent.
+        with contextlib.suppress(KeyboardInterrupt):
             executor.shutdown(wait=True, cancel_futures=True)  # workers notice the stop within ~0.1 s
-        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting; the manifest is already consistent
-            pass
         # Files that finished while we were stopping are still worth recording.
         for future, src in pending.items():
             if future.done() and not future.cancelled() and future.exception() is None:

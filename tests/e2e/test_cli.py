@@ -27,7 +27,7 @@ def run_cli(*args: str, tmp_path: Path, stdin: bytes | None = None, script: bool
     cmd = [str(CONSOLE_SCRIPT)] if script else [sys.executable, "-m", "app.cli"]
     env = {**os.environ, "TTS_MODEL_CACHE_DIR": str(tmp_path / "models"), "TTS_DATA_DIR": str(tmp_path / "var")}
     return subprocess.run([*cmd, *args], cwd=ROOT, env=env, input=stdin if stdin is not None else b"",
-                          capture_output=True, timeout=timeout)
+                          capture_output=True, timeout=timeout, check=False)
 
 
 def assert_user_error(done: subprocess.CompletedProcess[bytes], *needles: str) -> str:

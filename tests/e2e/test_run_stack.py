@@ -5,6 +5,7 @@ temporary Procfile of dummy processes (``sleep``, ``python -c``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -98,10 +99,8 @@ def stacks() -> Iterator[list[Stack]]:
             os.killpg(stack.proc.pid, signal.SIGKILL)
             stack.proc.wait()
         for p in leftovers:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -192,7 +191,7 @@ def test_signal_stops_embedded_redis_and_all_processes(
     assert rc == expected_rc, stack.text()
     _assert_all_gone(stack, snapshot)
     assert (tmp_path / "var" / "redis" / "appendonly.aof").exists()
-    assert "redis-server on port %d stopped" % port in stack.text()  # graceful, AOF flushed
+    assert f"redis-server on port {port} stopped" in stack.text()  # graceful, AOF flushed
 
 
 def test_process_ignoring_sigterm_is_killed(tmp_path: Path, stacks: list[Stack]) -> None:

@@ -98,7 +98,7 @@ def test_bad_input_is_reported_and_the_rest_is_zipped_in_order(stack, corpus):
     assert manifest["complete"] is True and manifest["missing"] == 1 and manifest["total"] == 20
     assert files[10] is None and manifest["items"][10]["error"]["code"] == "empty_text"
     good = [f for f in files if f]
-    assert archive.namelist() == good + ["manifest.json"]  # input order, manifest last
+    assert archive.namelist() == [*good, "manifest.json"]  # input order, manifest last
     assert len({f.lower() for f in good}) == 19
     for name in good:
         assert "/" not in name and "\\" not in name and ".." not in name and not name.startswith(".")

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def run_cli(stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "app.cli", "dlq", *args], env=stack.env, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
 
 
 def test_dlq_commands(make_stack):
@@ -52,7 +52,7 @@ def test_dlq_commands(make_stack):
 def test_dlq_without_redis_says_so():
     env = {"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-m", "app.cli", "dlq", "list"], env=env, capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert "cannot reach Redis" in result.stderr
     assert "Traceback" not in result.stderr

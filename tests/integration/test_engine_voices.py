@@ -331,7 +331,7 @@ def test_missing_user_kokoro_voices_file_is_a_clear_error(tmp_path: Path, model_
     from engine.exceptions import ModelAssetError
 
     catalog = VoiceCatalog(kokoro_voices=tmp_path / "absent.npz", model_cache_dir=model_cache)
-    with pytest.raises(ModelAssetError, match="absent.npz"):
+    with pytest.raises(ModelAssetError, match=r"absent\.npz"):
         catalog.ids()
 
 

@@ -5,6 +5,7 @@ import gc
 import stat
 import subprocess
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +65,14 @@ def test_streaming_chunks_of_different_lengths_with_resampling(fmt: str) -> None
     signal = tone(2.0, src)
     bounds = [0, 1, 3000, 3001, 11025, 20000, 33333, len(signal)]
     with audio.AudioEncoder(fmt, RATE, input_rate=src) as enc:
-        for start, end in zip(bounds, bounds[1:]):
+        for start, end in pairwise(bounds):
             enc.write(signal[start:end])
         enc.write(np.zeros(0, np.float32))
     data = enc.finish()
     assert enc.finish() is data  # idempotent
     assert enc.sample_rate == RATE
     # Each chunk is resampled on its own: ceil(n * 160 / 147) samples per chunk.
-    expected = sum(-(-(end - start) * 160 // 147) for start, end in zip(bounds, bounds[1:]))
+    expected = sum(-(-(end - start) * 160 // 147) for start, end in pairwise(bounds))
     assert enc.samples_written == expected
     assert enc.duration_seconds == pytest.approx(2.0, rel=0.01)
     check_roundtrip(data, fmt, 2.0, RATE)

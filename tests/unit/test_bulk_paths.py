@@ -100,7 +100,7 @@ def test_discover_refuses_missing_inputs_and_other_files(tmp_path: Path) -> None
     with pytest.raises(UsageError, match="match"):
         discover([f"{tmp_path}/*.txt"])
     (tmp_path / "notes.rst").write_text("x")
-    with pytest.raises(UsageError, match=".txt and .md"):
+    with pytest.raises(UsageError, match=r"\.txt and \.md"):
         discover([str(tmp_path / "notes.rst")])
 
 

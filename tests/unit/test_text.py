@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import re
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import pytest
@@ -311,7 +312,7 @@ def test_group_chunks_keeps_order_and_respects_target(corpus: Corpus) -> None:
     assert all(sum(len(c) + 1 for c in g) - 1 <= 2000 for g in groups)
     assert len(groups) == pytest.approx(len(normalised) / 2000, rel=0.3)
     # Greedy: a group plus the next group's first chunk would exceed the target.
-    for group, following in zip(groups, groups[1:]):
+    for group, following in pairwise(groups):
         assert sum(len(c) + 1 for c in group) + len(following[0]) > 2000
 
 
