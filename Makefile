@@ -6,13 +6,16 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up test test-unit test-integration bench lint clean help
+.PHONY: install up test test-unit test-integration bench lint typecheck check clean help
 
 help:
-	@echo "make up       create .venv, install, start redis + worker + api + flower + exporter"
-	@echo "make test     create .venv, install, run the whole test suite"
-	@echo "make install  only create .venv and install the package with the dev extra"
-	@echo "make bench    run the engine benchmark"
+	@echo "make up        create .venv, install, start redis + worker + api + flower + exporter"
+	@echo "make test      create .venv, install, run the whole test suite"
+	@echo "make install   only create .venv and install the package with the dev extra"
+	@echo "make bench     run the engine benchmark"
+	@echo "make lint      ruff check . (the rules are in pyproject.toml)"
+	@echo "make typecheck mypy --strict on engine/ and tasks/, plain mypy on monitoring/ app/ settings.py tts_batch_client/"
+	@echo "make check     lint + typecheck (CI runs both before the tests)"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or set PYTHON=...)"; exit 1; }
@@ -42,6 +45,13 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# engine/ and tasks/ are held to --strict; the rest to setup.cfg's [mypy] sections.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict engine/ tasks/
+	$(VENV)/bin/mypy monitoring/ app/ settings.py tts_batch_client/
+
+check: lint typecheck
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache
