@@ -89,6 +89,11 @@ class Settings:
     #: Fan-out: texts longer than ``chunk_fanout_chars`` (0: never) are split by sentence into
     #: parts of about this many characters, synthesized in parallel and stitched in order.
     fanout_part_chars: int = 1_000
+    #: A running job holds a lease its worker renews every third of this; a lease that
+    #: expires (the worker or its host died) lets the reconciler send the job again.
+    lease_seconds: int = 30
+    #: Seconds between reconciler sweeps (one worker at a time sweeps, under a Redis lock).
+    reconcile_interval: int = 10
     #: Longest concatenated batch audio (``concatenate``) the API builds, in seconds.
     batch_concat_max_seconds: int = 4 * 3600
 
@@ -234,6 +239,10 @@ def child_environment(inherit_settings: bool = True, **overrides: str) -> dict[s
     """The environment for a child process (worker, API, benchmark run): this process's
     environment, without the ``TTS_*``/``REDIS_URL`` settings unless ``inherit_settings``,
     plus ``overrides``. The one other place, besides :func:`load_settings`, that reads it."""
+    if settings.lease_seconds < 3:
+        raise SettingsError("TTS_LEASE_SECONDS must be at least 3 (the lease is renewed every third of it)")
+    if settings.reconcile_interval < 1:
+        raise SettingsError("TTS_RECONCILE_INTERVAL must be at least 1 second")
     env = {k: v for k, v in os.environ.items()
            if inherit_settings or not (k.startswith("TTS_") or k == "REDIS_URL")}
     env.update(overrides)

@@ -20,7 +20,7 @@ from engine.synthesis import SynthesisOptions
 
 from . import keys
 from .exceptions import JobNotFound
-from .redis_values import HashMapping, as_bytes, decode_hash, scored_members, text
+from .redis_values import HashMapping, as_bytes, decode_hash, scored_members, text, text_or_none
 from .status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,8 @@ class JobStore:
         if audio is not None:
             pipe.set(keys.job_audio(job.id), audio, ex=self.ttl)
         pipe.zadd(keys.JOBS_INDEX, {job.id: job_score(job.created_at)})
+        if not job.status.finished:
+            pipe.zadd(keys.ACTIVE_JOBS, {job.id: job_score(job.created_at)})
         pipe.zremrangebyscore(keys.JOBS_INDEX, 0, job_score(now() - self.ttl))
         pipe.execute()
         return job
@@ -218,6 +220,9 @@ class JobStore:
                 pipe.hset(keys.job(job.id), mapping=job.to_redis())
                 pipe.expire(keys.job(job.id), self.ttl)
             pipe.zadd(keys.JOBS_INDEX, {job.id: job_score(job.created_at) for job in chunk})
+            active = {job.id: job_score(job.created_at) for job in chunk if not job.status.finished}
+            if active:
+                pipe.zadd(keys.ACTIVE_JOBS, active)
             pipe.execute()
         if jobs:
             self.redis.zremrangebyscore(keys.JOBS_INDEX, 0, job_score(now() - self.ttl))
@@ -227,6 +232,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(keys.job(job_id))
         pipe.zrem(keys.JOBS_INDEX, job_id)
+        pipe.zrem(keys.ACTIVE_JOBS, job_id)
         pipe.execute()
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -273,15 +279,24 @@ class JobStore:
         pipe.expire(keys.job_history(job_id), self.ttl)
         pipe.execute()
 
-    def transition(self, job_id: str, expected: set[JobStatus], **changes: Any) -> bool:
-        """Apply ``changes`` only if the job's status is one of ``expected`` (optimistic lock)."""
+    def transition(self, job_id: str, expected: set[JobStatus], *, task_id_is: str | None = None,
+                   **changes: Any) -> bool:
+        """Apply ``changes`` only if the job's status is one of ``expected`` (optimistic lock).
+
+        ``task_id_is``: also require that the record still names this delivery (the
+        reconciler's guard against a worker that picked the job up meanwhile). A job that
+        reaches a final status leaves the index of unfinished jobs in the same transaction.
+        """
         key = keys.job(job_id)
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(key)
-                    status = pipe.hget(key, "status")
+                    status, current_task = pipe.hmget(key, ["status", "task_id"])
                     if status is None or JobStatus(text(status)) not in expected:
+                        pipe.unwatch()
+                        return False
+                    if task_id_is is not None and text_or_none(current_task) != task_id_is:
                         pipe.unwatch()
                         return False
                     pipe.multi()
@@ -299,6 +314,11 @@ class JobStore:
                     if dels:
                         pipe.hdel(key, *dels)
                     pipe.expire(key, self.ttl)
+                    new_status = changes.get("status")
+                    if new_status is not None and JobStatus(new_status).finished:
+                        pipe.zrem(keys.ACTIVE_JOBS, job_id)
+                    elif new_status is not None:  # unfinished again (a replay) or still: keep it indexed
+                        pipe.zadd(keys.ACTIVE_JOBS, {job_id: job_score(now())}, nx=True)
                     pipe.execute()
                     return True
                 except redis.WatchError:

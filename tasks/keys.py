@@ -22,6 +22,10 @@ key                             what
 ``tts:job:{id}:part:{n}``       string: part n's audio (PCM or an encoded segment), until stitched
 ``tts:job:{id}:parts:done``     set: part numbers whose audio is stored
 ``tts:batches``                 sorted set: batch ids by creation time
+``tts:lease:{id}``              string: the running attempt's lease (task id, host, pid), renewed while it runs
+``tts:jobs:active``             sorted set: unfinished job ids by creation time, for the reconciler
+``tts:reconcile:lock``          string: held by the worker sweeping this interval
+``tts:reconcile:suspects``      hash: queued job id -> task id seen without a message at the last sweep
 ``tts:metrics:*``               counters, histograms and history samples (monitoring/)
 ==============================  ======================================================
 """
@@ -35,6 +39,9 @@ AUDIO_BYTES = PREFIX + "audio:bytes"
 DLQ_INDEX = PREFIX + "dlq"
 BATCHES_INDEX = PREFIX + "batches"
 METRICS_PREFIX = PREFIX + "metrics:"
+ACTIVE_JOBS = PREFIX + "jobs:active"
+RECONCILE_LOCK = PREFIX + "reconcile:lock"
+RECONCILE_SUSPECTS = PREFIX + "reconcile:suspects"
 
 
 def job(job_id: str) -> str:
@@ -100,3 +107,8 @@ def job_part(job_id: str, index: int) -> str:
 def job_parts_done(job_id: str) -> str:
     """The set of a fanned-out job's part numbers whose audio is stored."""
     return f"{PREFIX}job:{job_id}:parts:done"
+
+
+def lease(job_id: str) -> str:
+    """The lease of a job's running attempt."""
+    return f"{PREFIX}lease:{job_id}"

@@ -32,12 +32,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import traceback as tb
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import kombu.exceptions
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 import engine
@@ -49,6 +51,7 @@ from . import keys
 from .celery_app import SYNTHESIS_QUEUE
 from .exceptions import JobNotFound
 from .job import Job, now
+from .lease import HOSTNAME, Lease
 from .publish import SYNTHESIZE_PART_TASK, enqueue, send_tasks
 from .retry import is_transient
 from .runtime import Runtime
@@ -75,8 +78,9 @@ __all__ = [
     "succeed",
 ]
 
-HOSTNAME = socket.gethostname()
 UNFINISHED = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+#: What Redis (job store or broker) raises when it is unreachable or fails mid-command.
+BROKER_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, kombu.exceptions.OperationalError)
 
 #: Called with the job when an attempt starts.
 StartedHook = Callable[[Runtime, Job], None]
@@ -154,42 +158,92 @@ def inject_fault(rt: Runtime, job: Job, attempt: int) -> None:
 
 @dataclass
 class Attempt:
-    """One delivery of a job to a worker that got as far as running."""
+    """One delivery of a job to a worker that got as far as running, with its lease."""
 
     job: Job
     number: int
     started_at: float
+    lease: Lease
 
 
 def begin_attempt(rt: Runtime, job: Job, task_id: str | None) -> Attempt | None:
-    """Count this delivery and mark the job running; None when there is nothing to do.
+    """Take the job's lease, count this delivery and mark the job running; None when there is nothing to do.
 
-    Nothing to do: the job already finished (a redelivery), it used up its attempts
-    on deliveries that never reported back (dead-lettered here as ``worker_lost``), or
-    another transition won the race (cancelled meanwhile).
+    Nothing to do: the job already finished (a redelivery); the message is a stale
+    delivery (the record names a newer one: the job was sent again after its worker
+    was lost, or retried); a live attempt holds the lease (a duplicate delivery of the
+    same message); the job used up its attempts on deliveries that never reported
+    back (dead-lettered here as ``worker_lost``); or another transition won the race
+    (cancelled meanwhile). The caller keeps the lease alive while it works and
+    releases it at the end (:meth:`Lease.kept_alive`, :meth:`Lease.release`).
     """
     if job.status.finished:
         log.info("job %s is already %s; nothing to do", job.id, job.status.value)
         return None
-    number = rt.jobs.incr_attempts(job.id)
-    job.attempts = number
-    if number > job.max_attempts:
-        # Earlier deliveries started but never reported back: the worker died under them.
-        rt.jobs.add_history(job.id, {"attempt": number - 1, "error": "WorkerLostError", "at": now()})
-        dead_letter(rt, job, "WorkerLostError", f"the worker was lost during {number - 1} attempts",
-                    code="worker_lost")
+    if task_id and job.task_id and task_id != job.task_id:
+        log.info("job %s: delivery %s is stale (the job was sent again as %s); dropped", job.id, task_id,
+                 job.task_id)
         return None
-    started = now()
-    if not rt.jobs.transition(job.id, set(UNFINISHED), status=JobStatus.RUNNING, started_at=started,
-                              worker=HOSTNAME, next_retry_at=None, task_id=task_id):
+    lease = Lease(rt.redis, job.id, task_id or "", rt.settings.lease_seconds)
+    if not lease.acquire():
+        log.info("job %s is held by a live attempt; duplicate delivery %s dropped", job.id, task_id)
         return None
+    try:
+        number = rt.jobs.incr_attempts(job.id)
+        job.attempts = number
+        if number > job.max_attempts:
+            # Earlier deliveries started but never reported back: the worker died under them.
+            rt.jobs.add_history(job.id, {"attempt": number - 1, "error": "WorkerLostError", "at": now()})
+            dead_letter(rt, job, "WorkerLostError", f"the worker was lost during {number - 1} attempts",
+                        code="worker_lost")
+            lease.release()
+            return None
+        started = now()
+        if not rt.jobs.transition(job.id, set(UNFINISHED), status=JobStatus.RUNNING, started_at=started,
+                                  worker=HOSTNAME, next_retry_at=None, task_id=task_id):
+            lease.release()
+            return None
+    except BaseException:
+        lease.release()
+        raise
     job.status, job.started_at = JobStatus.RUNNING, started
     wait = started - (job.queued_at or job.created_at)
-    rt.metrics.job_started(job.voice, SYNTHESIS_QUEUE, max(0.0, wait))
+    _bookkeeping("job_started", rt.metrics.job_started, job.voice, SYNTHESIS_QUEUE, max(0.0, wait))
     _started(rt, job)
     log.info("job %s attempt %d/%d started", job.id, number, job.max_attempts,
              extra={"attempt": number, "queue_wait_seconds": round(wait, 3)})
-    return Attempt(job=job, number=number, started_at=started)
+    return Attempt(job=job, number=number, started_at=started, lease=lease)
+
+
+def _bookkeeping(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Metrics and alerts never fail a job: a Redis error here is logged, not raised."""
+    try:
+        call(*args, **kwargs)
+    except BROKER_ERRORS as exc:
+        log.warning("could not record %s: %s", what, exc)
+
+
+def send_again(rt: Runtime, job_id: str, expected: set[JobStatus], seen_task_id: str | None, reason: str,
+               countdown: float | None = None, **changes: Any) -> str | None:
+    """Send a job again as a new delivery; returns its task id, or None when the job moved on meanwhile.
+
+    The record's status becomes ``queued`` and its ``task_id`` the new delivery's, in
+    one guarded transition (status in ``expected`` and task id still ``seen_task_id``);
+    only then is the message published, so any older delivery still in the broker is
+    recognised as stale and dropped. If the publish fails the record already says
+    queued, and the reconciler sends it again on a later sweep.
+    """
+    task_id = uuid.uuid4().hex
+    queued_at = now() + (countdown or 0.0)
+    fields: dict[str, Any] = {"queued_at": queued_at, "next_retry_at": queued_at if countdown else None,
+                              **changes}
+    if not rt.jobs.transition(job_id, expected, task_id_is=seen_task_id, status=JobStatus.QUEUED, task_id=task_id,
+                              **fields):
+        return None
+    job = rt.jobs.get(job_id)
+    enqueue(rt, job, countdown=countdown, task_id=task_id)
+    log.info("job %s sent again as %s (%s)", job_id, task_id, reason)
+    return task_id
 
 
 # --- success ------------------------------------------------------------------------------------
@@ -214,8 +268,8 @@ def succeed(rt: Runtime, job: Job, result: engine.SynthesisResult, started: floa
                                  "outcome": "succeeded", "worker": HOSTNAME})
     if changed:
         job.status, job.finished_at, job.duration = JobStatus.SUCCEEDED, finished_at, duration
-        rt.metrics.job_succeeded(job.voice, SYNTHESIS_QUEUE, result.synthesis_seconds, finished_at - job.created_at,
-                                 result.characters, result.duration)
+        _bookkeeping("job_succeeded", rt.metrics.job_succeeded, job.voice, SYNTHESIS_QUEUE,
+                     result.synthesis_seconds, finished_at - job.created_at, result.characters, result.duration)
         log.info("job %s succeeded: %.1fs of audio in %.2fs", job.id, result.duration, result.synthesis_seconds,
                  extra={"audio_seconds": round(result.duration, 3),
                         "synthesis_seconds": round(result.synthesis_seconds, 3),
@@ -281,13 +335,14 @@ def fail_or_retry(task: Any, rt: Runtime, job: Job, exc: Exception, attempt: int
         delay = policy.delay_seconds(attempt)
         history["retry_in"] = round(delay, 4)
         rt.jobs.add_history(job.id, history)
-        if requeue_job:
-            rt.jobs.transition(job.id, {JobStatus.RUNNING}, status=JobStatus.QUEUED, queued_at=failed_at + delay,
-                               next_retry_at=failed_at + delay, error=failure.message, error_type=failure.error_type,
-                               error_code=failure.code or "transient_error")
-        rt.metrics.job_retried(job.voice, SYNTHESIS_QUEUE)
+        _bookkeeping("job_retried", rt.metrics.job_retried, job.voice, SYNTHESIS_QUEUE)
         log.warning("%s attempt %d failed (%s: %s); retrying in %.3fs", what, attempt, failure.error_type,
                     failure.message, delay)
+        if requeue_job:  # a new delivery with a countdown; this message is done with
+            send_again(rt, job.id, {JobStatus.RUNNING}, job.task_id, f"retry after attempt {attempt}", delay,
+                       error=failure.message, error_type=failure.error_type,
+                       error_code=failure.code or "transient_error")
+            return {"job_id": job.id, "status": "retrying"}
         _retry(task, failure.exc, delay)
     rt.jobs.add_history(job.id, history)
     log.error("%s failed for good after %d attempt(s): %s: %s", what, attempt, failure.error_type, failure.message)
@@ -313,13 +368,13 @@ def dead_letter(rt: Runtime, job: Job, exc_type: str, message: str, trace: str =
         return
     job = rt.jobs.get(job.id)
     if rt.dlq.add(job, exc_type, message, trace, worker=HOSTNAME):
-        rt.metrics.job_failed(job.voice, SYNTHESIS_QUEUE)
-        rt.metrics.job_dead_lettered(job.voice, SYNTHESIS_QUEUE)
+        _bookkeeping("job_failed", rt.metrics.job_failed, job.voice, SYNTHESIS_QUEUE)
+        _bookkeeping("job_dead_lettered", rt.metrics.job_dead_lettered, job.voice, SYNTHESIS_QUEUE)
         fields = {"job_id": job.id, "error": f"{exc_type}: {message}", "attempts": job.attempts,
                   "correlation_id": job.correlation_id, "voice": job.voice, "batch_id": job.batch_id}
         if code in ("retry_exhausted", "worker_lost"):
-            notify("job.retry_exhausted", **fields)
-        notify("job.failed", **fields)
+            _bookkeeping("the job.retry_exhausted alert", notify, "job.retry_exhausted", **fields)
+        _bookkeeping("the job.failed alert", notify, "job.failed", **fields)
     finished(rt, [job])
 
 
@@ -343,7 +398,8 @@ def cancel_jobs(rt: Runtime, jobs: Sequence[Job]) -> list[Job]:
     for job in cancelled:
         per_voice[job.voice] = per_voice.get(job.voice, 0) + 1
     for voice, count in per_voice.items():
-        rt.metrics.count(JOBS_CANCELLED, float(count), voice=voice, queue=SYNTHESIS_QUEUE)
+        _bookkeeping("jobs_cancelled", rt.metrics.count, JOBS_CANCELLED, float(count), voice=voice,
+                     queue=SYNTHESIS_QUEUE)
     by_batch: dict[str | None, list[Job]] = {}
     for job in cancelled:
         by_batch.setdefault(job.batch_id, []).append(job)
@@ -379,12 +435,10 @@ def retry_after_time_limit(rt: Runtime, job_id: str, exception: BaseException, p
             return
         delay = rt.retry_policy.delay_seconds(max(1, attempts))
         if part is None:
-            rt.jobs.transition(job_id, set(UNFINISHED), status=JobStatus.QUEUED, queued_at=now() + delay,
-                               next_retry_at=now() + delay, error=message, error_type=error_type,
-                               error_code="time_limit")
-            enqueue(rt, job, countdown=delay)
+            send_again(rt, job_id, set(UNFINISHED), job.task_id, f"after {error_type}", delay, error=message,
+                       error_type=error_type, error_code="time_limit")
         else:
             send_tasks(rt, SYNTHESIZE_PART_TASK, [([job_id, part], delay)], job.correlation_id)
-        rt.metrics.job_retried(job.voice, SYNTHESIS_QUEUE)
+        _bookkeeping("job_retried", rt.metrics.job_retried, job.voice, SYNTHESIS_QUEUE)
         log.warning("job %s%s hit %s; retrying in %.3fs", job_id, f" part {part}" if part is not None else "",
                     error_type, delay)

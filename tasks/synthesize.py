@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery.exceptions import Reject
+
 import engine
 from engine.synthesis import AudioChunk
 
@@ -42,19 +44,38 @@ def run_job(rt: Runtime, job: Job) -> engine.SynthesisResult:
 
 @celery_app.task(bind=True, name=SYNTHESIZE_TASK, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def synthesize_job(self: Any, job_id: str) -> dict[str, Any] | None:
-    """Synthesize one job by id."""
+    """Synthesize one job by id.
+
+    A Redis error anywhere in the lifecycle (loading the job, counting the attempt,
+    storing audio, updating the batch) gives the message back to the broker instead of
+    letting Celery acknowledge a job that is not final; if the broker cannot take it
+    back either, the job's lease expires and the reconciler sends it again.
+    """
     rt = get_runtime()
-    job = lifecycle.load_task_job(rt, job_id, "its task")
-    if job is None:
-        return None
-    with lifecycle.bind_task(self, job):
-        return _synthesize(self, rt, job)
+    try:
+        job = lifecycle.load_task_job(rt, job_id, "its task")
+        if job is None:
+            return None
+        with lifecycle.bind_task(self, job):
+            return _synthesize(self, rt, job)
+    except lifecycle.BROKER_ERRORS as exc:
+        log.warning("job %s: Redis failed (%s: %s); its message goes back to the queue", job_id,
+                    type(exc).__name__, exc)
+        raise Reject(exc, requeue=True) from exc
 
 
 def _synthesize(task: Any, rt: Runtime, job: Job) -> dict[str, Any] | None:
     attempt = lifecycle.begin_attempt(rt, job, task.request.id)
     if attempt is None:
         return None
+    try:
+        with attempt.lease.kept_alive():
+            return _run_attempt(task, rt, job, attempt)
+    finally:
+        attempt.lease.release()
+
+
+def _run_attempt(task: Any, rt: Runtime, job: Job, attempt: lifecycle.Attempt) -> dict[str, Any] | None:
     try:
         lifecycle.inject_fault(rt, job, attempt.number)
         if should_fan_out(rt, job):  # a long text: parts on every worker, stitched by the last one
@@ -63,6 +84,8 @@ def _synthesize(task: Any, rt: Runtime, job: Job) -> dict[str, Any] | None:
     except lifecycle.JobCancelled:
         log.info("job %s was cancelled while running", job.id)
         return None
+    except lifecycle.BROKER_ERRORS:
+        raise  # not the attempt's fault: the message goes back (see synthesize_job)
     except Exception as exc:  # noqa: BLE001 - every failure is classified by the lifecycle
         return lifecycle.fail_or_retry(task, rt, job, exc, attempt.number, {"started_at": attempt.started_at})
     return lifecycle.succeed(rt, job, result, attempt.started_at)

@@ -26,12 +26,14 @@ from settings import get_settings
 
 from . import lifecycle
 from .publish import SYNTHESIZE_PART_TASK, SYNTHESIZE_TASK
+from .reconciler import start_reconciler
 from .runtime import get_runtime, reset_runtime
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 10.0
 _heartbeat_stop = threading.Event()
+_reconciler_stop: list[threading.Event] = []
 
 _Receiver = TypeVar("_Receiver", bound=Callable[..., None])
 
@@ -103,11 +105,15 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
             _heartbeat_stop.wait(HEARTBEAT_SECONDS)
 
     threading.Thread(target=beat, name="tts-heartbeat", daemon=True).start()
+    # Every worker's main process sweeps for lost jobs; a Redis lock lets one sweep per interval.
+    _reconciler_stop.append(start_reconciler(get_runtime(), holder=hostname))
 
 
 @_receiver(signals.worker_shutdown)
 def _stop_heartbeat(**_: Any) -> None:
     _heartbeat_stop.set()
+    for stop in _reconciler_stop:
+        stop.set()
     if "name" in _hostname:
         try:
             WorkerRegistry(get_runtime().redis).remove(_hostname["name"])

@@ -1,11 +1,15 @@
 """The job lifecycle on fakeredis: the guarded transition, attempts, dead-lettering, retries and hooks."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import fakeredis
 import pytest
 from celery.exceptions import Retry, SoftTimeLimitExceeded
+from test_job_service import drain, memory_app  # the in-memory broker helpers
 
 from engine.exceptions import (
     EncodingError,
@@ -14,7 +18,7 @@ from engine.exceptions import (
     UnknownVoiceError,
 )
 from settings import Settings
-from tasks import keys, lifecycle, webhooks
+from tasks import keys, lease, lifecycle, webhooks
 from tasks.exceptions import JobNotFound
 from tasks.job import Job, JobStore, now
 from tasks.lifecycle import HOSTNAME, begin_attempt, dead_letter, fail_or_retry
@@ -30,6 +34,8 @@ def rt() -> Runtime:
     runtime = Runtime(Settings(redis_url="redis://fake/0", retry_jitter=False, max_attempts=3, base_delay_ms=100,
                                max_delay_ms=5000, exponential_base=2.0))
     runtime.redis = fakeredis.FakeRedis()  # the cached property, set before first use
+    runtime.celery = memory_app("test-lifecycle")  # retries are published: read back with drain()
+    drain(runtime.celery)
     return runtime
 
 
@@ -159,12 +165,14 @@ def test_begin_attempt_counts_the_attempt_and_marks_the_job_running(rt, hooks):
 
 
 def test_begin_attempt_dead_letters_with_worker_lost_past_max_attempts(rt, hooks, alerts):
-    job = make_job(rt)
-    # three deliveries that started and never reported back (the worker died under each)
+    job = make_job(rt, task_id="task-1")
+    # three deliveries of the same message that started and never reported back: the
+    # worker died under each, and its lease expired before the message came back
     for expected in (1, 2, 3):
-        attempt = begin_attempt(rt, rt.jobs.get(job.id), f"task-{expected}")
+        attempt = begin_attempt(rt, rt.jobs.get(job.id), "task-1")
         assert attempt is not None and attempt.number == expected
-    assert begin_attempt(rt, rt.jobs.get(job.id), "task-4") is None
+        rt.redis.delete(keys.lease(job.id))  # what the lease's TTL does once nobody renews it
+    assert begin_attempt(rt, rt.jobs.get(job.id), "task-1") is None
 
     stored = rt.jobs.get(job.id)
     assert stored.status is JobStatus.FAILED
@@ -179,6 +187,61 @@ def test_begin_attempt_dead_letters_with_worker_lost_past_max_attempts(rt, hooks
     assert alerts[1][1]["job_id"] == job.id and alerts[1][1]["correlation_id"] == "corr-1"
     assert hooks["finished"] == [[(job.id, JobStatus.FAILED)]]
     assert len(hooks["started"]) == 3
+    assert rt.redis.get(keys.lease(job.id)) is None  # the dead-lettering delivery let its lease go
+
+
+def test_begin_attempt_takes_the_lease_and_a_duplicate_delivery_is_dropped(rt, hooks):
+    job = make_job(rt, task_id="task-1")
+    attempt = begin_attempt(rt, rt.jobs.get(job.id), "task-1")
+    assert attempt is not None
+    holder = lease.holder(rt.redis, job.id)
+    assert holder == lease.LeaseHolder(task_id="task-1", host=HOSTNAME, pid=os.getpid())
+    assert 0 < rt.redis.pttl(keys.lease(job.id)) <= rt.settings.lease_seconds * 1000
+    # kombu hands the same message to another worker while this attempt lives: dropped, not counted
+    assert begin_attempt(rt, rt.jobs.get(job.id), "task-1") is None
+    assert rt.jobs.get(job.id).attempts == 1
+    attempt.lease.release()
+    assert rt.redis.get(keys.lease(job.id)) is None
+
+
+def test_a_stale_delivery_of_an_earlier_series_is_dropped(rt, hooks):
+    job = make_job(rt, task_id="task-new")  # the job was sent again (replay, retry, reconciler) as task-new
+    assert begin_attempt(rt, rt.jobs.get(job.id), "task-old") is None
+    stored = rt.jobs.get(job.id)
+    assert (stored.status, stored.attempts, stored.task_id) == (JobStatus.QUEUED, 0, "task-new")
+    assert rt.redis.get(keys.lease(job.id)) is None
+    assert hooks["started"] == []
+
+
+def test_the_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(rt, hooks):
+    job = make_job(rt, task_id="task-1")
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    dead_pid = int(child.stdout)  # that process has exited: a SIGKILLed pool child looks the same
+    rt.redis.set(keys.lease(job.id), lease.LeaseHolder("task-1", HOSTNAME, dead_pid).value(), px=30_000)
+    attempt = begin_attempt(rt, rt.jobs.get(job.id), "task-1")
+    assert attempt is not None and attempt.number == 1
+    assert lease.holder(rt.redis, job.id) == lease.LeaseHolder("task-1", HOSTNAME, os.getpid())
+
+
+def test_the_lease_of_another_host_is_respected_until_it_expires(rt, hooks):
+    job = make_job(rt, task_id="task-1")
+    rt.redis.set(keys.lease(job.id), lease.LeaseHolder("task-1", "other-host", 1).value(), px=30_000)
+    assert begin_attempt(rt, rt.jobs.get(job.id), "task-1") is None
+    rt.redis.delete(keys.lease(job.id))
+    assert begin_attempt(rt, rt.jobs.get(job.id), "task-1") is not None
+
+
+def test_a_kept_alive_lease_is_renewed_and_a_lost_one_is_not_touched(rt):
+    job = make_job(rt, task_id="task-1")
+    held = lease.Lease(rt.redis, job.id, "task-1", ttl=3)
+    assert held.acquire()
+    rt.redis.pexpire(keys.lease(job.id), 1500)
+    assert held.renew() and rt.redis.pttl(keys.lease(job.id)) > 2000
+    rt.redis.set(keys.lease(job.id), "someone-else")
+    assert not held.renew()
+    held.release()
+    assert rt.redis.get(keys.lease(job.id)) == b"someone-else"
 
 
 def test_begin_attempt_on_a_finished_job_does_nothing(rt, hooks):
@@ -270,22 +333,25 @@ def test_a_permanent_failure_names_its_subject(rt, alerts):
 
 
 @pytest.mark.parametrize("attempt", [1, 2])
-def test_a_transient_error_is_retried_with_the_policy_delay(rt, hooks, alerts, attempt):
-    job = make_job(rt, JobStatus.RUNNING, attempts=attempt, started_at=now())
+def test_a_transient_error_is_retried_as_a_new_delivery_after_the_policy_delay(rt, hooks, alerts, attempt):
+    job = make_job(rt, JobStatus.RUNNING, attempts=attempt, started_at=now(), task_id="task-1")
     exc = SynthesisRuntimeError("onnxruntime hiccup")
     before = now()
-    task, raised = run_failure(rt, job, exc, attempt)
+    task, outcome = run_failure(rt, job, exc, attempt)
 
     expected = rt.retry_policy.delay_seconds(attempt)
     assert expected == pytest.approx(0.1 * 2 ** (attempt - 1))  # jitter is off in these settings
-    assert isinstance(raised, Retry) and raised.when == expected
-    assert task.calls == [{"countdown": expected, "exc": exc, "max_retries": None}]
+    assert outcome == {"job_id": job.id, "status": "retrying"}
+    assert task.calls == []  # not Celery's retry: a new message with its own id
     stored = rt.jobs.get(job.id)
     assert stored.status is JobStatus.QUEUED  # waiting for its retry
     assert stored.next_retry_at == pytest.approx(stored.queued_at)
     assert before + expected <= stored.next_retry_at <= now() + expected
     assert (stored.error, stored.error_type, stored.error_code) == (
         "onnxruntime hiccup", "SynthesisRuntimeError", "synthesis_failed")
+    (message,) = drain(rt.celery)
+    assert message["id"] == stored.task_id != "task-1" and message["args"] == [job.id]
+    assert message["eta"] is not None  # the countdown travels with the message
     (entry,) = rt.jobs.history(job.id)
     assert entry["retry_in"] == round(expected, 4) and entry["attempt"] == attempt
     assert len(rt.dlq) == 0 and alerts == [] and hooks["finished"] == []
@@ -293,18 +359,20 @@ def test_a_transient_error_is_retried_with_the_policy_delay(rt, hooks, alerts, a
 
 def test_a_transient_error_without_a_code_is_transient_error(rt):
     job = make_job(rt, JobStatus.RUNNING, attempts=1)
-    _, raised = run_failure(rt, job, ConnectionResetError("reset"), 1)
-    assert isinstance(raised, Retry)
+    _, outcome = run_failure(rt, job, ConnectionResetError("reset"), 1)
+    assert outcome["status"] == "retrying"
     assert rt.jobs.get(job.id).error_code == "transient_error"
+    assert len(drain(rt.celery)) == 1
 
 
 def test_a_soft_time_limit_is_retried_as_a_runtime_error(rt):
     job = make_job(rt, JobStatus.RUNNING, attempts=1)
-    task, raised = run_failure(rt, job, SoftTimeLimitExceeded(), 1)
-    assert isinstance(raised, Retry)
-    assert isinstance(task.calls[0]["exc"], SynthesisRuntimeError)
-    assert "soft time limit of 600s" in str(task.calls[0]["exc"])
-    assert task.calls[0]["countdown"] == pytest.approx(0.1)
+    _, outcome = run_failure(rt, job, SoftTimeLimitExceeded(), 1)
+    assert outcome["status"] == "retrying"
+    stored = rt.jobs.get(job.id)
+    assert stored.error_type == "SynthesisRuntimeError" and "soft time limit of 600s" in (stored.error or "")
+    assert rt.jobs.history(job.id)[0]["retry_in"] == pytest.approx(0.1)
+    assert len(drain(rt.celery)) == 1
 
 
 def test_a_retry_that_does_not_requeue_leaves_the_job_running(rt):
@@ -338,14 +406,17 @@ def test_a_failure_of_a_job_cancelled_meanwhile_changes_nothing(rt, hooks, alert
 def test_with_jitter_on_the_countdown_stays_within_the_cap():
     runtime = Runtime(Settings(redis_url="redis://fake/0", retry_jitter=True, base_delay_ms=100))
     runtime.redis = fakeredis.FakeRedis()
-    countdowns = []
+    runtime.celery = memory_app("test-lifecycle-jitter")
+    drain(runtime.celery)
+    delays = []
     for i in range(30):
         job = make_job(runtime, JobStatus.RUNNING, attempts=2, id=f"jit-{i}")
-        task, raised = run_failure(runtime, job, SynthesisRuntimeError("x"), 2)
-        assert isinstance(raised, Retry)
-        countdowns.append(task.calls[0]["countdown"])
-    assert all(0.0 <= c <= 0.2 for c in countdowns)
-    assert len(set(countdowns)) > 1
+        _, outcome = run_failure(runtime, job, SynthesisRuntimeError("x"), 2)
+        assert outcome["status"] == "retrying"
+        delays.append(runtime.jobs.history(job.id)[0]["retry_in"])
+    assert len(drain(runtime.celery)) == 30
+    assert all(0.0 <= d <= 0.2 for d in delays)
+    assert len(set(delays)) > 1
 
 
 # --- hooks ---------------------------------------------------------------------------------------
