@@ -418,9 +418,9 @@ class BatchService:
         batch_id = uuid.uuid4().hex
         claims = self.jobs.idempotency
         if idempotency_key:
-            existing = claims.claim(ResourceKind.BATCH, idempotency_key, batch_id, request.fingerprint())
-            if existing is not None:
-                return self.get(existing), [], False
+            earlier = self._claim(idempotency_key, batch_id, request)
+            if earlier is not None:
+                return earlier, [], False
         try:
             batch, rejected = self._create(request, batch_id, correlation_id)
         except BaseException:
@@ -428,6 +428,19 @@ class BatchService:
                 claims.release(ResourceKind.BATCH, idempotency_key, batch_id)
             raise
         return batch, rejected, True
+
+    def _claim(self, key: str, batch_id: str, request: BatchRequest) -> Batch | None:
+        """Claim ``key`` for a new batch; the earlier batch when a stored one holds it."""
+        claims, fingerprint = self.jobs.idempotency, request.fingerprint()
+        while True:
+            existing = claims.claim(ResourceKind.BATCH, key, batch_id, fingerprint)
+            if existing is None:
+                return None
+            try:
+                return self.get(existing)
+            except BatchNotFound:  # claimed by a submit that died before storing its batch
+                if claims.take_over(ResourceKind.BATCH, key, existing, batch_id, fingerprint):
+                    return None
 
     def _create(self, request: BatchRequest, batch_id: str,
                 correlation_id: str | None) -> tuple[Batch, list[Rejection]]:

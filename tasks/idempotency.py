@@ -10,7 +10,9 @@ batches) holding the resource id and a fingerprint of the request body, kept for
 * a retry with the same body finds the claim and gets the earlier resource;
 * the same key with a different body is refused (:class:`IdempotencyConflict`);
 * a submit that fails before anything was accepted releases its claim, so the
-  client's retry with the same key is served at once instead of pointing at nothing.
+  client's retry with the same key is served at once instead of pointing at nothing;
+* a claim whose resource was never stored (the API process died between the claim
+  and the record) is taken over by the next submit with that key and body.
 """
 from __future__ import annotations
 
@@ -67,6 +69,28 @@ class IdempotencyKeys:
             if stored.get("fingerprint") != fingerprint:
                 raise IdempotencyConflict(key, str(stored.get(field, "?")), kind=kind.value)
             return str(stored[field])
+
+    def take_over(self, kind: ResourceKind, key: str, stale_id: str, resource_id: str, fingerprint: str) -> bool:
+        """Point a claim whose resource was never stored (a submit that died after claiming) at a new one.
+
+        Compare-and-set: only a claim that still names ``stale_id`` moves; False when
+        another submit moved it first (the caller then claims again and gets that one).
+        """
+        name, field = self._redis_key(kind, key), self._id_field(kind)
+        value = json.dumps({field: resource_id, "fingerprint": fingerprint})
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(name)
+                raw = pipe.get(name)
+                if raw is None or json.loads(raw).get(field) != stale_id:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.set(name, value, ex=self.ttl)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
 
     def release(self, kind: ResourceKind, key: str, resource_id: str) -> None:
         """Give up a claim made for ``resource_id`` (nothing was accepted); another holder's claim is kept."""

@@ -67,6 +67,7 @@ __all__ = [
     "JobCancelled",
     "begin_attempt",
     "bind_task",
+    "bookkeeping",
     "cancel_jobs",
     "dead_letter",
     "fail_or_retry",
@@ -208,14 +209,14 @@ def begin_attempt(rt: Runtime, job: Job, task_id: str | None) -> Attempt | None:
         raise
     job.status, job.started_at = JobStatus.RUNNING, started
     wait = started - (job.queued_at or job.created_at)
-    _bookkeeping("job_started", rt.metrics.job_started, job.voice, SYNTHESIS_QUEUE, max(0.0, wait))
+    bookkeeping("job_started", rt.metrics.job_started, job.voice, SYNTHESIS_QUEUE, max(0.0, wait))
     _started(rt, job)
     log.info("job %s attempt %d/%d started", job.id, number, job.max_attempts,
              extra={"attempt": number, "queue_wait_seconds": round(wait, 3)})
     return Attempt(job=job, number=number, started_at=started, lease=lease)
 
 
-def _bookkeeping(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+def bookkeeping(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Metrics and alerts never fail a job: a Redis error here is logged, not raised."""
     try:
         call(*args, **kwargs)
@@ -268,7 +269,7 @@ def succeed(rt: Runtime, job: Job, result: engine.SynthesisResult, started: floa
                                  "outcome": "succeeded", "worker": HOSTNAME})
     if changed:
         job.status, job.finished_at, job.duration = JobStatus.SUCCEEDED, finished_at, duration
-        _bookkeeping("job_succeeded", rt.metrics.job_succeeded, job.voice, SYNTHESIS_QUEUE,
+        bookkeeping("job_succeeded", rt.metrics.job_succeeded, job.voice, SYNTHESIS_QUEUE,
                      result.synthesis_seconds, finished_at - job.created_at, result.characters, result.duration)
         log.info("job %s succeeded: %.1fs of audio in %.2fs", job.id, result.duration, result.synthesis_seconds,
                  extra={"audio_seconds": round(result.duration, 3),
@@ -335,7 +336,7 @@ def fail_or_retry(task: Any, rt: Runtime, job: Job, exc: Exception, attempt: int
         delay = policy.delay_seconds(attempt)
         history["retry_in"] = round(delay, 4)
         rt.jobs.add_history(job.id, history)
-        _bookkeeping("job_retried", rt.metrics.job_retried, job.voice, SYNTHESIS_QUEUE)
+        bookkeeping("job_retried", rt.metrics.job_retried, job.voice, SYNTHESIS_QUEUE)
         log.warning("%s attempt %d failed (%s: %s); retrying in %.3fs", what, attempt, failure.error_type,
                     failure.message, delay)
         if requeue_job:  # a new delivery with a countdown; this message is done with
@@ -368,13 +369,13 @@ def dead_letter(rt: Runtime, job: Job, exc_type: str, message: str, trace: str =
         return
     job = rt.jobs.get(job.id)
     if rt.dlq.add(job, exc_type, message, trace, worker=HOSTNAME):
-        _bookkeeping("job_failed", rt.metrics.job_failed, job.voice, SYNTHESIS_QUEUE)
-        _bookkeeping("job_dead_lettered", rt.metrics.job_dead_lettered, job.voice, SYNTHESIS_QUEUE)
+        bookkeeping("job_failed", rt.metrics.job_failed, job.voice, SYNTHESIS_QUEUE)
+        bookkeeping("job_dead_lettered", rt.metrics.job_dead_lettered, job.voice, SYNTHESIS_QUEUE)
         fields = {"job_id": job.id, "error": f"{exc_type}: {message}", "attempts": job.attempts,
                   "correlation_id": job.correlation_id, "voice": job.voice, "batch_id": job.batch_id}
         if code in ("retry_exhausted", "worker_lost"):
-            _bookkeeping("the job.retry_exhausted alert", notify, "job.retry_exhausted", **fields)
-        _bookkeeping("the job.failed alert", notify, "job.failed", **fields)
+            bookkeeping("the job.retry_exhausted alert", notify, "job.retry_exhausted", **fields)
+        bookkeeping("the job.failed alert", notify, "job.failed", **fields)
     finished(rt, [job])
 
 
@@ -398,7 +399,7 @@ def cancel_jobs(rt: Runtime, jobs: Sequence[Job]) -> list[Job]:
     for job in cancelled:
         per_voice[job.voice] = per_voice.get(job.voice, 0) + 1
     for voice, count in per_voice.items():
-        _bookkeeping("jobs_cancelled", rt.metrics.count, JOBS_CANCELLED, float(count), voice=voice,
+        bookkeeping("jobs_cancelled", rt.metrics.count, JOBS_CANCELLED, float(count), voice=voice,
                      queue=SYNTHESIS_QUEUE)
     by_batch: dict[str | None, list[Job]] = {}
     for job in cancelled:
@@ -439,6 +440,6 @@ def retry_after_time_limit(rt: Runtime, job_id: str, exception: BaseException, p
                        error_type=error_type, error_code="time_limit")
         else:
             send_tasks(rt, SYNTHESIZE_PART_TASK, [([job_id, part], delay)], job.correlation_id)
-        _bookkeeping("job_retried", rt.metrics.job_retried, job.voice, SYNTHESIS_QUEUE)
+        bookkeeping("job_retried", rt.metrics.job_retried, job.voice, SYNTHESIS_QUEUE)
         log.warning("job %s%s hit %s; retrying in %.3fs", job_id, f" part {part}" if part is not None else "",
                     error_type, delay)

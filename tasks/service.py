@@ -23,7 +23,7 @@ from monitoring.recorder import CACHE_MISSES, JOBS_SUBMITTED
 from . import keys, lifecycle
 from .cache import cache_key
 from .celery_app import SYNTHESIS_QUEUE
-from .exceptions import AudioGone, JobNotFinished
+from .exceptions import AudioGone, JobNotFinished, JobNotFound
 from .idempotency import IdempotencyKeys, ResourceKind
 from .job import Job, new_job_id, now
 from .job_request import JobRequest
@@ -91,9 +91,9 @@ class JobService:
         _, key = self.prepare(request)
         job = self.build_job(request, correlation_id, cache_key=key, idempotency_key=idempotency_key)
         if idempotency_key:
-            existing = self.idempotency.claim(ResourceKind.JOB, idempotency_key, job.id, request.fingerprint())
-            if existing is not None:
-                return self.rt.jobs.get(existing), False
+            earlier = self._claim(idempotency_key, job, request)
+            if earlier is not None:
+                return earlier, False
         try:
             self.accept(job)
         except BaseException:
@@ -101,6 +101,20 @@ class JobService:
                 self.idempotency.release(ResourceKind.JOB, idempotency_key, job.id)
             raise
         return job, True
+
+    def _claim(self, key: str, job: Job, request: JobRequest) -> Job | None:
+        """Claim ``key`` for ``job``; the earlier job when the key is already held by a stored one."""
+        fingerprint = request.fingerprint()
+        while True:
+            existing = self.idempotency.claim(ResourceKind.JOB, key, job.id, fingerprint)
+            if existing is None:
+                return None
+            try:
+                return self.rt.jobs.get(existing)
+            except JobNotFound:  # claimed by a submit that died before storing its job
+                if self.idempotency.take_over(ResourceKind.JOB, key, existing, job.id, fingerprint):
+                    log.info("Idempotency-Key %r pointed at job %s, never stored; now job %s", key, existing, job.id)
+                    return None
 
     def accept(self, job: Job) -> Job:
         """Store a built job, serving it from the cache or queueing it."""
@@ -116,7 +130,9 @@ class JobService:
             # Not queued: take the record back so nothing claims to be accepted.
             self.rt.jobs.delete(job.id)
             raise
-        self.rt.metrics.job_submitted(job.voice, SYNTHESIS_QUEUE, cache_hit=False)
+        # Accepted from here on: nothing after the publish may turn this into a 5xx.
+        lifecycle.bookkeeping("job_submitted", self.rt.metrics.job_submitted, job.voice, SYNTHESIS_QUEUE,
+                              cache_hit=False)
         log.info("job %s queued (%d characters, voice %s)", job.id, job.characters, job.voice)
         return job
 
@@ -142,9 +158,10 @@ class JobService:
         metrics = self.rt.metrics
         lookups = sum(1 for job in misses if job.cache and job.cache_key)
         if lookups:
-            metrics.count(CACHE_MISSES, float(lookups))
+            lifecycle.bookkeeping("cache misses", metrics.count, CACHE_MISSES, float(lookups))
         for voice, n in Counter(job.voice for job in misses).items():
-            metrics.count(JOBS_SUBMITTED, float(n), voice=voice, queue=SYNTHESIS_QUEUE)
+            lifecycle.bookkeeping("jobs_submitted", metrics.count, JOBS_SUBMITTED, float(n), voice=voice,
+                                  queue=SYNTHESIS_QUEUE)
         return served
 
     def _serve_from_cache(self, job: Job, audio: bytes, meta: dict[str, Any]) -> None:
@@ -156,7 +173,8 @@ class JobService:
         job.output_sample_rate = meta.get("sample_rate")
         job.duration = meta.get("duration")
         self.rt.jobs.create(job, audio=audio)
-        self.rt.metrics.job_submitted(job.voice, SYNTHESIS_QUEUE, cache_hit=True)
+        lifecycle.bookkeeping("job_submitted", self.rt.metrics.job_submitted, job.voice, SYNTHESIS_QUEUE,
+                              cache_hit=True)
         log.info("job %s served from the cache", job.id)
         lifecycle.finished(self.rt, [job])
 
@@ -164,7 +182,7 @@ class JobService:
         if not job.cache or not job.cache_key:
             return None
         audio = self.rt.cache.get(job.cache_key)
-        self.rt.metrics.cache_lookup(hit=audio is not None)
+        lifecycle.bookkeeping("cache_lookup", self.rt.metrics.cache_lookup, hit=audio is not None)
         return audio
 
     def _split_cached(self, jobs: Sequence[Job]) -> tuple[list[Job], list[Job]]:

@@ -647,3 +647,14 @@ def test_a_replay_of_a_job_that_is_no_longer_failed_only_drops_the_stale_record(
     assert svc.replay(job.id).status is JobStatus.QUEUED
     assert drain(app) == []  # no second message
     assert rt.dlq.ids() == []
+
+
+def test_a_key_claimed_by_a_submit_that_died_before_storing_its_job_is_taken_over(svc, rt, app):
+    # the API process claimed the key for job "ghost" and was killed before writing the record
+    IdempotencyKeys(rt.redis, ttl=60).claim(ResourceKind.JOB, "k-ghost", "ghost", request().fingerprint())
+    job, created = svc.submit(request(), idempotency_key="k-ghost")
+    assert created and job.id != "ghost"
+    assert [m["args"] for m in drain(app)] == [[job.id]]
+    again, created_again = svc.submit(request(), idempotency_key="k-ghost")  # the client's retry
+    assert (again.id, created_again) == (job.id, False)
+    assert drain(app) == []
