@@ -87,6 +87,25 @@ class DeadLetterQueue:
         if not removed:
             raise DeadLetterNotFound(job_id)
 
+    def take(self, job_id: str) -> tuple[dict[bytes, bytes], float] | None:
+        """Remove one record and return it as stored (fields, index score), for :meth:`put_back`."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(keys.dead_letter(job_id))
+        pipe.zscore(keys.DLQ_INDEX, job_id)
+        pipe.zrem(keys.DLQ_INDEX, job_id)
+        pipe.delete(keys.dead_letter(job_id))
+        data, score, _, _ = pipe.execute()
+        return (dict(data), float(score)) if data else None
+
+    def put_back(self, job_id: str, taken: tuple[dict[bytes, bytes], float]) -> None:
+        """Restore a record removed by :meth:`take` (a replay that could not be sent)."""
+        data, score = taken
+        mapping: HashMapping = dict(data.items())
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.dead_letter(job_id), mapping=mapping)
+        pipe.zadd(keys.DLQ_INDEX, {job_id: score})
+        pipe.execute()
+
     def purge(self) -> int:
         """Delete every record; returns how many there were."""
         ids = self.ids()

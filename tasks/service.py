@@ -266,9 +266,9 @@ class JobService:
         """Send a dead-lettered job through a fresh series of attempts.
 
         The job goes from ``failed`` to ``queued`` through the status guard (two replays
-        at once send one message), and leaves the dead-letter queue only once its
-        message is sent: a replay that cannot publish puts the job back as it was, still
-        dead-lettered, so it can be replayed again.
+        at once send one message). Its dead-letter record is taken out before the message
+        is sent, so a replay that fails again at once is dead-lettered anew; a replay that
+        cannot publish puts the job and its record back as they were, to be replayed again.
         """
         self.rt.dlq.get(job_id)
         job = self.rt.jobs.get(job_id)
@@ -277,9 +277,12 @@ class JobService:
                                        queued_at=now(), started_at=None, finished_at=None, next_retry_at=None,
                                        error=None, error_type=None, error_code=None, replays=job.replays + 1,
                                        task_id=task_id):
-            # Replayed already (a replay whose last step failed left the record behind), or not failed.
+            # Not failed any more (replayed meanwhile): only the stale record goes.
             self.rt.dlq.remove(job_id)
             return self.rt.jobs.get(job_id)
+        # Out of the dead-letter queue before the message exists: a replay that fails at
+        # once must be able to dead-letter the job again (DeadLetterQueue.add is once per record).
+        taken = self.rt.dlq.take(job_id)
         try:
             enqueue(self.rt, self.rt.jobs.get(job_id), task_id=task_id)
         except Exception:
@@ -287,8 +290,9 @@ class JobService:
                                     queued_at=job.queued_at, started_at=job.started_at, finished_at=job.finished_at,
                                     error=job.error, error_type=job.error_type, error_code=job.error_code,
                                     replays=job.replays, task_id=job.task_id)
+            if taken is not None:
+                self.rt.dlq.put_back(job_id, taken)
             raise
-        self.rt.dlq.remove(job_id)
         job = self.rt.jobs.get(job_id)
         log.info("job %s replayed from the dead-letter queue", job_id)
         return job

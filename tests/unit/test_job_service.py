@@ -658,3 +658,15 @@ def test_a_key_claimed_by_a_submit_that_died_before_storing_its_job_is_taken_ove
     again, created_again = svc.submit(request(), idempotency_key="k-ghost")  # the client's retry
     assert (again.id, created_again) == (job.id, False)
     assert drain(app) == []
+
+
+def test_a_replayed_job_that_fails_again_at_once_is_dead_lettered_again(svc, rt, app, alerts):
+    job, _ = svc.submit(request())
+    drain(app)
+    lifecycle.dead_letter(rt, rt.jobs.get(job.id), "SynthesisRuntimeError", "boom", code="retry_exhausted")
+    svc.replay(job.id)
+    assert rt.dlq.ids() == []
+    running = rt.jobs.get(job.id)
+    rt.jobs.transition(job.id, {JobStatus.QUEUED}, status=JobStatus.RUNNING)
+    lifecycle.dead_letter(rt, running, "SynthesisRuntimeError", "boom again", code="retry_exhausted")
+    assert rt.dlq.ids() == [job.id] and rt.dlq.get(job.id)["error"] == "boom again"
