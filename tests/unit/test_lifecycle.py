@@ -11,6 +11,7 @@ import pytest
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from test_job_service import drain, memory_app  # the in-memory broker helpers
 
+import engine
 from engine.exceptions import (
     EncodingError,
     OptionError,
@@ -467,3 +468,14 @@ def test_the_last_transient_failure_is_retry_exhausted(rt, alerts):
     assert outcome["status"] == "failed"
     assert rt.jobs.get(job.id).error_code == "retry_exhausted"
     assert [event for event, _ in alerts] == ["job.retry_exhausted", "job.failed"]
+
+
+def test_a_superseded_attempt_drops_its_result(rt, hooks):
+    job = make_job(rt, JobStatus.RUNNING, attempts=1, task_id="task-1")
+    lifecycle.send_again(rt, job.id, {JobStatus.RUNNING}, "task-1", "its worker was lost")  # the reconciler
+    result = engine.SynthesisResult(audio=b"RIFF....", format="wav", media_type="audio/wav", sample_rate=24000,
+                                    duration=1.0, characters=12, chunks=1, voice="heart", synthesis_seconds=0.1)
+    outcome = lifecycle.succeed(rt, job, result, now())
+    assert outcome["status"] == "superseded"
+    assert rt.jobs.status(job.id) is JobStatus.QUEUED and rt.jobs.audio(job.id) is None
+    assert hooks["finished"] == [] and [m["args"] for m in drain(rt.celery)] == [[job.id]]
