@@ -1,7 +1,11 @@
-"""Health endpoints: can the service take and run jobs, and which component is in trouble?
+"""Health endpoints: is this process alive, can the service take jobs, which component is in trouble?
 
-``GET /health``             status, timestamp, model_loaded, voices_available, uptime_seconds,
-                            components (status, latency, detail each) and a performance summary
+``GET /health/live``        liveness: this process answers and Redis answers PING; 200 or 503
+``GET /health/ready``       readiness: Redis takes a real write and a worker heartbeat is live;
+                            200 or 503 naming the failed checks (for load balancers)
+``GET /health``             the readiness summary: status, ready, timestamp, model_loaded,
+                            voices_available, uptime_seconds, components (status, latency,
+                            detail each), warnings and a performance summary
 ``GET /health/detailed``    the same with every check's numbers, the workers, queues, the
                             machine (psutil) and the settings an operator tunes
 ``GET /health/components``  redis, broker, workers, engine, cache and disk checks only
@@ -9,12 +13,17 @@
 
 Every check runs in a helper thread bounded by :data:`CHECK_TIMEOUT` (all of them at once,
 see :func:`monitoring.health.run_checks`), so an answer never takes much more than a second,
-whatever Redis does. ``healthy`` answers 200; ``degraded`` or ``unhealthy`` answer 503 with the
-same document plus an ``error`` object, never a 500.
+whatever Redis does; a 503 carries an ``error`` object and ``Retry-After``, never a 500.
 
-Status: ``unhealthy`` when Redis, the broker or the engine (no usable voice) fails; ``degraded``
-when anything else is not healthy (no worker heartbeat, a queue above
-``TTS_ALERT_QUEUE_LENGTH``, the cache above ``TTS_CACHE_MAX_BYTES``, little disk space).
+``/health``, ``/health/components`` and ``/health/detailed`` answer 503 exactly when a
+:data:`BLOCKING` component is ``unhealthy``: Redis (unreachable, or refusing writes), the
+broker, the engine (no usable voice) or the workers (no heartbeat), i.e. when the service
+cannot accept or run jobs; otherwise 200, also while ``degraded``. Status: ``unhealthy`` when
+Redis, the broker or the engine fails; ``degraded`` when anything else is not healthy (no
+worker heartbeat, the cache above ``TTS_CACHE_MAX_BYTES``, little disk space, a slow Redis).
+The workload is never a failure: a queue above ``TTS_ALERT_QUEUE_LENGTH``, dead letters and
+an error rate above ``TTS_ALERT_ERROR_RATE`` are listed under ``warnings`` and leave the
+status and the answer as they are.
 
 ``model_loaded`` is true when the default voice's model files are present and at least one
 worker is online: workers load the default voice when they start, while the API itself never
@@ -35,6 +44,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from engine import VoiceCatalog
 from monitoring import health as checks
 from monitoring import system
+from monitoring.history import MetricsHistory
 from monitoring.workers import WorkerRegistry
 from settings import Settings
 from tasks.celery_app import QUEUES
@@ -47,6 +57,12 @@ bp = Blueprint("health", __name__)
 CHECK_TIMEOUT = 1.0
 #: Components whose failure makes the whole service ``unhealthy`` (not merely degraded).
 CRITICAL = frozenset(checks.CRITICAL_COMPONENTS | {"engine"})
+#: What accepting and running a job needs (``/health/ready``): Redis writable, a live worker.
+READINESS = ("redis", "workers")
+#: Components whose ``unhealthy`` answers 503 on ``/health``, ``/health/components`` and ``/health/detailed``.
+BLOCKING = frozenset(CRITICAL | set(READINESS))
+#: Seconds a 503 tells the client (or load balancer) to wait before asking again.
+RETRY_AFTER = 5
 #: Kinds of :class:`engine.voices.ModelFile` listed as a voice's model files.
 LISTED_KINDS = frozenset({"model", "config"})
 _PERFORMANCE = "_performance"
@@ -130,10 +146,11 @@ def component_checks(runtime: Any, settings: Settings) -> dict[str, checks.Check
     """The named component checks (each already bounded by :data:`CHECK_TIMEOUT`)."""
     registry = WorkerRegistry(runtime.redis)
     engine = engine_check(runtime.catalog, settings)
+    write_key = checks.write_probe_key()
     return {
-        "redis": lambda: checks.check_redis(runtime.redis, CHECK_TIMEOUT),
-        "broker": lambda: checks.check_broker(runtime.redis, QUEUES, CHECK_TIMEOUT,
-                                              max_queue_length=settings.alert_queue_length),
+        # The queue length is a warning (collect_warnings), never a component status.
+        "redis": lambda: checks.check_redis(runtime.redis, CHECK_TIMEOUT, write_key=write_key),
+        "broker": lambda: checks.check_broker(runtime.redis, QUEUES, CHECK_TIMEOUT),
         "workers": lambda: checks.check_workers(registry, CHECK_TIMEOUT),
         "engine": lambda: checks.run_check(engine, CHECK_TIMEOUT),
         "cache": lambda: checks.check_cache(runtime.cache_redis, CHECK_TIMEOUT,
@@ -142,19 +159,43 @@ def component_checks(runtime: Any, settings: Settings) -> dict[str, checks.Check
     }
 
 
+def performance_probe(runtime: Any, settings: Settings) -> dict[str, Any]:
+    """The recorder's summary and the error rate over the last ``TTS_ALERT_WINDOW`` seconds
+    (against the oldest history sample inside it; without one, since the counters started)."""
+    summary = runtime.metrics.summary()
+    now = time.time()
+    samples = MetricsHistory(runtime.redis).since(settings.alert_window, now=now)
+    baseline = samples[0] if samples else None
+    span = round(now - float(baseline.get("ts", now)), 1) if baseline else None
+    return {"status": checks.HEALTHY, "summary": summary,
+            "error_rate": checks.error_rate_reading(summary["jobs"], baseline, span)}
+
+
 def run_components(runtime: Any, settings: Settings, with_performance: bool = False) -> tuple[
-        dict[str, dict[str, Any]], dict[str, Any] | None]:
+        dict[str, dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
     """Run every check at once (one timeout in all); the results and, when asked, the
-    recorder's summary (None when Redis could not give it in time)."""
+    recorder's summary and the error-rate reading (None when Redis could not give them in time)."""
     named = component_checks(runtime, settings)
     if with_performance:
-        named[_PERFORMANCE] = lambda: {"status": checks.HEALTHY, "summary": runtime.metrics.summary()}
+        named[_PERFORMANCE] = lambda: performance_probe(runtime, settings)
     results = checks.run_checks(named, timeout=CHECK_TIMEOUT + 0.25)
-    performance = None
+    performance = error_rate = None
     if with_performance:
         outcome = results.pop(_PERFORMANCE)
-        performance = outcome.get("summary") if outcome.get("status") == checks.HEALTHY else None
-    return results, performance
+        if outcome.get("status") == checks.HEALTHY:
+            performance, error_rate = outcome.get("summary"), outcome.get("error_rate")
+    return results, performance, error_rate
+
+
+def warnings_for(components: Mapping[str, Mapping[str, Any]], error_rate: Mapping[str, Any] | None,
+                 settings: Settings) -> list[dict[str, Any]]:
+    """The workload warnings (:func:`monitoring.health.collect_warnings`) from the broker check
+    and the error-rate reading, with the alert thresholds as limits."""
+    broker = components.get("broker", {})
+    return checks.collect_warnings(
+        queues=broker.get("queues"), dead_letter=broker.get("dead_letter"), error_rate=error_rate,
+        queue_threshold=settings.alert_queue_length, error_rate_threshold=settings.alert_error_rate,
+        min_jobs=settings.alert_min_jobs)
 
 
 def fold(components: Mapping[str, Mapping[str, Any]]) -> str:
@@ -193,22 +234,54 @@ def _timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
-def _respond(body: dict[str, Any], status: str) -> Any:
-    """200 for healthy; 503 with an ``error`` object naming the failing components otherwise."""
-    code = checks.http_status(status)
-    if code != 200:
-        components = body.get("components") or {}
-        failing = [f"{name} {result.get('status')} ({result.get('detail')})"
-                   for name, result in sorted(components.items())
-                   if isinstance(result, Mapping) and result.get("status") != checks.HEALTHY]
-        reason = ", ".join(failing) or str(body.get("detail") or "see the document")
-        body["error"] = {"code": f"service_{status}", "message": f"service is {status}: {reason}"}
+def _describe(results: Mapping[str, Any], names: list[str]) -> str:
+    return ", ".join(f"{name} {results[name].get('status')} ({results[name].get('detail')})"
+                     for name in names if isinstance(results.get(name), Mapping))
+
+
+def _send(body: dict[str, Any], code: int) -> Any:
     response = jsonify(body)
     response.status_code = code
     response.headers["Cache-Control"] = "no-store"
     if code == 503:
-        response.headers["Retry-After"] = "5"
+        response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
+
+
+def _respond(body: dict[str, Any], status: str) -> Any:
+    """200 for healthy; 503 with an ``error`` object naming the failing components otherwise
+    (``/health/voices``)."""
+    code = checks.http_status(status)
+    if code != 200:
+        components = body.get("components") or {}
+        failing = [name for name, result in sorted(components.items())
+                   if isinstance(result, Mapping) and result.get("status") != checks.HEALTHY]
+        reason = _describe(components, failing) or str(body.get("detail") or "see the document")
+        body["error"] = {"code": f"service_{status}", "message": f"service is {status}: {reason}"}
+    return _send(body, code)
+
+
+def _respond_components(body: dict[str, Any], status: str, components: Mapping[str, Any]) -> Any:
+    """503 when a :data:`BLOCKING` component is unhealthy, with an ``error`` object naming
+    every component that is not healthy; 200 otherwise, also when degraded."""
+    blocking = checks.failed_checks(components, sorted(BLOCKING))
+    if not blocking:
+        return _send(body, 200)
+    failing = [name for name, result in sorted(components.items())
+               if isinstance(result, Mapping) and result.get("status") != checks.HEALTHY]
+    body["error"] = {"code": f"service_{status}",
+                     "message": f"service is {status}, cannot accept or run jobs: {_describe(components, failing)}"}
+    return _send(body, 503)
+
+
+def _respond_probe(body: dict[str, Any], results: Mapping[str, Any], kind: str) -> Any:
+    """A probe's answer: 200 when no check failed, else 503 with ``failed`` and an ``error``."""
+    failed = checks.failed_checks(results)
+    body["failed"] = failed
+    if not failed:
+        return _send(body, 200)
+    body["error"] = {"code": f"not_{kind}", "message": f"not {kind}: {_describe(results, failed)}"}
+    return _send(body, 503)
 
 
 def _voices_available(components: Mapping[str, Mapping[str, Any]]) -> int | None:
@@ -236,6 +309,7 @@ def _overview(status: str, components: dict[str, Any], settings: Any, started: f
     """The fields /health and /health/detailed share."""
     return {
         "status": status,
+        "ready": not checks.failed_checks(components, READINESS),
         "timestamp": _timestamp(),
         "model_loaded": _model_loaded(components),
         "voices_available": _voices_available(components),
@@ -245,34 +319,67 @@ def _overview(status: str, components: dict[str, Any], settings: Any, started: f
     }
 
 
+@bp.get("/health/live")
+def health_live() -> Any:
+    """Liveness: this process answers and Redis answers PING (bounded); 200, or 503 with ``error``."""
+    runtime, _, started = _context()
+    results = checks.run_checks({"redis": lambda: checks.check_redis_ping(runtime.redis, CHECK_TIMEOUT)},
+                                timeout=CHECK_TIMEOUT + 0.25)
+    live = not checks.failed_checks(results)
+    body = {"status": checks.HEALTHY if live else checks.UNHEALTHY, "live": live, "timestamp": _timestamp(),
+            "uptime_seconds": round(time.time() - started, 1), "checks": results}
+    return _respond_probe(body, results, "live")
+
+
+@bp.get("/health/ready")
+def health_ready() -> Any:
+    """Readiness: Redis takes a real write (a key with a short TTL) and a worker heartbeat is
+    live, both checked at once and bounded; 200, or 503 with ``failed``, ``error`` and Retry-After."""
+    runtime, _, _ = _context()
+    registry = WorkerRegistry(runtime.redis)
+    key = checks.write_probe_key()
+    results = checks.run_checks({
+        "redis": lambda: checks.check_redis_write(runtime.redis, key, CHECK_TIMEOUT),
+        "workers": lambda: checks.check_workers(registry, CHECK_TIMEOUT),
+    }, timeout=CHECK_TIMEOUT + 0.25)
+    ready = not checks.failed_checks(results)
+    body = {"status": checks.HEALTHY if ready else checks.UNHEALTHY, "ready": ready, "timestamp": _timestamp(),
+            "checks": results}
+    return _respond_probe(body, results, "ready")
+
+
 @bp.get("/health")
 def health() -> Any:
-    """Overall status with one line per component and a performance summary; 503 unless healthy."""
+    """The readiness summary: status, ``ready``, one line per component, warnings and a
+    performance summary; 503 when a :data:`BLOCKING` component is unhealthy."""
     runtime, settings, started = _context()
-    components, summary = run_components(runtime, settings, with_performance=True)
+    components, summary, error_rate = run_components(runtime, settings, with_performance=True)
     status = fold(components)
     body = {
         **_overview(status, components, settings, started),
         "components": {name: _brief(result) for name, result in components.items()},
+        "warnings": warnings_for(components, error_rate, settings),
         "performance": _performance_brief(summary),
     }
-    return _respond(body, status)
+    return _respond_components(body, status, components)
 
 
 @bp.get("/health/components")
 def health_components() -> Any:
     """Every component check in full: redis, broker, workers, engine, cache, disk."""
     runtime, settings, _ = _context()
-    components, _ = run_components(runtime, settings)
+    components, _, _ = run_components(runtime, settings)
     status = fold(components)
-    return _respond({"status": status, "timestamp": _timestamp(), "components": components}, status)
+    body = {"status": status, "ready": not checks.failed_checks(components, READINESS), "timestamp": _timestamp(),
+            "components": components}
+    return _respond_components(body, status, components)
 
 
 @bp.get("/health/detailed")
 def health_detailed() -> Any:
-    """Everything: full checks, performance, workers and queues, the machine, tunable settings."""
+    """Everything: full checks, warnings, performance, workers and queues, the machine, tunable settings."""
     runtime, settings, started = _context()
-    components, summary = run_components(runtime, settings, with_performance=True)
+    components, summary, error_rate = run_components(runtime, settings, with_performance=True)
     status = fold(components)
     broker = components.get("broker", {})
     workers = components.get("workers", {})
@@ -280,6 +387,8 @@ def health_detailed() -> Any:
         **_overview(status, components, settings, started),
         "python": platform.python_version(),
         "components": components,
+        "warnings": warnings_for(components, error_rate, settings),
+        "error_rate": error_rate,
         "performance": summary,
         "queues": broker.get("queues"),
         "reserved": broker.get("reserved"),
@@ -298,11 +407,13 @@ def health_detailed() -> Any:
             "alert_error_rate": settings.alert_error_rate,
             "alert_response_time_p95_ms": settings.alert_response_time_p95_ms,
             "alert_queue_length": settings.alert_queue_length,
+            "alert_window": settings.alert_window,
+            "alert_min_jobs": settings.alert_min_jobs,
             "webhooks_configured": len(settings.webhook_urls),
             "webhook_signing": bool(settings.webhook_secret),
         },
     }
-    return _respond(body, status)
+    return _respond_components(body, status, components)
 
 
 @bp.get("/health/voices")

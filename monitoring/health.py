@@ -9,10 +9,18 @@ clients that have one.
 :func:`run_checks` runs several checks at once, so a page of checks costs one timeout, not
 their sum. :func:`overall` folds the components into one status: ``unhealthy`` when Redis or
 the broker is, ``degraded`` when anything else is not healthy.
+
+Probes for load balancers and orchestrators: :func:`check_redis_ping` (liveness: Redis
+answers PING) and :func:`check_redis_write` (readiness: a real write, a key that expires by
+itself) with :func:`check_workers` (a live worker heartbeat). :func:`failed_checks` names the
+ones that failed. What the workload looks like (a deep queue, dead letters, a high error rate)
+is never a failed check: :func:`collect_warnings` lists it as warnings.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +30,9 @@ from typing import Any
 import redis
 
 from monitoring import queues as broker
+from monitoring.workers import DEFAULT_TTL as HEARTBEAT_TTL
 from monitoring.workers import WorkerRegistry
+from tasks import keys
 
 __all__ = [
     "CRITICAL_COMPONENTS",
@@ -33,11 +43,17 @@ __all__ = [
     "check_cache",
     "check_disk",
     "check_redis",
+    "check_redis_ping",
+    "check_redis_write",
     "check_workers",
+    "collect_warnings",
+    "error_rate_reading",
+    "failed_checks",
     "http_status",
     "overall",
     "run_check",
     "run_checks",
+    "write_probe_key",
 ]
 
 HEALTHY = "healthy"
@@ -48,6 +64,8 @@ DEFAULT_TIMEOUT = 1.0
 CRITICAL_COMPONENTS: frozenset[str] = frozenset({"redis", "broker"})
 #: A Redis answering slower than this (ms) is ``degraded``.
 SLOW_MS = 250.0
+#: Milliseconds the write probe's key lives; each probe of a process overwrites the same key.
+WRITE_PROBE_TTL_MS = 10_000
 
 Check = Callable[[], Mapping[str, Any]]
 
@@ -112,13 +130,71 @@ def run_checks(checks: Mapping[str, Check], timeout: float = DEFAULT_TIMEOUT) ->
     return {name: results[name] for name in checks}
 
 
-def check_redis(client: redis.Redis, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """PING and INFO: unhealthy when unreachable, degraded when slow or near ``maxmemory``."""
+def write_probe_key() -> str:
+    """The key this process's write probes set: one per host and process, expiring by itself."""
+    return f"{keys.METRICS_PREFIX}health:write:{socket.gethostname()}:{os.getpid()}"
+
+
+def _write(client: redis.Redis, key: str, ttl_ms: int) -> str | None:
+    """SET ``key`` with a TTL of ``ttl_ms``; None when Redis took it, else why it refused
+    (a replica: READONLY; out of memory: OOM; failing persistence: MISCONF)."""
+    try:
+        client.set(key, repr(time.time()), px=max(1, int(ttl_ms)))
+    except redis.ResponseError as exc:
+        return f"Redis refused a write: {type(exc).__name__}: {exc}"
+    return None
+
+
+def check_redis_ping(client: redis.Redis, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """PING only (liveness): healthy when Redis answers, unhealthy when it does not in time."""
 
     def probe() -> dict[str, Any]:
         started = time.perf_counter()
         client.ping()
         ping_ms = (time.perf_counter() - started) * 1000.0
+        return {"status": HEALTHY, "detail": f"PONG in {ping_ms:.1f} ms", "ping_ms": round(ping_ms, 2)}
+
+    return run_check(probe, timeout)
+
+
+def check_redis_write(
+    client: redis.Redis, key: str | None = None, timeout: float = DEFAULT_TIMEOUT, ttl_ms: int = WRITE_PROBE_TTL_MS
+) -> dict[str, Any]:
+    """A real write (readiness): SET ``key`` (:func:`write_probe_key` by default) with a short TTL.
+
+    Healthy when Redis takes it; unhealthy when it refuses (read-only replica, out of memory,
+    persistence failing), is unreachable or does not answer within ``timeout``.
+    """
+    target = key or write_probe_key()
+
+    def probe() -> dict[str, Any]:
+        started = time.perf_counter()
+        refused = _write(client, target, ttl_ms)
+        write_ms = (time.perf_counter() - started) * 1000.0
+        extra = {"writable": refused is None, "write_ms": round(write_ms, 2)}
+        if refused is not None:
+            return {"status": UNHEALTHY, "detail": refused, **extra}
+        return {"status": HEALTHY, "detail": f"write took {write_ms:.1f} ms", **extra}
+
+    return run_check(probe, timeout)
+
+
+def check_redis(
+    client: redis.Redis, timeout: float = DEFAULT_TIMEOUT, write_key: str | None = None
+) -> dict[str, Any]:
+    """PING and INFO: unhealthy when unreachable, degraded when slow or near ``maxmemory``.
+
+    With ``write_key`` it also writes that key (with a short TTL, as :func:`check_redis_write`
+    does) and is unhealthy when Redis refuses the write; ``writable`` tells the outcome.
+    """
+
+    def probe() -> dict[str, Any]:
+        started = time.perf_counter()
+        client.ping()
+        ping_ms = (time.perf_counter() - started) * 1000.0
+        refused = _write(client, write_key, WRITE_PROBE_TTL_MS) if write_key else None
+        if refused is not None:
+            return {"status": UNHEALTHY, "detail": refused, "writable": False, "ping_ms": round(ping_ms, 2)}
         info = client.info()
         used = int(info.get("used_memory", 0))
         limit = int(info.get("maxmemory", 0) or 0)
@@ -129,6 +205,8 @@ def check_redis(client: redis.Redis, timeout: float = DEFAULT_TIMEOUT) -> dict[s
             "connected_clients": info.get("connected_clients"),
             "ping_ms": round(ping_ms, 2),
         }
+        if write_key:
+            extra["writable"] = True
         if limit and used > 0.9 * limit:
             return {"status": DEGRADED, "detail": f"memory {used}/{limit} bytes (>90%)", **extra}
         if ping_ms > SLOW_MS:
@@ -165,7 +243,8 @@ def check_broker(
 
 
 def check_workers(registry: WorkerRegistry, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """Live worker heartbeats: unhealthy with none (jobs would wait forever)."""
+    """Live worker heartbeats (each lives ``monitoring.workers.DEFAULT_TTL`` = 30 s after the
+    worker last wrote it): unhealthy with none (jobs would wait forever)."""
 
     def probe() -> dict[str, Any]:
         workers = registry.list()
@@ -178,7 +257,7 @@ def check_workers(registry: WorkerRegistry, timeout: float = DEFAULT_TIMEOUT) ->
             "hostnames": [w["hostname"] for w in workers],
         }
         if not workers:
-            return {"status": UNHEALTHY, "detail": "no worker heartbeat", **extra}
+            return {"status": UNHEALTHY, "detail": f"no worker heartbeat in the last {HEARTBEAT_TTL} s", **extra}
         return {"status": HEALTHY, "detail": f"{len(workers)} worker(s), {busy}/{slots} busy", **extra}
 
     return run_check(probe, timeout)
@@ -247,3 +326,72 @@ def overall(components: Mapping[str, Mapping[str, Any]]) -> str:
 def http_status(status: str) -> int:
     """200 for ``healthy``, 503 for ``degraded`` or ``unhealthy``."""
     return 200 if status == HEALTHY else 503
+
+
+def failed_checks(results: Mapping[str, Mapping[str, Any]], names: Sequence[str] | None = None) -> list[str]:
+    """The names (of ``names``, or of every result) whose result is ``unhealthy`` or missing, sorted."""
+    wanted = list(results) if names is None else list(names)
+    return sorted(name for name in wanted if results.get(name, {}).get("status", UNHEALTHY) == UNHEALTHY)
+
+
+def error_rate_reading(
+    current: Mapping[str, Any], baseline: Mapping[str, Any] | None, window_seconds: float | None
+) -> dict[str, Any]:
+    """Failed / finished jobs between ``baseline`` and ``current`` (job totals, each with
+    ``succeeded`` and ``failed``). Without a baseline, or after a counter reset, since the
+    counters started (``window_seconds`` None).
+
+    Returns ``{"value", "failed", "finished", "window_seconds"}``.
+    """
+    succeeded = float(current.get("succeeded") or 0.0)
+    failed = float(current.get("failed") or 0.0)
+    if baseline is not None:
+        d_succeeded = succeeded - float(baseline.get("succeeded") or 0.0)
+        d_failed = failed - float(baseline.get("failed") or 0.0)
+        if d_succeeded >= 0 and d_failed >= 0:
+            succeeded, failed = d_succeeded, d_failed
+        else:
+            window_seconds = None
+    else:
+        window_seconds = None
+    finished = succeeded + failed
+    return {"value": round(failed / finished, 4) if finished else 0.0, "failed": int(failed),
+            "finished": int(finished), "window_seconds": window_seconds}
+
+
+def collect_warnings(
+    *,
+    queues: Mapping[str, int] | None,
+    dead_letter: int | None,
+    error_rate: Mapping[str, Any] | None,
+    queue_threshold: int,
+    error_rate_threshold: float,
+    min_jobs: int,
+) -> list[dict[str, Any]]:
+    """What an operator should look at but that does not stop the service accepting jobs.
+
+    Each warning is ``{"code", "message", ...numbers}``: ``queue_length`` per queue holding more
+    than ``queue_threshold`` messages, ``dead_letters`` when any record waits, and ``error_rate``
+    when the :func:`error_rate_reading` is above ``error_rate_threshold`` over at least
+    ``min_jobs`` finished jobs. A reading that is None (Redis did not answer) adds nothing.
+    """
+    found: list[dict[str, Any]] = []
+    for queue, length in sorted((queues or {}).items()):
+        if int(length) > queue_threshold:
+            found.append({"code": "queue_length", "queue": queue, "value": int(length), "threshold": queue_threshold,
+                          "message": f"queue {queue} holds {int(length)} messages (above {queue_threshold}); "
+                                     "jobs wait longer, none is lost"})
+    if dead_letter:
+        found.append({"code": "dead_letters", "value": int(dead_letter),
+                      "message": f"{int(dead_letter)} dead-lettered job(s) wait for a decision (GET /v1/dlq)"})
+    if error_rate is not None and int(error_rate.get("finished") or 0) >= max(1, min_jobs):
+        rate = float(error_rate.get("value") or 0.0)
+        if rate > error_rate_threshold:
+            window = error_rate.get("window_seconds")
+            span = f"over the last {window:g} s" if isinstance(window, (int, float)) else "since the counters started"
+            found.append({"code": "error_rate", "value": rate, "threshold": error_rate_threshold,
+                          "failed": error_rate.get("failed"), "finished": error_rate.get("finished"),
+                          "window_seconds": window,
+                          "message": f"{rate:.1%} of {error_rate.get('finished')} finished jobs failed {span} "
+                                     f"(above {error_rate_threshold:.1%})"})
+    return found

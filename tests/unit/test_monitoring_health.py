@@ -7,6 +7,7 @@ from pathlib import Path
 
 import fakeredis
 import pytest
+import redis
 
 from monitoring import health
 from monitoring.workers import WorkerRegistry
@@ -128,3 +129,104 @@ def test_check_broker_reports_backlog() -> None:
     assert (result["reserved"], result["dead_letter"]) == (1, 1)
     backed_up = health.check_broker(client, ["synthesis"], max_queue_length=5)
     assert backed_up["status"] == "degraded" and "synthesis" in backed_up["detail"]
+
+
+# --- liveness and readiness probes ------------------------------------------------------------
+
+
+class ReadOnlyRedis(fakeredis.FakeRedis):
+    """A Redis that answers reads and refuses every write, as a replica does (the client library's error)."""
+
+    def set(self, *args: object, **kwargs: object) -> bool:  # type: ignore[override]
+        raise redis.ReadOnlyError("You can't write against a read only replica.")
+
+
+def test_check_redis_ping() -> None:
+    server = fakeredis.FakeServer()
+    result = health.check_redis_ping(fakeredis.FakeRedis(server=server))
+    assert result["status"] == "healthy" and result["ping_ms"] >= 0
+    server.connected = False
+    assert health.check_redis_ping(fakeredis.FakeRedis(server=server))["status"] == "unhealthy"
+
+
+def test_check_redis_write_sets_a_key_that_expires() -> None:
+    client = fakeredis.FakeRedis()
+    result = health.check_redis_write(client, "probe-key", ttl_ms=2000)
+    assert (result["status"], result["writable"]) == ("healthy", True)
+    assert 0 < client.pttl("probe-key") <= 2000
+    assert health.write_probe_key().startswith("tts:metrics:health:write:")
+    refused = health.check_redis_write(ReadOnlyRedis(), "probe-key")
+    assert (refused["status"], refused["writable"]) == ("unhealthy", False)
+    assert "read only replica" in refused["detail"]
+    server = fakeredis.FakeServer()
+    server.connected = False
+    assert health.check_redis_write(fakeredis.FakeRedis(server=server), "k")["status"] == "unhealthy"
+
+
+def test_check_redis_with_a_write_probe_that_is_refused() -> None:
+    # (A write that succeeds is checked against a real Redis: fakeredis has no INFO.)
+    refused = health.check_redis(ReadOnlyRedis(), write_key="probe")
+    assert (refused["status"], refused["writable"]) == ("unhealthy", False)
+    assert "read only replica" in refused["detail"]
+
+
+def test_check_workers_names_the_heartbeat_window() -> None:
+    result = health.check_workers(WorkerRegistry(fakeredis.FakeRedis()))
+    assert result["status"] == "unhealthy" and "30 s" in result["detail"]
+
+
+def test_failed_checks() -> None:
+    results = {"redis": {"status": "healthy"}, "workers": {"status": "unhealthy"}, "disk": {"status": "degraded"}}
+    assert health.failed_checks(results) == ["workers"]
+    assert health.failed_checks(results, ["redis"]) == []
+    assert health.failed_checks(results, ["redis", "engine"]) == ["engine"]  # missing counts as failed
+
+
+# --- workload warnings ------------------------------------------------------------------------
+
+
+def warnings_of(**overrides: object) -> list[dict]:
+    args: dict = {"queues": {"synthesis": 0}, "dead_letter": 0, "error_rate": None, "queue_threshold": 1000,
+                  "error_rate_threshold": 0.05, "min_jobs": 5}
+    args.update(overrides)
+    return health.collect_warnings(**args)
+
+
+def test_no_warnings_for_a_quiet_service() -> None:
+    assert warnings_of() == []
+    assert warnings_of(queues=None, dead_letter=None) == []  # Redis did not answer: nothing to say
+
+
+def test_deep_queues_are_warnings() -> None:
+    found = warnings_of(queues={"synthesis": 1001, "batch": 1000, "webhooks": 5000})
+    assert [(w["code"], w["queue"], w["value"]) for w in found] == [("queue_length", "synthesis", 1001),
+                                                                     ("queue_length", "webhooks", 5000)]
+    assert all(w["threshold"] == 1000 and w["message"] for w in found)
+
+
+def test_dead_letters_are_a_warning() -> None:
+    (found,) = warnings_of(dead_letter=3)
+    assert (found["code"], found["value"]) == ("dead_letters", 3)
+    assert "/v1/dlq" in found["message"]
+
+
+def test_error_rate_warning_needs_enough_jobs_and_a_rate_above_the_threshold() -> None:
+    high = health.error_rate_reading({"succeeded": 90, "failed": 10}, None, None)
+    assert high == {"value": 0.1, "failed": 10, "finished": 100, "window_seconds": None}
+    (found,) = warnings_of(error_rate=high)
+    assert (found["code"], found["value"], found["threshold"]) == ("error_rate", 0.1, 0.05)
+    assert "since the counters started" in found["message"]
+    assert warnings_of(error_rate=high, error_rate_threshold=0.1) == []  # at the threshold is fine
+    few = health.error_rate_reading({"succeeded": 1, "failed": 3}, None, None)
+    assert warnings_of(error_rate=few) == []  # 4 finished jobs are too few to judge
+
+
+def test_error_rate_reading_over_a_window() -> None:
+    reading = health.error_rate_reading({"succeeded": 120, "failed": 30}, {"succeeded": 100, "failed": 10}, 300.0)
+    assert reading == {"value": 0.5, "failed": 20, "finished": 40, "window_seconds": 300.0}
+    (found,) = warnings_of(error_rate=reading)
+    assert "over the last 300 s" in found["message"]
+    idle = health.error_rate_reading({"succeeded": 100, "failed": 10}, {"succeeded": 100, "failed": 10}, 300.0)
+    assert idle["finished"] == 0 and warnings_of(error_rate=idle) == []
+    reset = health.error_rate_reading({"succeeded": 5, "failed": 5}, {"succeeded": 100, "failed": 10}, 300.0)
+    assert reset == {"value": 0.5, "failed": 5, "finished": 10, "window_seconds": None}  # counters restarted
