@@ -127,10 +127,14 @@ class Settings:
     flower_port: int = 5555
     flower_user: str = "admin"
     flower_password: str = "tts-batch"
+    #: Webhook receivers; setting any requires ``webhook_secret`` (deliveries are always signed).
     webhook_urls: tuple[str, ...] = ()
+    #: Key of the ``X-TTS-Signature`` HMAC; required when ``webhook_urls`` is set.
     webhook_secret: str = ""
     webhook_timeout: float = 5.0
-    webhook_max_attempts: int = 8
+    #: Attempts per delivery; the delivery task raises it to what 15 minutes of receiver
+    #: outage need (11 with the default backoff), never lowers it.
+    webhook_max_attempts: int = 11
     alert_error_rate: float = 0.05
     alert_response_time_p95_ms: float = 1000.0
     alert_queue_length: int = 1000
@@ -229,9 +233,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("TTS_TASK_TIME_LIMIT must exceed TTS_TASK_SOFT_TIME_LIMIT")
     if settings.visibility_timeout <= settings.task_time_limit:
         raise SettingsError("TTS_VISIBILITY_TIMEOUT must exceed TTS_TASK_TIME_LIMIT")
+    if settings.lease_seconds < 3:
+        raise SettingsError("TTS_LEASE_SECONDS must be at least 3 (the lease is renewed every third of it)")
+    if settings.reconcile_interval < 1:
+        raise SettingsError("TTS_RECONCILE_INTERVAL must be at least 1 second")
     if settings.max_delay_ms / 1000 >= settings.visibility_timeout:
         # An ETA beyond the visibility timeout makes Redis hand the task to a second worker.
         raise SettingsError("TTS_MAX_DELAY_MS must stay below TTS_VISIBILITY_TIMEOUT (seconds)")
+    if settings.webhook_urls and not settings.webhook_secret.strip():
+        # A worker must never send an unsigned delivery: receivers could not tell ours from a forgery.
+        raise SettingsError(
+            "TTS_WEBHOOK_URLS is set but TTS_WEBHOOK_SECRET is empty: webhook deliveries are always signed. "
+            "Set TTS_WEBHOOK_SECRET to a long random string (python -c 'import secrets; "
+            "print(secrets.token_hex(32))') and give it to the receivers, or unset TTS_WEBHOOK_URLS")
+    if settings.webhook_max_attempts < 1:
+        raise SettingsError("TTS_WEBHOOK_MAX_ATTEMPTS must be at least 1")
     return settings
 
 
@@ -239,10 +255,6 @@ def child_environment(inherit_settings: bool = True, **overrides: str) -> dict[s
     """The environment for a child process (worker, API, benchmark run): this process's
     environment, without the ``TTS_*``/``REDIS_URL`` settings unless ``inherit_settings``,
     plus ``overrides``. The one other place, besides :func:`load_settings`, that reads it."""
-    if settings.lease_seconds < 3:
-        raise SettingsError("TTS_LEASE_SECONDS must be at least 3 (the lease is renewed every third of it)")
-    if settings.reconcile_interval < 1:
-        raise SettingsError("TTS_RECONCILE_INTERVAL must be at least 1 second")
     env = {k: v for k, v in os.environ.items()
            if inherit_settings or not (k.startswith("TTS_") or k == "REDIS_URL")}
     env.update(overrides)

@@ -4,6 +4,12 @@ A payload is built once per event (:func:`build_payload`) and posted as JSON to 
 configured URL by the ``tts.deliver_webhook`` Celery task, which retries
 :func:`deliver` with backoff while it raises :class:`WebhookDeliveryError`.
 
+The retry schedule (:func:`retry_bounds`, :func:`retry_delay`, :func:`retry_schedule`) is
+capped exponential backoff with *equal jitter*: the wait after attempt ``n`` is drawn from
+``[c/2, c]`` with ``c = min(cap, base * 2**(n-1))``, so no draw can collapse to zero and the
+floors alone add up to a known minimum. :func:`attempts_for_window` gives the fewest attempts
+whose floors cover :data:`RETRY_WINDOW` (15 minutes of receiver outage).
+
 Headers of each POST:
 
 ``X-TTS-Event``       the event name, e.g. ``job.failed``
@@ -22,9 +28,11 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,13 +44,21 @@ __all__ = [
     "DELIVERY_HEADER",
     "EVENTS",
     "EVENT_HEADER",
+    "RETRY_BASE",
+    "RETRY_CAP",
+    "RETRY_WINDOW",
     "SIGNATURE_HEADER",
+    "RetryStep",
     "WebhookDeliveryError",
+    "attempts_for_window",
     "build_payload",
     "deliver",
     "encode",
     "redact_url",
     "request_headers",
+    "retry_bounds",
+    "retry_delay",
+    "retry_schedule",
     "sign",
     "verify_signature",
 ]
@@ -60,8 +76,88 @@ DELIVERIES_METRIC = "tts_webhook_deliveries_total"
 ALERT_EVENTS: frozenset[str] = frozenset({"alert.error_rate", "alert.latency_p95", "alert.queue_length"})
 #: Every event a payload may carry.
 EVENTS: frozenset[str] = frozenset({"job.failed", "job.retry_exhausted", "webhook.test"}) | ALERT_EVENTS
+#: Ceiling of the first retry's wait (seconds); each later ceiling is twice the one before ...
+RETRY_BASE = 10.0
+#: ... but never more than this (the delivery task lowers it to half the broker visibility
+#: timeout, or Redis would hand the waiting message to a second worker).
+RETRY_CAP = 300.0
+#: Receiver outage (seconds) every delivery outlasts before it is given up, whatever the
+#: jitter draws: the floors of the waits between the first and the last attempt add up to
+#: at least this much.
+RETRY_WINDOW = 900.0
 _CORE_FIELDS = ("event", "id", "time", "job_id", "error", "attempts", "correlation_id", "text")
 _MAX_ERROR_IN_TEXT = 500
+
+
+@dataclass(frozen=True)
+class RetryStep:
+    """The wait before one retry of a delivery, and the time since the first attempt.
+
+    ``attempt`` is the attempt the wait precedes (2 for the first retry); ``min_delay`` and
+    ``max_delay`` bound the wait; ``min_elapsed`` and ``max_elapsed`` bound the time from the
+    first attempt to this one (sums of the waits so far; the attempts' own HTTP time adds to it).
+    """
+
+    attempt: int
+    min_delay: float
+    max_delay: float
+    min_elapsed: float
+    max_elapsed: float
+
+
+def _check_schedule(base: float, cap: float) -> None:
+    if not (base > 0 and cap > 0):
+        raise ValueError(f"retry base and cap must be positive, not {base!r} and {cap!r}")
+
+
+def retry_bounds(retries: int, base: float = RETRY_BASE, cap: float = RETRY_CAP) -> tuple[float, float]:
+    """``(floor, ceiling)`` of the wait before retry number ``retries + 1``.
+
+    ``ceiling = min(cap, base * 2**retries)`` and ``floor = ceiling / 2`` (equal jitter).
+    Raises ValueError unless ``base`` and ``cap`` are positive.
+    """
+    _check_schedule(base, cap)
+    exponent = min(max(0, retries), 64)  # 2**64 * base is far past any cap; no float overflow
+    ceiling = min(cap, base * (2.0**exponent))
+    return ceiling / 2.0, ceiling
+
+
+def retry_delay(
+    retries: int, base: float = RETRY_BASE, cap: float = RETRY_CAP, rng: random.Random | None = None
+) -> float:
+    """The wait before retry number ``retries + 1``: uniform between its :func:`retry_bounds`.
+
+    ``rng`` draws the jitter (the module's shared generator by default; pass a seeded
+    :class:`random.Random` for repeatable draws).
+    """
+    low, high = retry_bounds(retries, base, cap)
+    return (rng or random).uniform(low, high)
+
+
+def retry_schedule(max_attempts: int, base: float = RETRY_BASE, cap: float = RETRY_CAP) -> list[RetryStep]:
+    """One :class:`RetryStep` per retry of a delivery that makes ``max_attempts`` attempts."""
+    steps: list[RetryStep] = []
+    min_elapsed = max_elapsed = 0.0
+    for retries in range(max(0, max_attempts - 1)):
+        low, high = retry_bounds(retries, base, cap)
+        min_elapsed += low
+        max_elapsed += high
+        steps.append(RetryStep(retries + 2, low, high, min_elapsed, max_elapsed))
+    return steps
+
+
+def attempts_for_window(window: float = RETRY_WINDOW, base: float = RETRY_BASE, cap: float = RETRY_CAP) -> int:
+    """The fewest attempts whose minimum waits add up to at least ``window`` seconds.
+
+    With the defaults: 11 (the floors add up to 905 s). Raises ValueError unless ``base``
+    and ``cap`` are positive.
+    """
+    _check_schedule(base, cap)
+    attempts, elapsed = 1, 0.0
+    while elapsed < window:
+        elapsed += retry_bounds(attempts - 1, base, cap)[0]
+        attempts += 1
+    return attempts
 
 
 class WebhookDeliveryError(Exception):

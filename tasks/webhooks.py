@@ -3,10 +3,14 @@
 * :func:`notify` builds an event's payload once and queues one ``tts.deliver_webhook`` task
   per URL in ``TTS_WEBHOOK_URLS`` on the ``webhooks`` queue, so a slow or dead receiver never
   holds up synthesis. It never raises into its caller.
-* ``tts.deliver_webhook`` posts the payload; on a failure it retries with exponential
-  backoff and full jitter (each delay drawn from ``[0, min(cap, base * 2**n)]``) up to
-  ``TTS_WEBHOOK_MAX_ATTEMPTS`` attempts, so an alert survives a receiver that is down for a
-  few minutes. Every retry carries the same ``X-TTS-Delivery`` id.
+* ``tts.deliver_webhook`` posts the payload, signed; on a failure it retries with capped
+  exponential backoff and equal jitter (each delay drawn from ``[c/2, c]``,
+  ``c = min(cap, base * 2**n)``, see :func:`monitoring.webhooks.retry_bounds`) for
+  ``TTS_WEBHOOK_MAX_ATTEMPTS`` attempts, and never fewer than the floors of the delays need
+  to add up to :data:`monitoring.webhooks.RETRY_WINDOW` (15 minutes): an alert survives a
+  receiver that is down for 15 minutes whatever the jitter draws. Every retry carries the
+  same ``X-TTS-Delivery`` id. Without ``TTS_WEBHOOK_SECRET`` nothing is sent (settings
+  refuse URLs without a secret; the task checks again).
 * ``tts.evaluate_alerts`` (scheduled by Celery beat every ``TTS_ALERT_INTERVAL`` seconds)
   runs :func:`monitoring.alerts.evaluate_thresholds` and notifies what started or stopped
   firing.
@@ -14,7 +18,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 from celery import Task
@@ -24,35 +27,56 @@ from monitoring.correlation import bind, current
 from monitoring.queues import discover_queues, queue_lengths
 from monitoring.webhooks import (
     DELIVERIES_METRIC,
+    RETRY_BASE,
+    RETRY_CAP,
+    RETRY_WINDOW,
     WebhookDeliveryError,
+    attempts_for_window,
     build_payload,
     deliver,
     redact_url,
+    retry_delay,
 )
-from settings import get_settings
+from settings import Settings, get_settings
 
 from .celery_app import QUEUES, WEBHOOK_QUEUE, celery_app
 from .runtime import get_runtime
 
-__all__ = ["backoff_seconds", "deliver_webhook", "enqueue_payload", "evaluate_alerts", "notify"]
+__all__ = [
+    "backoff_cap",
+    "backoff_seconds",
+    "deliver_webhook",
+    "delivery_attempts",
+    "enqueue_payload",
+    "evaluate_alerts",
+    "notify",
+]
 
 log = logging.getLogger(__name__)
 
-#: First retry waits up to this long (seconds); each later one up to twice as long ...
-BACKOFF_BASE = 10.0
+#: First retry waits between half of this and this (seconds); each later one twice as long ...
+BACKOFF_BASE = RETRY_BASE
 #: ... but never more than this (and never more than half the broker visibility timeout,
 #: or Redis would hand the waiting message to a second worker).
-BACKOFF_CAP = 300.0
+BACKOFF_CAP = RETRY_CAP
 
 
 def backoff_seconds(retries: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Delay before retry number ``retries + 1``: full jitter, ``uniform(0, min(cap, base * 2**retries))``."""
-    ceiling = min(cap, base * (2.0 ** max(0, retries)))
-    return random.uniform(0.0, ceiling)
+    """Delay before retry number ``retries + 1``: equal jitter, between half and all of
+    ``min(cap, base * 2**retries)`` (:func:`monitoring.webhooks.retry_delay`)."""
+    return retry_delay(retries, base, cap)
 
 
-def _cap() -> float:
-    return max(1.0, min(BACKOFF_CAP, get_settings().visibility_timeout / 2))
+def backoff_cap(settings: Settings) -> float:
+    """The delay ceiling in force: :data:`BACKOFF_CAP`, or half the visibility timeout if less."""
+    return max(1.0, min(BACKOFF_CAP, settings.visibility_timeout / 2))
+
+
+def delivery_attempts(settings: Settings) -> int:
+    """Attempts per delivery: ``TTS_WEBHOOK_MAX_ATTEMPTS``, raised to what the floors of the
+    delays need to cover :data:`monitoring.webhooks.RETRY_WINDOW` with the ceiling in force."""
+    needed = attempts_for_window(RETRY_WINDOW, BACKOFF_BASE, backoff_cap(settings))
+    return max(settings.webhook_max_attempts, needed)
 
 
 def _count(event: str, outcome: str) -> None:
@@ -68,14 +92,24 @@ def _count(event: str, outcome: str) -> None:
     queue=WEBHOOK_QUEUE,
     acks_late=True,
     ignore_result=True,
-    max_retries=max(0, get_settings().webhook_max_attempts - 1),
+    max_retries=delivery_attempts(get_settings()) - 1,
 )
 def deliver_webhook(self: Task, url: str, payload: dict[str, Any]) -> int | None:
-    """POST ``payload`` to ``url``; retry with backoff on failure. Returns the HTTP status."""
+    """POST ``payload`` to ``url``, signed; retry with backoff on failure. Returns the HTTP status.
+
+    Gives up (returns None) at once for a URL that is not http(s) or when no signing secret
+    is set: a worker never sends an unsigned delivery.
+    """
     settings = get_settings()
     event = str(payload.get("event", "?"))
     attempt = self.request.retries + 1
+    max_retries = delivery_attempts(settings) - 1
     with bind(correlation_id=payload.get("correlation_id") or None, job_id=payload.get("job_id") or None):
+        if not settings.webhook_secret.strip():
+            log.error("webhook %s (delivery %s) to %s not sent: TTS_WEBHOOK_SECRET is empty and deliveries "
+                      "are always signed", event, payload.get("id"), redact_url(url))
+            _count(event, "failed")
+            return None
         try:
             status = deliver(url, payload, settings.webhook_secret, settings.webhook_timeout)
         except ValueError as exc:
@@ -83,20 +117,20 @@ def deliver_webhook(self: Task, url: str, payload: dict[str, Any]) -> int | None
             _count(event, "failed")
             return None
         except WebhookDeliveryError as exc:
-            if self.request.retries >= self.max_retries:
+            if self.request.retries >= max_retries:
                 log.error(
                     "webhook %s (delivery %s) to %s given up after %d attempts: %s",
                     event, payload.get("id"), redact_url(url), attempt, exc,
                 )
                 _count(event, "failed")
                 raise
-            delay = backoff_seconds(self.request.retries, cap=_cap())
+            delay = backoff_seconds(self.request.retries, cap=backoff_cap(settings))
             log.warning(
                 "webhook %s (delivery %s) attempt %d failed: %s; retrying in %.1f s",
                 event, payload.get("id"), attempt, exc, delay,
             )
             _count(event, "retried")
-            raise self.retry(exc=exc, countdown=delay) from exc
+            raise self.retry(exc=exc, countdown=delay, max_retries=max_retries) from exc
         _count(event, "delivered")
         return status
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,10 +22,12 @@ from monitoring.recorder import MetricsRecorder
 from monitoring.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
+    RETRY_WINDOW,
     SIGNATURE_HEADER,
     WebhookDeliveryError,
     build_payload,
     deliver,
+    retry_schedule,
 )
 from scripts.embedded_redis import find_free_port
 from settings import get_settings, reset_settings
@@ -29,6 +35,7 @@ from settings import get_settings, reset_settings
 pytestmark = pytest.mark.integration
 
 SECRET = "webhook-test-secret"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -194,15 +201,27 @@ def task_env(redis_url: str, receiver: Receiver) -> Iterator[redis.Redis]:
         reset_runtime()
 
 
-def test_backoff_is_full_jitter_and_capped() -> None:
-    from tasks.webhooks import BACKOFF_BASE, BACKOFF_CAP, backoff_seconds
+def test_backoff_has_a_floor_and_the_task_covers_the_retry_window() -> None:
+    from tasks.webhooks import (
+        BACKOFF_BASE,
+        BACKOFF_CAP,
+        backoff_cap,
+        backoff_seconds,
+        deliver_webhook,
+        delivery_attempts,
+    )
 
     for retries in range(12):
         ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2**retries)
         delays = [backoff_seconds(retries) for _ in range(200)]
-        assert all(0 <= d <= ceiling for d in delays)
-        assert max(delays) > ceiling * 0.5  # spread over the range, not a fixed delay
-    assert get_settings().visibility_timeout > BACKOFF_CAP
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)  # equal jitter: never near zero
+        assert max(delays) > ceiling * 0.75  # spread over the band, not a fixed delay
+    settings = get_settings()
+    assert settings.visibility_timeout > BACKOFF_CAP
+    # The task as the worker registers it: its attempts' floors outlast 15 minutes of outage.
+    attempts = deliver_webhook.max_retries + 1
+    assert attempts == delivery_attempts(settings)
+    assert retry_schedule(attempts, cap=backoff_cap(settings))[-1].min_elapsed >= RETRY_WINDOW
 
 
 def test_deliver_webhook_task_retries_until_the_receiver_recovers(task_env: redis.Redis, receiver: Receiver) -> None:
@@ -227,9 +246,43 @@ def test_deliver_webhook_task_gives_up_after_max_attempts(task_env: redis.Redis,
     result = deliver_webhook.apply(args=[receiver.url, build_payload("job.failed", job_id="job-5")])
     assert result.state == "FAILURE"
     assert isinstance(result.result, WebhookDeliveryError) and result.result.status == 500
-    assert len(receiver.requests) == get_settings().webhook_max_attempts == deliver_webhook.max_retries + 1
+    from tasks.webhooks import delivery_attempts
+
+    assert len(receiver.requests) == delivery_attempts(get_settings()) == deliver_webhook.max_retries + 1
+    assert len(receiver.requests) >= get_settings().webhook_max_attempts
     rec = MetricsRecorder(task_env)
     assert rec.counter_total("tts_webhook_deliveries_total", outcome="failed") == 1
+
+
+def test_a_worker_never_sends_an_unsigned_delivery(task_env: redis.Redis, receiver: Receiver) -> None:
+    from tasks.webhooks import deliver_webhook
+
+    # Settings built in code skip load_settings' check; the task checks again.
+    reset_settings(get_settings().replace(webhook_secret=""))
+    result = deliver_webhook.apply(args=[receiver.url, build_payload("job.failed", job_id="job-unsigned")])
+    assert result.get() is None
+    assert receiver.requests == []
+    assert MetricsRecorder(task_env).counter_total("tts_webhook_deliveries_total", outcome="failed") == 1
+
+
+def test_a_worker_with_webhook_urls_and_no_secret_refuses_to_start(redis_url: str, receiver: Receiver,
+                                                                   tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_") and k != "REDIS_URL"}
+    env.update({"REDIS_URL": redis_url, "TTS_DATA_DIR": str(tmp_path), "TTS_WEBHOOK_URLS": receiver.url,
+                "PYTHONPATH": str(ROOT)})
+    started = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", "webhooks", "-c", "1",
+         "--without-gossip", "--without-mingle"],
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    output = started.stdout + started.stderr
+    assert started.returncode != 0, output
+    assert "SettingsError" in output and "TTS_WEBHOOK_URLS" in output and "TTS_WEBHOOK_SECRET" in output, output
+    assert receiver.requests == []
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert not client.keys("tts:metrics:worker:*")  # it never came up
+    finally:
+        client.close()
 
 
 def test_notify_sends_one_payload_to_every_url(task_env: redis.Redis, receiver: Receiver,

@@ -1,10 +1,13 @@
-"""Webhook payloads, encoding and signatures (no network: delivery is tested in integration)."""
+"""Webhook payloads, encoding, signatures, the retry schedule and the secret the settings
+require (no network: delivery is tested in integration)."""
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import hmac
 import json
+import random
+from pathlib import Path
 
 import pytest
 
@@ -12,15 +15,24 @@ from monitoring.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
     EVENTS,
+    RETRY_BASE,
+    RETRY_CAP,
+    RETRY_WINDOW,
     SIGNATURE_HEADER,
+    attempts_for_window,
     build_payload,
     deliver,
     encode,
     redact_url,
     request_headers,
+    retry_bounds,
+    retry_delay,
+    retry_schedule,
     sign,
     verify_signature,
 )
+from settings import Settings, SettingsError, load_settings
+from tasks.webhooks import backoff_cap, delivery_attempts
 
 
 def test_job_failed_payload_has_the_documented_fields() -> None:
@@ -114,3 +126,111 @@ def test_redact_url_hides_path_tokens() -> None:
 def test_deliver_refuses_non_http_urls() -> None:
     with pytest.raises(ValueError):
         deliver("file:///etc/passwd", build_payload("webhook.test"), "", 1.0)
+
+
+# --- the retry schedule ------------------------------------------------------------------------
+
+
+def floors(attempts: int, base: float = RETRY_BASE, cap: float = RETRY_CAP) -> list[float]:
+    """The lower bound of every wait between ``attempts`` attempts, written out from the documented
+    rule (half of ``min(cap, base * 2**n)``), independently of the code under test."""
+    return [min(cap, base * 2.0 ** min(n, 64)) / 2 for n in range(attempts - 1)]
+
+
+def test_the_floors_of_the_default_schedule_cover_fifteen_minutes() -> None:
+    attempts = delivery_attempts(Settings())
+    assert attempts == Settings().webhook_max_attempts == 11
+    assert sum(floors(attempts)) >= RETRY_WINDOW == 900.0
+    assert sum(floors(attempts - 1)) < RETRY_WINDOW  # and no attempt more than that needs
+    steps = retry_schedule(attempts)
+    assert [s.attempt for s in steps] == list(range(2, attempts + 1))
+    assert [s.min_delay for s in steps] == floors(attempts)
+    assert [s.max_delay for s in steps] == [2 * f for f in floors(attempts)]
+    assert steps[-1].min_elapsed == sum(floors(attempts)) == 905.0
+    assert steps[-1].max_elapsed == 1810.0
+
+
+@pytest.mark.parametrize("visibility_timeout", [3600, 601, 400, 100, 3])
+@pytest.mark.parametrize("configured", [1, 3, 8, 11, 20])
+def test_the_task_always_makes_enough_attempts_for_the_window(visibility_timeout: int, configured: int) -> None:
+    settings = Settings(visibility_timeout=visibility_timeout, webhook_max_attempts=configured)
+    cap = backoff_cap(settings)
+    assert cap <= min(RETRY_CAP, max(1.0, visibility_timeout / 2))  # a waiting message never outlives visibility
+    attempts = delivery_attempts(settings)
+    assert attempts >= configured
+    assert sum(floors(attempts, cap=cap)) >= RETRY_WINDOW
+    assert attempts == configured or sum(floors(attempts - 1, cap=cap)) < RETRY_WINDOW
+
+
+def test_attempts_for_window_is_the_fewest_that_cover_it() -> None:
+    for window in (0.0, 5.0, 5.1, 300.0, 900.0, 3600.0):
+        for cap in (1.0, 60.0, 300.0):
+            n = attempts_for_window(window, RETRY_BASE, cap)
+            assert sum(floors(n, cap=cap)) >= window
+            assert n == 1 or sum(floors(n - 1, cap=cap)) < window
+    with pytest.raises(ValueError):
+        attempts_for_window(900.0, RETRY_BASE, 0.0)
+    with pytest.raises(ValueError):
+        retry_bounds(1, base=-1.0)
+
+
+def test_no_sampled_delay_is_below_its_floor() -> None:
+    attempts = delivery_attempts(Settings())
+    lowest: dict[int, float] = {}
+    highest: dict[int, float] = {}
+    for seed in range(2000):
+        rng = random.Random(seed)
+        waited = 0.0
+        for retries in range(attempts - 1):
+            low, high = min(RETRY_CAP, RETRY_BASE * 2**retries) / 2, min(RETRY_CAP, RETRY_BASE * 2**retries)
+            delay = retry_delay(retries, rng=rng)
+            assert low <= delay <= high, (seed, retries, delay)
+            lowest[retries] = min(lowest.get(retries, high), delay)
+            highest[retries] = max(highest.get(retries, low), delay)
+            waited += delay
+        # A receiver down for 15 minutes from the first attempt is up again by the last one.
+        assert waited >= RETRY_WINDOW, (seed, waited)
+    for retries in range(attempts - 1):  # the jitter spreads over its whole band, it is not a fixed delay
+        low, high = retry_bounds(retries)
+        assert lowest[retries] < low + 0.05 * (high - low)
+        assert highest[retries] > high - 0.05 * (high - low)
+
+
+def test_huge_retry_numbers_stay_at_the_cap() -> None:
+    assert retry_bounds(10_000) == (RETRY_CAP / 2, RETRY_CAP)
+    assert retry_bounds(-3) == (RETRY_BASE / 2, RETRY_BASE)
+
+
+# --- the secret is required with URLs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", [None, "", "   "])
+def test_webhook_urls_without_a_secret_are_refused(secret: str | None) -> None:
+    env = {"TTS_WEBHOOK_URLS": "https://hooks.example/a,https://hooks.example/b"}
+    if secret is not None:
+        env["TTS_WEBHOOK_SECRET"] = secret
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert "TTS_WEBHOOK_URLS" in message and "TTS_WEBHOOK_SECRET" in message
+
+
+def test_webhook_settings_that_load() -> None:
+    assert load_settings({}).webhook_urls == ()
+    assert load_settings({"TTS_WEBHOOK_SECRET": "only-a-secret"}).webhook_urls == ()
+    signed = load_settings({"TTS_WEBHOOK_URLS": "https://hooks.example/a", "TTS_WEBHOOK_SECRET": "s3cret"})
+    assert (signed.webhook_urls, signed.webhook_secret) == (("https://hooks.example/a",), "s3cret")
+    with pytest.raises(SettingsError, match="TTS_WEBHOOK_MAX_ATTEMPTS"):
+        load_settings({"TTS_WEBHOOK_MAX_ATTEMPTS": "0"})
+
+
+def test_the_documented_schedule_is_the_one_in_force() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("### Webhook retry schedule", 1)[1].split("\n#", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines()
+            if line.startswith("| ") and line[2:3].isdigit()]
+    documented = [tuple(cell.strip().strip("*").removesuffix(" s") for cell in row) for row in rows]
+    expected = [("1", "–", "–", "0", "0")] + [
+        (str(s.attempt), f"{s.min_delay:g}", f"{s.max_delay:g}", f"{s.min_elapsed:g}", f"{s.max_elapsed:g}")
+        for s in retry_schedule(delivery_attempts(Settings()))]
+    assert documented == expected
