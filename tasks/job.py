@@ -280,12 +280,14 @@ class JobStore:
         pipe.execute()
 
     def transition(self, job_id: str, expected: set[JobStatus], *, task_id_is: str | None = None,
-                   **changes: Any) -> bool:
+                   history: dict[str, Any] | None = None, **changes: Any) -> bool:
         """Apply ``changes`` only if the job's status is one of ``expected`` (optimistic lock).
 
         ``task_id_is``: also require that the record still names this delivery (the
-        reconciler's guard against a worker that picked the job up meanwhile). A job that
-        reaches a final status leaves the index of unfinished jobs in the same transaction.
+        reconciler's guard against a worker that picked the job up meanwhile);
+        ``history``: an entry appended in the same transaction, so the record and its
+        history never disagree. A job that reaches a final status leaves the index of
+        unfinished jobs in the same transaction.
         """
         key = keys.job(job_id)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -314,6 +316,9 @@ class JobStore:
                     if dels:
                         pipe.hdel(key, *dels)
                     pipe.expire(key, self.ttl)
+                    if history is not None:
+                        pipe.rpush(keys.job_history(job_id), json.dumps(history))
+                        pipe.expire(keys.job_history(job_id), self.ttl)
                     new_status = changes.get("status")
                     if new_status is not None and JobStatus(new_status).finished:
                         pipe.zrem(keys.ACTIVE_JOBS, job_id)

@@ -269,15 +269,16 @@ def succeed(rt: Runtime, job: Job, result: engine.SynthesisResult, started: floa
         except Exception as exc:  # noqa: BLE001 - a cache failure must not fail the job
             log.warning("could not cache job %s audio: %s", job.id, exc)
     duration = round(result.duration, 3)
+    entry = {"attempt": job.attempts, "started_at": started, "finished_at": finished_at, "outcome": "succeeded",
+             "worker": HOSTNAME}
     changed = rt.jobs.transition(
-        job.id, {JobStatus.RUNNING}, task_id_is=job.task_id, status=JobStatus.SUCCEEDED, finished_at=finished_at,
+        job.id, {JobStatus.RUNNING}, task_id_is=job.task_id, history=entry, status=JobStatus.SUCCEEDED,
+        finished_at=finished_at,
         audio_bytes=len(result.audio), duration=duration, output_sample_rate=result.sample_rate,
         media_type=result.media_type, synthesis_seconds=round(result.synthesis_seconds, 3),
         error=None, error_type=None, error_code=None,
     )
     if changed:
-        rt.jobs.add_history(job.id, {"attempt": job.attempts, "started_at": started, "finished_at": finished_at,
-                                     "outcome": "succeeded", "worker": HOSTNAME})
         job.status, job.finished_at, job.duration = JobStatus.SUCCEEDED, finished_at, duration
         bookkeeping("job_succeeded", rt.metrics.job_succeeded, job.voice, SYNTHESIS_QUEUE,
                      result.synthesis_seconds, finished_at - job.created_at, result.characters, result.duration)
