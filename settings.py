@@ -55,6 +55,10 @@ class Settings:
     data_dir: str = str(_project_root() / "var")
     #: Port of the embedded Redis (0: pick a free one; default avoids a system Redis on 6379).
     embedded_redis_port: int = 6390
+    #: ``appendfsync`` of the embedded Redis: ``everysec`` (a 202 survives Redis being killed;
+    #: a power loss can take the last second of accepted jobs), ``always`` (it survives a power
+    #: loss too, at about half the submits per second: docs/reliability.md) or ``no``.
+    embedded_redis_fsync: str = "everysec"
 
     # --- engine ------------------------------------------------------------------------
     onnx_threads: int = 1
@@ -229,6 +233,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.max_attempts < 1:
         raise SettingsError("TTS_MAX_ATTEMPTS must be at least 1")
+    if settings.embedded_redis_fsync not in {"always", "everysec", "no"}:
+        raise SettingsError("TTS_EMBEDDED_REDIS_FSYNC must be always, everysec or no")
     if settings.task_time_limit <= settings.task_soft_time_limit:
         raise SettingsError("TTS_TASK_TIME_LIMIT must exceed TTS_TASK_SOFT_TIME_LIMIT")
     if settings.visibility_timeout <= settings.task_time_limit:

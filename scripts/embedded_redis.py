@@ -6,8 +6,10 @@ process, and the test suite uses :class:`EmbeddedRedis` directly (``tests/confte
 
 The server is configured on its command line only (no config file):
 
-* append-only persistence (``appendonly yes``, ``appendfsync everysec``) and no RDB snapshots,
-  so queued jobs survive a restart of the stack;
+* append-only persistence (``appendonly yes``) and no RDB snapshots, so queued jobs survive
+  a restart of the stack. The command line (``make up``) takes ``appendfsync`` from
+  ``--appendfsync``, else ``TTS_EMBEDDED_REDIS_FSYNC``; :class:`EmbeddedRedis` defaults to
+  ``everysec``. ``docs/reliability.md`` says what each setting keeps and what it costs;
 * ``maxmemory-policy noeviction``: a broker must never silently drop a queued task;
 * bound to ``127.0.0.1`` by default, logging to ``redis.log`` in the data folder.
 
@@ -18,7 +20,7 @@ Usage as a library::
 
 Usage from the command line (foreground until SIGTERM or SIGINT)::
 
-    python scripts/embedded_redis.py --port 6390 --dir var/redis
+    python scripts/embedded_redis.py --port 6390 --dir var/redis --appendfsync always
     python scripts/embedded_redis.py --wait redis://127.0.0.1:6390/0 --timeout 60
 """
 from __future__ import annotations
@@ -46,11 +48,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 __all__ = [
+    "FSYNC_POLICIES",
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "PortInUseError",
     "find_free_port",
     "main",
+    "parent_death_signal",
     "port_is_free",
     "redis_executable",
     "wait_for_redis",
@@ -65,6 +69,8 @@ DEFAULT_STOP_TIMEOUT = 10.0
 #: Log lines quoted in error messages.
 LOG_TAIL_LINES = 25
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "*", ""}
+#: Redis' ``appendfsync`` values: fsync after every write, once a second, or when the OS likes.
+FSYNC_POLICIES = frozenset({"always", "everysec", "no"})
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -154,7 +160,7 @@ def wait_for_redis(
         interval = min(interval * 1.5, 0.5)
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
+def parent_death_signal() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux only).
 
     This keeps a crashed test run or launcher from leaving an orphaned redis-server behind.
@@ -208,7 +214,7 @@ class EmbeddedRedis:
     ) -> None:
         if port < 0 or port > 65535:
             raise ValueError(f"port must be 0..65535, not {port}")
-        if appendfsync not in {"always", "everysec", "no"}:
+        if appendfsync not in FSYNC_POLICIES:
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         self._requested_port = port
         self._port: int | None = port or None
@@ -332,7 +338,7 @@ class EmbeddedRedis:
             stderr=subprocess.PIPE,
             cwd=str(self.data_dir),
             close_fds=True,
-            preexec_fn=_parent_death_signal() if self.die_with_parent else None,
+            preexec_fn=parent_death_signal() if self.die_with_parent else None,
         )
         proc = self._proc
         ready = wait_for_redis(self.url, timeout=self.start_timeout, alive=lambda: proc.poll() is None)
@@ -483,6 +489,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="data folder for the AOF and redis.log (default: TTS_DATA_DIR/redis)")
     parser.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--no-appendonly", action="store_true", help="turn append-only persistence off")
+    parser.add_argument("--appendfsync", choices=sorted(FSYNC_POLICIES), default=None,
+                        help="when Redis fsyncs the AOF (default: TTS_EMBEDDED_REDIS_FSYNC)")
     parser.add_argument("--wait", metavar="URL", default=None,
                         help="do not start anything: exit 0 once the Redis at URL answers PING, 1 on timeout")
     parser.add_argument("--timeout", type=float, default=None,
@@ -507,8 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("no Redis answered PING at %s within %.0f s", args.wait, timeout)
         return 1
 
-    port, data_dir = args.port, args.data_dir
-    if port is None or data_dir is None:
+    port, data_dir, appendfsync = args.port, args.data_dir, args.appendfsync
+    if port is None or data_dir is None or appendfsync is None:
         root = str(Path(__file__).resolve().parent.parent)
         if root not in sys.path:
             sys.path.insert(0, root)
@@ -517,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = get_settings()
         port = settings.embedded_redis_port if port is None else port
         data_dir = str(settings.var_dir / "redis") if data_dir is None else data_dir
+        appendfsync = settings.embedded_redis_fsync if appendfsync is None else appendfsync
 
     stop_requested = threading.Event()
 
@@ -532,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_dir=data_dir,
         appendonly=not args.no_appendonly,
         bind=args.bind,
+        appendfsync=appendfsync,
         start_timeout=DEFAULT_START_TIMEOUT if args.timeout is None else args.timeout,
     )
     try:
@@ -539,8 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbeddedRedisError as exc:
         logger.error("%s", exc)
         return 1
-    logger.info("embedded Redis ready at %s (pid %s); data in %s; log in %s",
-                server.url, server.pid, server.data_dir, server.logfile)
+    logger.info("embedded Redis ready at %s (pid %s); data in %s (appendfsync %s); log in %s",
+                server.url, server.pid, server.data_dir, server.appendfsync, server.logfile)
 
     rc = 0
     while not stop_requested.is_set():
