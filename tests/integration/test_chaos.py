@@ -131,11 +131,12 @@ class Clients:
 
     base_url: Callable[[], str]
     round_name: str
-    #: Seconds each client waits between two submits (to spread the submits over the fault).
-    pace: float = 0.0
+    #: Seconds each client waits between two submits: about 4 s of submits, so they go on through the fault.
+    pace: float = 0.25
     accepted: list[Submitted] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     five_xx: int = 0
+    dropped: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -156,6 +157,8 @@ class Clients:
                 response = requests.post(f"{self.base_url()}/v1/jobs", json=body, timeout=10,
                                          headers={"Idempotency-Key": key})
             except requests.RequestException:
+                with self.lock:
+                    self.dropped += 1
                 time.sleep(0.2)  # the client's retry backoff: the API is down or restarting
                 continue
             if response.status_code >= 500:
@@ -236,9 +239,10 @@ class Round:
             time.sleep(0.2)  # poll interval
 
     def mid_work(self) -> None:
-        """Wait until jobs are being synthesized: some done, some running."""
+        """Wait until jobs are being synthesized while clients still submit: some done, some running."""
         self.wait_until(lambda: self.count("succeeded") >= 8 and self.count("running") >= 1, 120,
                         "jobs running mid-work")
+        assert len(self.clients.accepted) < JOBS, "every submit was answered before the fault: nothing to test"
 
 
 def _tally(statuses: dict[str, str]) -> dict[str, int]:
@@ -308,7 +312,10 @@ def _finish_and_check(round_: Round, fault_ended: float) -> dict[str, Any]:
     lost = [job_id for job_id, s in statuses.items() if s != "succeeded"]
     figures = {"submitted": JOBS, "accepted_2xx": len(clients.accepted), "succeeded": len(statuses) - len(lost),
                "lost": len(lost), "duplicated": duplicated, "recovered_seconds": round(recovered, 1),
-               "5xx_answers": clients.five_xx}
+               "5xx_answers": clients.five_xx, "dropped_connections": clients.dropped,
+               "attempts_lost": sum(1 for h in histories.values() for e in h if e.get("outcome") == "worker_lost"),
+               "attempts": sum(1 for h in histories.values() for e in h
+                               if e.get("outcome") in ("succeeded", "failed", "worker_lost"))}
     log.warning("chaos round %s: %s", clients.round_name, json.dumps(figures))
     print(f"chaos round {clients.round_name}: {json.dumps(figures)}")  # shown with -s / -rP
     assert len(clients.accepted) == JOBS
@@ -379,7 +386,6 @@ def test_one_worker_child_sigkilled(chaos):
 
 def test_api_sigkilled_mid_submit_and_restarted(chaos):
     round_ = chaos("api-kill")
-    round_.clients.pace = 0.25  # about 4 s of submits, so the kill lands in the middle of them
     round_.clients.start()
     round_.wait_until(lambda: 10 <= len(round_.clients.accepted) < JOBS - 20, 120, "submits under way")
     round_.api.kill()
