@@ -5,7 +5,7 @@ heals, a runtime hiccup in onnxruntime might.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class EngineError(Exception):
@@ -61,3 +61,22 @@ class SynthesisRuntimeError(EngineError):
 
     code = "synthesis_failed"
     permanent = False
+
+
+class UnreadableTextError(EngineError):
+    """The text has characters the voice's G2P cannot read (it would skip them without a sound).
+
+    ``characters``: (offset in the submitted text, character) of the first occurrence of each.
+    """
+
+    code = "unreadable_text"
+
+    def __init__(self, voice: str, characters: Sequence[tuple[int, str]], shown: int = 5) -> None:
+        self.voice = voice
+        self.characters = list(characters)
+        listed = ", ".join(f"{ch!r} (U+{ord(ch):04X}) at offset {offset}" for offset, ch in self.characters[:shown])
+        more = len(self.characters) - shown
+        noun, it = ("a character", "it") if len(self.characters) == 1 else ("characters", "them")
+        super().__init__(f"text contains {noun} voice {voice} cannot read: {listed}"
+                         + (f" and {more} more" if more > 0 else "")
+                         + f"; remove or spell {it} out, or choose a voice that reads {it}")

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import audio
 from .exceptions import EmptyTextError, OptionError
-from .text import chunk_text, normalize
+from .text import check_readable, chunk_text, normalize
 from .voices import VoiceCatalog, VoiceInfo
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,18 @@ class SynthesisResult:
 
 
 def prepare(text: str, options: SynthesisOptions, catalog: VoiceCatalog) -> list[str]:
-    """Normalise and chunk ``text`` for the options' voice. Raises :class:`EmptyTextError`."""
+    """Normalise and chunk ``text`` for the options' voice.
+
+    Raises :class:`EmptyTextError`, or :class:`UnreadableTextError` when the voice cannot
+    read some of it (see :func:`engine.text.check_readable`).
+    """
     if not isinstance(text, str):
         raise OptionError("text must be a string")
-    options.validate(catalog)
+    info = options.validate(catalog)
+    normalized = normalize(text, markdown=options.markdown)
+    check_readable(text, info.id, info.family, markdown=options.markdown, normalized=normalized)
     backend = catalog.backend(options.voice)
-    chunks = chunk_text(normalize(text, markdown=options.markdown), backend.max_chunk_chars)
+    chunks = chunk_text(normalized, backend.max_chunk_chars)
     if not chunks:
         raise EmptyTextError()
     return chunks

@@ -3,6 +3,11 @@
 The contract that matters: :func:`chunk_text` never drops text. Every non-blank
 character of the normalised input lands in exactly one chunk, in order, so a
 100,000-character document is spoken whole.
+
+:func:`normalize` also folds what a G2P cannot read into what it can (superscripts,
+fractions, full-width and mathematical letters, ligatures, circled digits, digits of
+other scripts), and :func:`check_readable` refuses, before any synthesis, a text with
+letters a voice's G2P would skip without a sound (Chinese for an English voice, say).
 """
 from __future__ import annotations
 
@@ -10,13 +15,17 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 
+from .exceptions import UnreadableTextError
+
 __all__ = [
+    "check_readable",
     "chunk_text",
     "group_chunks",
     "looks_like_markdown",
     "normalize",
     "split_sentences",
     "strip_markdown",
+    "unreadable_characters",
 ]
 
 _QUOTES = str.maketrans(
@@ -59,6 +68,118 @@ def _degree_words(m: re.Match[str]) -> str:
     return f"{number} {words}" if number is not None else f" {words}"
 
 
+# --- compatibility forms ------------------------------------------------------------------
+# hibari's G2P (heart, and Kokoro's English) takes a character str.isdigit() calls a digit
+# for a number and int() then fails on it: "¹x", "[¹]", "⑴" and every superscript,
+# subscript, circled, parenthesised and dingbat digit, and the digits of Ethiopic, Brahmi
+# and the like, raised ValueError and dead-lettered the job. Kokoro's Japanese G2P fails on
+# any digit but 0-9 (KeyError, or AssertionError). espeak (Piper) reads "𝐀" and "Ａ" as
+# "letter 1D400" and "letter FF21". So before any G2P sees the text, such characters
+# become the plain ones they stand for.
+#
+# Superscript digits and signs: "x²" -> "x squared", "cm³" -> "cm cubed" (hibari's own
+# reading of ² and ³), "10⁶" -> "10 to the power of 6", "10⁻³" -> "... of minus 3",
+# "Na⁺" -> "Na plus", after a digit, a closing bracket or a one- or two-letter word (a
+# variable or a unit). Anywhere else, and ¹ always (an exponent of one is never written;
+# a footnote mark is), the run is a footnote mark and is read as a number of its own:
+# "Smith¹" -> "Smith 1", "[¹]" -> "[1]".
+_SUPERSCRIPTS = {
+    "\u2070": "0", "\u00b9": "1", "\u00b2": "2", "\u00b3": "3", "\u2074": "4", "\u2075": "5",
+    "\u2076": "6", "\u2077": "7", "\u2078": "8", "\u2079": "9", "\u207a": "+", "\u207b": "-",
+    "\u2071": "i", "\u207f": "n",
+}
+_SUPERSCRIPT_TABLE = str.maketrans(_SUPERSCRIPTS)
+_SUPERSCRIPT_RUN = re.compile(f"[{re.escape(''.join(_SUPERSCRIPTS))}]+")
+_EXPONENT_BASE = re.compile(r"(?:\d|[)\]]|(?<![^\W\d_])[^\W\d_]{1,2})$")
+_SIGNS = {"+": "plus", "-": "minus"}
+# Kept as they are: the micro sign (the G2Ps say "micro"; NFKC would make it a Greek mu,
+# "mu") and the ordinal indicators ª and º (read as ordinals, and º as "degrees" before C/F).
+_NO_FOLD = frozenset("\u00b5\u00aa\u00ba")
+# Vulgar fractions (½ is "1⁄2" to NFKC, with U+2044 FRACTION SLASH) and typed ones: "½" ->
+# "1 half", "1½", "1 ½" and "1 1⁄2" -> "1 and a half", "3⁄4" -> "3 quarters", "5⁄16" ->
+# "5 over 16". hibari reads "1⁄2" as "one two", and espeak "1/2" as "one slash two".
+_VULGAR_FRACTION = re.compile("[\u00bc-\u00be\u2150-\u215e\u2189]")
+_FRACTION = re.compile(r"(?:(?<![\d.,])(\d+) )?(?<![\d.,])(\d+)\u2044(\d+)(?![\d.,]\d)")
+_DENOMINATORS = {
+    2: ("half", "halves"), 3: ("third", "thirds"), 4: ("quarter", "quarters"), 5: ("fifth", "fifths"),
+    6: ("sixth", "sixths"), 7: ("seventh", "sevenths"), 8: ("eighth", "eighths"), 9: ("ninth", "ninths"),
+    10: ("tenth", "tenths"),
+}
+
+
+def _superscript_words(m: re.Match[str]) -> str:
+    text, start, end = m.string, m.start(), m.end()
+    plain = m.group().translate(_SUPERSCRIPT_TABLE)
+    exponent = plain != "1" and bool(_EXPONENT_BASE.search(text[max(0, start - 3) : start]))
+    if exponent and plain in ("2", "3"):
+        words = " squared" if plain == "2" else " cubed"
+    elif exponent and plain in _SIGNS:
+        words = f" {_SIGNS[plain]}"
+    elif exponent:
+        sign = _SIGNS.get(plain[0])
+        words = f" to the power of {sign} {plain[1:]}" if sign else f" to the power of {plain}"
+    else:
+        words = plain if start == 0 or text[start - 1] in " \n([{\"'" else f" {plain}"
+    return f"{words} " if end < len(text) and text[end].isalnum() else words
+
+
+def _vulgar_fraction(m: re.Match[str]) -> str:
+    """"½" -> "1⁄2", and "1½" -> "1 1⁄2" (a whole number and a fraction)."""
+    before = " " if m.start() > 0 and m.string[m.start() - 1].isdigit() else ""
+    return before + unicodedata.normalize("NFKC", m.group())
+
+
+def _fraction_words(m: re.Match[str]) -> str:
+    whole, num, den = m.group(1), int(m.group(2)), int(m.group(3))
+    names = _DENOMINATORS.get(den)
+    if names is None:
+        part = f"{num} over {den}"
+    elif whole is not None:
+        part = f"a {names[0]}" if num == 1 else f"{num} {names[1]}"
+    else:
+        part = f"{num} {names[0] if num == 1 else names[1]}"
+    words = f"{whole} and {part}" if whole is not None else part
+    text = m.string
+    before = " " if m.start() > 0 and text[m.start() - 1].isalnum() else ""
+    after = " " if m.end() < len(text) and text[m.end()].isalnum() else ""
+    return f"{before}{words}{after}"
+
+
+def _fold_char(ch: str) -> str:
+    """The plain form of one character: NFKC's compatibility folding (full-width and
+    mathematical letters, ligatures, Roman numerals, circled and parenthesised digits,
+    subscripts, presentation forms), then the value of any digit that is still not 0-9.
+    Symbols (So, Sk) are left for :func:`normalize` to speak or drop."""
+    if ch < "\u00a0" or ch in _NO_FOLD:
+        return ch
+    cat = unicodedata.category(ch)
+    if cat in ("So", "Sk") or cat[0] == "C":
+        return ch
+    folded = unicodedata.normalize("NFKC", ch)
+    if folded != ch:
+        return folded
+    if ch.isdigit():  # 0-9 of other scripts, and digits NFKC leaves alone (⓵ ❶ ➀, Ethiopic ፩)
+        return str(unicodedata.digit(ch))
+    if cat == "No" and "CIRCLED" in unicodedata.name(ch, ""):  # ⓫ ❿ and the like: 11, 10
+        value = unicodedata.numeric(ch)
+        if value == int(value):
+            return str(int(value))
+    return ch
+
+
+def _fold(text: str) -> str:
+    """Every character through :func:`_fold_char`; a number symbol (①, ₂, ½) becomes a word of its own."""
+    if text.isascii():
+        return text
+    out = []
+    for ch in text:
+        folded = _fold_char(ch)
+        if folded != ch and unicodedata.category(ch) == "No":
+            folded = f" {folded} "  # "H₂O" -> "H 2 O" (hibari reads "H2O" as "H to O"), "①Mix" -> "1 Mix"
+        out.append(folded)
+    return unicodedata.normalize("NFC", "".join(out))
+
+
 def _is_speakable_char(ch: str) -> bool:
     cat = unicodedata.category(ch)
     if ch in "\n\t ":
@@ -68,16 +189,36 @@ def _is_speakable_char(ch: str) -> bool:
     return cat not in ("So", "Sk")  # not emoji, pictographs, modifier symbols
 
 
+def _speakable(text: str) -> str:
+    """Unspeakable characters (see :func:`_is_speakable_char`) become blanks; a combining
+    mark on no letter (after a blank, punctuation or a removed emoji) goes."""
+    out = []
+    previous = " "
+    for ch in text:
+        if not _is_speakable_char(ch):
+            ch = " "
+        elif unicodedata.category(ch)[0] == "M" and not (previous.isalnum()
+                                                        or unicodedata.category(previous)[0] == "M"):
+            continue
+        out.append(ch)
+        previous = ch
+    return "".join(out)
+
+
 def normalize(text: str, markdown: bool = False) -> str:
     """Clean text for speech.
 
-    Unicode is composed (NFC); curly quotes become straight ones; punctuation dashes
-    become a comma pause and a dash between numbers becomes "to"; the degree sign
-    becomes words ("-5 °C" -> "-5 degrees Celsius"); zero-width and control characters,
-    emoji and pictographs are dropped; runs of blanks collapse to one space, a blank
-    before punctuation goes ("great 🙂!" -> "great!") and blank-line runs become one
-    paragraph break. With ``markdown=True`` Markdown markup is removed first so it is
-    not read aloud.
+    Unicode is composed (NFC); curly quotes become straight ones; compatibility forms
+    fold to the plain characters they stand for (full-width "Ａ１" and mathematical "𝐀"
+    letters, ligatures "ﬁ", Roman numerals "Ⅻ", circled "①" and other scripts' digits
+    become ASCII); superscripts are read ("x²" -> "x squared", "10⁶" -> "10 to the power
+    of 6", a footnote "word¹" -> "word 1") and fractions spoken ("1½" -> "1 and a half");
+    punctuation dashes become a comma pause and a dash between numbers becomes "to"; the
+    degree sign becomes words ("-5 °C" -> "-5 degrees Celsius"); zero-width, control,
+    private-use and unassigned characters, emoji and pictographs and combining marks on
+    no letter are dropped; runs of blanks collapse to one space, a blank before
+    punctuation goes ("great 🙂!" -> "great!") and blank-line runs become one paragraph
+    break. With ``markdown=True`` Markdown markup is removed first so it is not read aloud.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if markdown:
@@ -85,16 +226,97 @@ def normalize(text: str, markdown: bool = False) -> str:
     text = unicodedata.normalize("NFC", text)
     text = _ZERO_WIDTH.sub("", text)
     text = text.translate(_QUOTES)
+    text = _SUPERSCRIPT_RUN.sub(_superscript_words, text)
+    text = _VULGAR_FRACTION.sub(_vulgar_fraction, text)
+    text = _fold(text)
+    text = _FRACTION.sub(_fraction_words, text).replace("\u2044", "/")
     text = _DASH_RANGE.sub(" to ", text)
     text = _DASH_PUNCT.sub(", ", text)
     text = _DEGREES.sub(_degree_words, text)
-    text = "".join(ch if _is_speakable_char(ch) else " " for ch in text)
+    text = _speakable(text)
     text = text.replace("\t", " ")
     text = _INLINE_WS.sub(" ", text)
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     text = _MANY_NEWLINES.sub("\n\n", text)
     return text.strip()
+
+
+# --- what a voice can read --------------------------------------------------------------
+# After normalize, every G2P here reads every digit, punctuation mark and symbol it is
+# given (or pauses on it). Letters are another matter, and the probe of every code point
+# normalize lets through found:
+#
+# * hibari's English G2P (the hibari voices, and Kokoro's for text without Japanese)
+#   reads Latin, Greek and Cyrillic letters and skips the letters of every other script
+#   (Chinese, kana, Hangul, Arabic, Hebrew, Indic, Thai, Ethiopic, ...) without a sound:
+#   "你好" for heart was a job that succeeded with no audio.
+# * Kokoro's Japanese G2P (text with kana or kanji) reads Japanese and Latin.
+# * espeak (Piper) reads everything: what it has no rules for it names ("Chinese letter").
+#
+# So a text with letters its voice would skip is refused before anything is queued.
+#: Latin (with IPA and modifier letters), Greek and Cyrillic, and their extension blocks.
+_ENGLISH_SCRIPTS = re.compile(
+    "[\u0000-\u052f\u1c80-\u1c8f\u1d00-\u1dbf\u1e00-\u1fff\u2c60-\u2c7f\ua640-\ua69f\ua720-\ua7ff\uab30-\uab6f]"
+)
+#: What :class:`engine.backends.KokoroBackend` sends to the Japanese G2P (its ``_CJK``), and 々〆〇.
+_JAPANESE_SCRIPTS = re.compile("[\u3005-\u3007\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff66-\uff9f]")
+
+
+def _english_cannot_read(ch: str) -> bool:
+    if ch.isdigit():
+        return not ch.isascii()  # normalize makes every digit 0-9; hibari's int() fails on "¹"
+    return unicodedata.category(ch)[0] in "LN" and not _ENGLISH_SCRIPTS.match(ch)
+
+
+def _kokoro_cannot_read(ch: str) -> bool:
+    return _english_cannot_read(ch) and not _JAPANESE_SCRIPTS.match(ch)
+
+
+#: Voice family -> "its G2P cannot read this (normalised) character". Families not listed read everything.
+_CANNOT_READ = {"hibari": _english_cannot_read, "kokoro": _kokoro_cannot_read}
+#: Half of a UTF-16 pair, alone (JSON's "\ud800" escape makes one): no voice reads it, and it
+#: cannot be stored (UTF-8 has no encoding for it; Redis refused the job with a 500).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unreadable_characters(text: str, family: str, markdown: bool = False,
+                          normalized: str | None = None) -> list[tuple[int, str]]:
+    """Characters of ``text`` a voice of ``family`` cannot read, even after :func:`normalize`.
+
+    Returns (offset in ``text``, character) for the first occurrence of each, in order;
+    empty when the voice reads it all. A lone surrogate is unreadable for every voice.
+    Cheap: no model is loaded or run. ``normalized``: ``normalize(text, markdown)``, when
+    the caller has it already.
+    """
+    if text.isascii():
+        return []
+    found: dict[str, int] = {}
+    for m in _SURROGATE.finditer(text):
+        found.setdefault(m.group(), m.start())
+    cannot_read = _CANNOT_READ.get(family)
+    if cannot_read is None:
+        return sorted((offset, ch) for ch, offset in found.items())
+    if normalized is None:
+        normalized = normalize(text, markdown=markdown)
+    bad = {ch for ch in set(normalized) if cannot_read(ch)}
+    if not bad:
+        return sorted((offset, ch) for ch, offset in found.items())
+    for offset, ch in enumerate(text):
+        if ch not in found and (ch in bad or (not ch.isascii() and not bad.isdisjoint(_fold_char(ch)))):
+            found[ch] = offset
+    for ch in sorted(bad - {c for raw in found for c in _fold_char(raw)}):
+        found.setdefault(ch, normalized.index(ch))  # made by normalize itself: its offset there
+    return sorted((offset, ch) for ch, offset in found.items())
+
+
+def check_readable(text: str, voice: str, family: str, markdown: bool = False,
+                   normalized: str | None = None) -> None:
+    """Raise :class:`~engine.exceptions.UnreadableTextError` naming every character of
+    ``text`` that ``voice`` (of ``family``) cannot read; see :func:`unreadable_characters`."""
+    found = unreadable_characters(text, family, markdown=markdown, normalized=normalized)
+    if found:
+        raise UnreadableTextError(voice, found)
 
 
 # --- Markdown --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 import engine
 from engine.exceptions import EmptyTextError
-from engine.text import chunk_text, normalize
+from engine.text import check_readable, chunk_text, normalize
 from monitoring.recorder import CACHE_MISSES, JOBS_SUBMITTED
 
 from . import keys, lifecycle
@@ -63,6 +63,8 @@ class JobService:
         normalized = normalize(request.text, markdown=request.markdown)
         if not chunk_text(normalized, CHECK_CHUNK_CHARS):
             raise EmptyTextError("text is empty after normalising (nothing to speak)")
+        # Letters the voice would skip are a 400 now, not a job that fails or speaks nothing.
+        check_readable(request.text, info.id, info.family, markdown=request.markdown, normalized=normalized)
         if not request.cache:
             return normalized, None
         memo = versions if versions is not None else {}
