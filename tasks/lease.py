@@ -110,6 +110,8 @@ class Lease:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._take_over = client.register_script(_TAKE_OVER)
+        #: The dead holder this lease was taken over from, if any (its attempt was lost).
+        self.took_over: LeaseHolder | None = None
 
     def acquire(self) -> bool:
         """Take the lease; False when a live attempt holds it (this delivery is a duplicate)."""
@@ -122,6 +124,7 @@ class Lease:
             taken = self._take_over(keys=[self.key], args=[current.value(), self.holder.value(), self.ttl_ms])
             if taken:
                 log.info("job %s: took over the lease of dead process %d", self.job_id, current.pid)
+                self.took_over = current
             return bool(taken)
         return False
 

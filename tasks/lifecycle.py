@@ -193,6 +193,10 @@ def begin_attempt(rt: Runtime, job: Job, task_id: str | None) -> Attempt | None:
     try:
         number = rt.jobs.incr_attempts(job.id)
         job.attempts = number
+        if lease.took_over is not None:  # the previous attempt's process died holding it
+            rt.jobs.add_history(job.id, {"attempt": number - 1, "outcome": "worker_lost", "at": now(),
+                                         "worker": lease.took_over.host, "pid": lease.took_over.pid,
+                                         "error": "its worker process died during the attempt"})
         if number > job.max_attempts:
             # Earlier deliveries started but never reported back: the worker died under them.
             rt.jobs.add_history(job.id, {"attempt": number - 1, "error": "WorkerLostError", "at": now()})
@@ -406,8 +410,10 @@ def cancel_jobs(rt: Runtime, jobs: Sequence[Job]) -> list[Job]:
     """
     cancelled: list[Job] = []
     for job in jobs:
-        if rt.jobs.transition(job.id, set(UNFINISHED), status=JobStatus.CANCELLED, finished_at=now(),
-                              next_retry_at=None):
+        at = now()
+        if rt.jobs.transition(job.id, set(UNFINISHED), status=JobStatus.CANCELLED, finished_at=at, next_retry_at=None,
+                              history={"attempt": job.attempts, "outcome": "cancelled", "at": at,
+                                       "was": job.status.value}):
             job.status = JobStatus.CANCELLED
             cancelled.append(job)
     task_ids = [job.task_id for job in cancelled if job.task_id]

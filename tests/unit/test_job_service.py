@@ -670,3 +670,10 @@ def test_a_replayed_job_that_fails_again_at_once_is_dead_lettered_again(svc, rt,
     rt.jobs.transition(job.id, {JobStatus.QUEUED}, status=JobStatus.RUNNING)
     lifecycle.dead_letter(rt, running, "SynthesisRuntimeError", "boom again", code="retry_exhausted")
     assert rt.dlq.ids() == [job.id] and rt.dlq.get(job.id)["error"] == "boom again"
+
+
+def test_a_cancellation_is_in_the_job_history(svc, rt, app):
+    job, _ = svc.submit(request())
+    svc.cancel(job.id)
+    (entry,) = rt.jobs.history(job.id)
+    assert (entry["outcome"], entry["was"]) == ("cancelled", "queued")

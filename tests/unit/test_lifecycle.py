@@ -220,9 +220,12 @@ def test_the_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(rt, hook
                            check=True)
     dead_pid = int(child.stdout)  # that process has exited: a SIGKILLed pool child looks the same
     rt.redis.set(keys.lease(job.id), lease.LeaseHolder("task-1", HOSTNAME, dead_pid).value(), px=30_000)
+    rt.jobs.update(job.id, attempts=1)  # the dead process's attempt
     attempt = begin_attempt(rt, rt.jobs.get(job.id), "task-1")
-    assert attempt is not None and attempt.number == 1
+    assert attempt is not None and attempt.number == 2
     assert lease.holder(rt.redis, job.id) == lease.LeaseHolder("task-1", HOSTNAME, os.getpid())
+    (entry,) = rt.jobs.history(job.id)  # the lost attempt is in the history
+    assert (entry["outcome"], entry["attempt"], entry["pid"]) == ("worker_lost", 1, dead_pid)
 
 
 def test_the_lease_of_another_host_is_respected_until_it_expires(rt, hooks):
