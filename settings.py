@@ -89,15 +89,15 @@ class Settings:
     #: Only every Nth sweep scans Redis (kombu's throttle); interval x throttle is the sweep period.
     unacked_restore_throttle: int = 6
     worker_max_memory_kb: int = 2_000_000
-    chunk_fanout_chars: int = 2_000
-    #: Fan-out: texts longer than ``chunk_fanout_chars`` (0: never) are split by sentence into
-    #: parts of about this many characters, synthesized in parallel and stitched in order.
-    fanout_part_chars: int = 1_000
     #: A running job holds a lease its worker renews every third of this; a lease that
     #: expires (the worker or its host died) lets the reconciler send the job again.
     lease_seconds: int = 30
     #: Seconds between reconciler sweeps (one worker at a time sweeps, under a Redis lock).
     reconcile_interval: int = 10
+    chunk_fanout_chars: int = 2_000
+    #: Fan-out: texts longer than ``chunk_fanout_chars`` (0: never) are split by sentence into
+    #: parts of about this many characters, synthesized in parallel and stitched in order.
+    fanout_part_chars: int = 1_000
     #: Longest concatenated batch audio (``concatenate``) the API builds, in seconds.
     batch_concat_max_seconds: int = 4 * 3600
 
