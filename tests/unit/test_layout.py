@@ -125,3 +125,11 @@ def test_each_folder_imports_only_what_the_design_allows(package, allowed):
         if not any(target == a or target.startswith(a + ".") for a in allowed):
             wrong.append(f"{edge.source}:{edge.line} imports {edge.target}")
     assert wrong == []
+
+
+def test_test_files_have_unique_names():
+    """The tests folders are not packages: two test files of one name stop pytest's collection."""
+    names: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
