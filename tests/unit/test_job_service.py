@@ -19,6 +19,7 @@ import pytest
 from celery import Celery
 from celery.signals import before_task_publish
 from kombu import Queue
+from unit_helpers import drain, memory_app
 
 from engine.exceptions import EmptyTextError, OptionError, UnknownVoiceError
 from settings import Settings
@@ -41,36 +42,6 @@ from tasks.status import JobStatus
 
 AUDIO = b"ID3\x04fake mp3 bytes"
 META = {"duration": 1.5, "sample_rate": 24000}
-
-
-# --- the broker ---------------------------------------------------------------------------------
-def memory_app(name: str = "test-job-service") -> Celery:
-    app = Celery(name, broker="memory://")
-    app.conf.update(task_queues=[Queue(SYNTHESIS_QUEUE)], task_default_queue=SYNTHESIS_QUEUE,
-                    task_serializer="json", accept_content=["json"])
-    return app
-
-
-def drain(app: Celery, queue: str = SYNTHESIS_QUEUE) -> list[dict[str, Any]]:
-    """Every message waiting in ``queue`` (taken off it), as the fields a worker would read."""
-    out = []
-    with app.connection_for_read() as conn:
-        q = conn.SimpleQueue(queue)
-        try:
-            while True:
-                try:
-                    message = q.get(block=False)
-                except q.Empty:
-                    break
-                message.ack()
-                args, kwargs, _ = message.payload
-                out.append({"id": message.headers["id"], "task": message.headers["task"], "args": args,
-                            "kwargs": kwargs, "correlation_id": message.headers.get("correlation_id"),
-                            "eta": message.headers.get("eta"),
-                            "routing_key": message.delivery_info.get("routing_key")})
-        finally:
-            q.close()
-    return out
 
 
 @contextlib.contextmanager
@@ -145,7 +116,7 @@ def finished_calls(monkeypatch) -> list[list[tuple[str, JobStatus, str | None]]]
 
 @pytest.fixture
 def alerts(monkeypatch) -> list[tuple[str, dict[str, Any]]]:
-    """Webhook events the lifecycle sends (recorded instead of queued)."""
+    """Webhook events the lifecycle sends, recorded instead of queued."""
     sent: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(lifecycle, "notify", lambda event, **fields: sent.append((event, fields)) or 0)
     return sent

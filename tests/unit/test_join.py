@@ -3,22 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from unit_helpers import encoded_mp3, tone
 
 from engine import mp3
 from engine.audio import AudioEncoder, decode, encode, to_pcm16
 from engine.exceptions import OptionError
 from engine.join import Segment, concat
-
-
-def tone(seconds: float, rate: int, freq: float = 330.0) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def mp3_segment(seconds: float, rate: int, freq: float = 330.0) -> tuple[bytes, int]:
-    with AudioEncoder("mp3", rate) as encoder:
-        encoder.write(tone(seconds, rate, freq))
-    return encoder.finish(), encoder.samples_written
 
 
 def test_pcm_pieces_are_joined_as_bytes_with_zeros_for_the_gap():
@@ -31,7 +21,7 @@ def test_pcm_pieces_are_joined_as_bytes_with_zeros_for_the_gap():
 
 
 def test_mp3_segments_at_the_output_rate_are_frame_joined():
-    (a, samples_a), (b, _) = mp3_segment(0.8, 24000), mp3_segment(0.6, 24000, 440.0)
+    (a, samples_a), (b, _) = encoded_mp3(0.8, 24000), encoded_mp3(0.6, 24000, 440.0)
     joined = concat([Segment("mp3", a, rate=24000), Segment("mp3", b)], "mp3", 24000)
     assert (joined.audio, joined.samples) == mp3.join([a, b])  # not re-encoded
     first, second = mp3.parse(a), mp3.parse(b)
@@ -40,7 +30,7 @@ def test_mp3_segments_at_the_output_rate_are_frame_joined():
 
 
 def test_a_gap_or_another_rate_makes_mp3_re_encode_exactly():
-    (a, samples_a), (b, samples_b) = mp3_segment(0.8, 24000), mp3_segment(0.6, 24000, 440.0)
+    (a, samples_a), (b, samples_b) = encoded_mp3(0.8, 24000), encoded_mp3(0.6, 24000, 440.0)
     joined = concat([Segment("mp3", a), Segment("mp3", b)], "mp3", 24000, gap_seconds=0.25)
     assert joined.samples == samples_a + 6000 + samples_b == len(decode(joined.audio, "mp3")[0])
     assert joined.offsets == [0, samples_a + 6000]

@@ -9,7 +9,7 @@ from typing import Any
 import fakeredis
 import pytest
 from celery.exceptions import Retry, SoftTimeLimitExceeded
-from test_job_service import drain, memory_app  # the in-memory broker helpers
+from unit_helpers import drain, memory_app
 
 import engine
 from engine.exceptions import (

@@ -5,23 +5,12 @@ import logging
 import os
 import struct
 
-import numpy as np
 import pytest
+from unit_helpers import encoded_mp3
 
 from engine import mp3
-from engine.audio import AudioEncoder, decode
+from engine.audio import decode
 from engine.exceptions import EngineError
-
-
-def tone(seconds: float, rate: int, freq: float = 330.0) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def encoded(seconds: float, rate: int, freq: float = 330.0) -> tuple[bytes, int]:
-    with AudioEncoder("mp3", rate) as encoder:
-        encoder.write(tone(seconds, rate, freq))
-    return encoder.finish(), encoder.samples_written
 
 
 def test_crc16_is_crc16_arc_and_continues():
@@ -38,7 +27,7 @@ def test_crc16_combine_equals_the_crc_of_the_concatenation(length_b):
 
 @pytest.mark.parametrize("rate", [8000, 22050, 24000, 44100])
 def test_parse_reads_the_encoders_info_tag(rate):
-    data, samples = encoded(0.7, rate)
+    data, samples = encoded_mp3(0.7, rate)
     stream = mp3.parse(data)
     assert stream.rate == rate
     assert stream.samples_per_frame == (1152 if rate >= 32000 else 576)
@@ -63,7 +52,7 @@ def test_frame_header_refuses_what_is_not_layer_iii():
 
 
 def test_join_of_two_segments_gives_the_exact_gapless_sample_count():
-    (a, samples_a), (b, samples_b) = encoded(0.9, 24000, 220.0), encoded(1.3, 24000, 440.0)
+    (a, samples_a), (b, samples_b) = encoded_mp3(0.9, 24000, 220.0), encoded_mp3(1.3, 24000, 440.0)
     first, second = mp3.parse(a), mp3.parse(b)
     audio, samples = mp3.join([a, b])
     # Every frame of both, less the first one's delay and the last one's padding: the inner
@@ -81,13 +70,13 @@ def test_join_of_two_segments_gives_the_exact_gapless_sample_count():
 
 def test_join_refuses_mixed_rates_and_nothing():
     with pytest.raises(EngineError):
-        mp3.join([encoded(0.3, 24000)[0], encoded(0.3, 16000)[0]])
+        mp3.join([encoded_mp3(0.3, 24000)[0], encoded_mp3(0.3, 16000)[0]])
     with pytest.raises(EngineError):
         mp3.join([])
 
 
 def test_set_end_padding_rewrites_padding_and_tag_crc():
-    data, samples = encoded(0.5, 22050)
+    data, samples = encoded_mp3(0.5, 22050)
     stream = mp3.parse(data)
     assert stream.tag is not None and stream.tag.lame_at is not None and stream.info is not None
     shorter = mp3.set_end_padding(data, samples - 100)
@@ -100,7 +89,7 @@ def test_set_end_padding_rewrites_padding_and_tag_crc():
 
 
 def test_set_end_padding_leaves_other_data_alone(caplog):
-    data, samples = encoded(0.5, 24000)
+    data, samples = encoded_mp3(0.5, 24000)
     stream = mp3.parse(data)
     assert stream.info is not None
     without_tag = stream.audio
@@ -112,7 +101,7 @@ def test_set_end_padding_leaves_other_data_alone(caplog):
 
 
 def test_write_info_tag_refuses_fields_the_tag_lacks():
-    data, _ = encoded(0.3, 24000)
+    data, _ = encoded_mp3(0.3, 24000)
     stream = mp3.parse(data)
     assert stream.info is not None and stream.tag is not None
     no_lame = mp3.InfoTag(header=stream.tag.header, xing_at=stream.tag.xing_at, flags=stream.tag.flags,

@@ -10,7 +10,7 @@ from typing import Any
 
 import fakeredis
 import pytest
-from test_job_service import drain, memory_app  # the in-memory broker helpers
+from unit_helpers import drain, memory_app
 
 from settings import Settings
 from tasks import keys, lease, reconciler
