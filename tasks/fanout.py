@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from celery.exceptions import Reject
 
 import engine
 from engine.audio import (
@@ -201,13 +202,22 @@ def _send_parts(rt: Runtime, job: Job, indexes: list[int]) -> None:
 @celery_app.task(bind=True, name=SYNTHESIZE_PART_TASK, acks_late=True, reject_on_worker_lost=True,
                  max_retries=None)
 def synthesize_part(self: Any, job_id: str, index: int) -> dict[str, Any] | None:
-    """Synthesize part ``index`` of a fanned-out job; the last part to finish stitches the job."""
+    """Synthesize part ``index`` of a fanned-out job; the last part to finish stitches the job.
+
+    A Redis error gives the message back to the broker, as for a whole job, instead of
+    letting Celery acknowledge a part whose audio was never stored.
+    """
     rt = get_runtime()
-    job = lifecycle.load_task_job(rt, job_id, f"its part {index}")
-    if job is None:
-        return None
-    with lifecycle.bind_task(self, job):
-        return _run_part(self, rt, job, int(index))
+    try:
+        job = lifecycle.load_task_job(rt, job_id, f"its part {index}")
+        if job is None:
+            return None
+        with lifecycle.bind_task(self, job):
+            return _run_part(self, rt, job, int(index))
+    except lifecycle.BROKER_ERRORS as exc:
+        log.warning("job %s part %s: Redis failed (%s: %s); its message goes back to the queue", job_id, index,
+                    type(exc).__name__, exc)
+        raise Reject(exc, requeue=True) from exc
 
 
 def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | None:
@@ -242,6 +252,8 @@ def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | 
         log.info("job %s was cancelled or failed; part %d dropped", job.id, index)
         cleanup(rt, job.id, plan.total)
         return None
+    except lifecycle.BROKER_ERRORS:
+        raise  # not the part's fault: its message goes back (see synthesize_part)
     except Exception as exc:  # noqa: BLE001 - classified like a whole job's failure
         return _part_failed(task, rt, job, plan, index, attempt, exc, started)
     rt.jobs.add_history(job.id, {"part": index, "parts": plan.total, "attempt": attempt, "started_at": started,
