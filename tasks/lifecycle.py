@@ -230,21 +230,22 @@ def bookkeeping(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) 
 
 
 def send_again(rt: Runtime, job_id: str, expected: set[JobStatus], seen_task_id: str | None, reason: str,
-               countdown: float | None = None, **changes: Any) -> str | None:
+               countdown: float | None = None, history: dict[str, Any] | None = None,
+               **changes: Any) -> str | None:
     """Send a job again as a new delivery; returns its task id, or None when the job moved on meanwhile.
 
     The record's status becomes ``queued`` and its ``task_id`` the new delivery's, in
-    one guarded transition (status in ``expected`` and task id still ``seen_task_id``);
-    only then is the message published, so any older delivery still in the broker is
-    recognised as stale and dropped. If the publish fails the record already says
-    queued, and the reconciler sends it again on a later sweep.
+    one guarded transition (status in ``expected`` and task id still ``seen_task_id``,
+    with ``history`` appended in it); only then is the message published, so any older
+    delivery still in the broker is recognised as stale and dropped. If the publish
+    fails the record already says queued, and the reconciler sends it again on a later sweep.
     """
     task_id = uuid.uuid4().hex
     queued_at = now() + (countdown or 0.0)
     fields: dict[str, Any] = {"queued_at": queued_at, "next_retry_at": queued_at if countdown else None,
                               **changes}
-    if not rt.jobs.transition(job_id, expected, task_id_is=seen_task_id, status=JobStatus.QUEUED, task_id=task_id,
-                              **fields):
+    if not rt.jobs.transition(job_id, expected, task_id_is=seen_task_id, history=history, status=JobStatus.QUEUED,
+                              task_id=task_id, **fields):
         return None
     job = rt.jobs.get(job_id)
     enqueue(rt, job, countdown=countdown, task_id=task_id)

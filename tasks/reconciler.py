@@ -143,10 +143,9 @@ def sweep(rt: Runtime) -> SweepReport:
             if status is JobStatus.RUNNING:
                 if has_lease or '"fanout"' in (values["extra"] or ""):
                     continue
-                rt.jobs.add_history(job_id, {"attempt": int(values["attempts"] or 0), "outcome": "worker_lost",
-                                             "worker": values["worker"], "at": t,
-                                             "error": "the attempt's lease expired: its worker stopped answering"})
-                if lifecycle.send_again(rt, job_id, {JobStatus.RUNNING}, task_id, "its worker was lost"):
+                lost = {"attempt": int(values["attempts"] or 0), "outcome": "worker_lost", "worker": values["worker"],
+                        "at": t, "error": "the attempt's lease expired: its worker stopped answering"}
+                if lifecycle.send_again(rt, job_id, {JobStatus.RUNNING}, task_id, "its worker was lost", history=lost):
                     report.lost.append(job_id)
                 continue
             retry_at = float(values["next_retry_at"]) if values["next_retry_at"] else None
