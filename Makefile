@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: install up test test-unit test-integration bench lint typecheck check clean help
 
 help:
-	@echo "make up        create .venv, install, start redis + worker + api + flower + exporter"
+	@echo "make up        create .venv, install, start redis + worker + api + flower + exporter under supervisord (a process that dies is restarted)"
 	@echo "make test      create .venv, install, run the whole test suite"
 	@echo "make install   only create .venv and install the package with the dev extra"
 	@echo "make bench     run the engine benchmark"
