@@ -8,11 +8,11 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from engine import FORMATS
 from tasks.batch_result import concatenate_audio, iter_zip, plan_result
 from tasks.batches import MAX_GAP_MS, Batch, BatchService, ItemMeta, parse_batch_request
-from tasks.exceptions import InvalidBatch
+from tasks.exceptions import BatchNotFound, InvalidBatch
 from tasks.status import JobStatus
 
 from .errors import ApiError
-from .requests import MAX_LIMIT, accepted_response, idempotency_key, int_arg, json_body
+from .requests import MAX_LIMIT, accepted_response, attachment, checked_id, idempotency_key, int_arg, json_body
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -94,12 +94,13 @@ def list_batches() -> Any:
 @bp.get("/<batch_id>")
 def get_batch(batch_id: str) -> Any:
     """A batch's status, counts, percent done, characters, audio duration and times."""
-    return jsonify(batch_body(service().get(batch_id)))
+    return jsonify(batch_body(service().get(checked_id(batch_id, BatchNotFound))))
 
 
 @bp.get("/<batch_id>/items")
 def list_items(batch_id: str) -> Any:
     """Items in input order: ``?status=&cursor=&limit=`` (cursor: the index to continue from)."""
+    batch_id = checked_id(batch_id, BatchNotFound)
     status = request.args.get("status") or None
     if status is not None and status not in _STATUSES:
         raise ApiError(400, "invalid_parameter", f"status must be one of {', '.join(_STATUSES)}, got {status!r}")
@@ -118,10 +119,11 @@ def get_result(batch_id: str) -> Any:
     file in the zip instead; ``?concatenate=0`` asks for separate files; ``?gap_ms=``
     overrides the batch's gap. Allowed while the batch runs (the manifest says what is missing).
     """
+    batch_id = checked_id(batch_id, BatchNotFound)
     svc = service()
     plan = plan_result(svc, batch_id, concatenate=_flag("concatenate"), gap_ms=_gap_arg())
     response = Response(iter_zip(svc, plan), mimetype="application/zip")
-    response.headers["Content-Disposition"] = f'attachment; filename="batch-{batch_id}.zip"'
+    response.headers["Content-Disposition"] = attachment(f"batch-{batch_id}", "zip", default=batch_id)
     response.headers["X-Batch-Status"] = plan.batch.status.value
     response.headers["X-Batch-Complete"] = "true" if plan.complete else "false"
     response.headers["Cache-Control"] = "no-store"
@@ -131,12 +133,13 @@ def get_result(batch_id: str) -> Any:
 @bp.get("/<batch_id>/audio")
 def get_audio(batch_id: str) -> Any:
     """Every succeeded item concatenated into one file of the batch's format (``?gap_ms=``)."""
+    batch_id = checked_id(batch_id, BatchNotFound)
     svc = service()
     plan = plan_result(svc, batch_id, concatenate=True, gap_ms=_gap_arg())
     audio, offsets, _ = concatenate_audio(svc, plan)
     fmt = FORMATS[plan.batch.format]
     response = Response(audio, mimetype=fmt.media_type)
-    response.headers["Content-Disposition"] = f'attachment; filename="{plan.concat_file}"'
+    response.headers["Content-Disposition"] = attachment(plan.concat_file, fmt.extension, default=batch_id)
     response.headers["X-Batch-Status"] = plan.batch.status.value
     response.headers["X-Batch-Complete"] = "true" if plan.complete else "false"
     response.headers["X-Batch-Items-Included"] = str(sum(1 for o in offsets if o is not None))
@@ -151,4 +154,4 @@ def _gap_arg() -> int | None:
 @bp.delete("/<batch_id>")
 def cancel(batch_id: str) -> Any:
     """Cancel every item that has not finished; finished items keep their audio."""
-    return jsonify(batch_body(service().cancel(batch_id)))
+    return jsonify(batch_body(service().cancel(checked_id(batch_id, BatchNotFound))))

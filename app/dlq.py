@@ -5,8 +5,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
+from tasks.exceptions import DeadLetterNotFound
+
 from .jobs import job_body, service
-from .requests import MAX_LIMIT, int_arg
+from .requests import MAX_LIMIT, checked_id, int_arg
 
 bp = Blueprint("dlq", __name__, url_prefix="/v1/dlq")
 
@@ -27,13 +29,13 @@ def list_dead_letters() -> Any:
 @bp.get("/<job_id>")
 def get_dead_letter(job_id: str) -> Any:
     """One record with its traceback."""
-    return jsonify(_dlq().get(job_id))
+    return jsonify(_dlq().get(checked_id(job_id, DeadLetterNotFound)))
 
 
 @bp.post("/<job_id>/replay")
 def replay(job_id: str) -> Any:
     """Start a fresh attempt series for a dead-lettered job."""
-    job = service().replay(job_id)
+    job = service().replay(checked_id(job_id, DeadLetterNotFound))
     response = jsonify(job_body(job))
     response.status_code = 202
     return response
@@ -52,7 +54,7 @@ def replay_all() -> Any:
 @bp.delete("/<job_id>")
 def delete(job_id: str) -> Any:
     """Drop one record (the job itself stays failed)."""
-    _dlq().remove(job_id)
+    _dlq().remove(checked_id(job_id, DeadLetterNotFound))
     return jsonify({"deleted": job_id})
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import kombu.exceptions
 import redis.exceptions
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from engine.exceptions import EngineError, UnknownVoiceError
 from tasks.exceptions import (
@@ -97,7 +97,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(PipelineError)
     def _pipeline_error(exc: PipelineError) -> Any:
-        return error_response(status_for(exc), exc.code, str(exc))
+        return error_response(status_for(exc), exc.code, str(exc), param=getattr(exc, "param", None))
 
     @app.errorhandler(EngineError)
     def _engine_error(exc: EngineError) -> Any:
@@ -112,6 +112,14 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(503, "service_unavailable",
                               "the job store is unreachable; nothing was accepted, try again shortly",
                               headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Any:
+        limit = request.max_content_length
+        said = f" of {limit} bytes ({limit / 2**20:g} MiB)" if limit is not None else ""
+        return error_response(413, "request_too_large",
+                              f"the request body is larger than the limit{said}; nothing was accepted: "
+                              "send less per request (split a batch into several)")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:

@@ -7,15 +7,17 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from engine import FORMATS
+from tasks.exceptions import JobNotFound
 from tasks.job import Job
 from tasks.job_request import parse_job_request
 from tasks.service import JobService
 from tasks.status import JobStatus
 
 from .errors import ApiError
-from .requests import MAX_LIMIT, accepted_response, idempotency_key, int_arg, json_body
+from .requests import MAX_LIMIT, accepted_response, attachment, checked_id, idempotency_key, int_arg, json_body
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
 
 def service() -> JobService:
     """The job service of this app."""
@@ -66,6 +68,7 @@ def list_jobs() -> Any:
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> Any:
     """A job's status, attempts, times, audio facts and error."""
+    job_id = checked_id(job_id, JobNotFound)
     svc = service()
     job = svc.get(job_id)
     return jsonify(job_body(job, history=svc.rt.jobs.history(job_id)))
@@ -74,14 +77,13 @@ def get_job(job_id: str) -> Any:
 @bp.get("/<job_id>/audio")
 def get_audio(job_id: str) -> Any:
     """The audio bytes of a succeeded job (409 while unfinished)."""
-    job, data = service().audio(job_id)
+    job, data = service().audio(checked_id(job_id, JobNotFound))
     etag = hashlib.sha256(data).hexdigest()[:32]
     if request.if_none_match.contains(etag):
         return Response(status=304, headers={"ETag": f'"{etag}"'})
     fmt = FORMATS[job.format]
-    filename = f"{job.name or job.id}.{fmt.extension}".replace('"', "")
     response = Response(data, mimetype=job.media_type or fmt.media_type)
-    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Content-Disposition"] = attachment(job.name, fmt.extension, default=job.id)
     response.set_etag(etag)
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
@@ -90,5 +92,5 @@ def get_audio(job_id: str) -> Any:
 @bp.delete("/<job_id>")
 def cancel(job_id: str) -> Any:
     """Cancel a queued job, revoke a running one, or delete a finished one's audio."""
-    job = service().cancel(job_id)
+    job = service().cancel(checked_id(job_id, JobNotFound))
     return jsonify(job_body(job))

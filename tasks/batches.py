@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,7 +39,7 @@ from .exceptions import BatchNotFound, InvalidBatch, InvalidRequest, PipelineErr
 from .idempotency import ResourceKind
 from .job import PIPELINE_CHUNK, Job, iso, job_score, new_job_id, now
 from .job_request import parse_job_request
-from .redis_values import HashMapping, scored_members, text, text_or_none
+from .redis_values import MAX_INDEX, HashMapping, scored_members, text, text_or_none
 from .runtime import Runtime
 from .service import JobService
 from .status import BatchStatus, JobStatus
@@ -506,7 +507,7 @@ class BatchService:
 
         def text_field(name: str, default: str = "") -> str:
             value = merged.get(name, default)
-            return value if isinstance(value, str) else default
+            return _storable(value) if isinstance(value, str) else default
 
         speed = merged.get("speed", 1.0)
         name = body.get("name")
@@ -518,7 +519,7 @@ class BatchService:
             created_at=created + index * 1e-6, finished_at=created,  # distinct listing scores
             error_code=getattr(exc, "code", None) or "invalid_request",
             error=str(exc) or type(exc).__name__, error_type=type(exc).__name__, correlation_id=correlation_id,
-            batch_id=batch_id, batch_index=index, name=name if isinstance(name, str) else None,
+            batch_id=batch_id, batch_index=index, name=_storable(name) if isinstance(name, str) else None,
         )
 
     def _store_batch(self, batch: Batch, item_ids: list[str], rejected: list[Job]) -> None:
@@ -580,7 +581,8 @@ class BatchService:
         """Every item from ``start`` on, in input order (records read ``window`` at a time)."""
         pos = max(0, start)
         while True:
-            ids = [text(i) for i in self.rt.redis.lrange(keys.batch_items(batch_id), pos, pos + window - 1)]
+            stop = min(pos + window - 1, MAX_INDEX)
+            ids = [text(i) for i in self.rt.redis.lrange(keys.batch_items(batch_id), pos, stop)]
             if not ids:
                 return
             pipe = self.rt.redis.pipeline(transaction=False)
@@ -652,6 +654,15 @@ class BatchService:
         cancelled = self.jobs.cancel_many(items)
         log.info("batch %s cancelled: %d unfinished items cancelled", batch_id, len(cancelled))
         return self.get(batch_id)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(value: str) -> str:
+    """A rejected input's text or name as it can be stored: a lone surrogate (which UTF-8
+    cannot encode, and the reason it was refused) becomes U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", value)
 
 
 def _recorded_speed(value: Any) -> float:

@@ -16,7 +16,7 @@ import redis
 from . import keys
 from .exceptions import DeadLetterNotFound
 from .job import Job, iso, now
-from .redis_values import HashMapping, decode_hash, members
+from .redis_values import MAX_INDEX, HashMapping, decode_hash, members
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class DeadLetterQueue:
 
     def list(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """Records, newest first."""
-        ids = members(self.redis.zrevrange(keys.DLQ_INDEX, offset, offset + limit - 1))
+        ids = members(self.redis.zrevrange(keys.DLQ_INDEX, offset, min(offset + limit - 1, MAX_INDEX)))
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(keys.dead_letter(job_id))

@@ -73,9 +73,13 @@ class TextTooLong(PipelineError):
 
 
 class InvalidRequest(PipelineError):
-    """A request field is missing or of the wrong type."""
+    """A request field is missing or of the wrong type; ``param`` names the field when one is to blame."""
 
     code = "invalid_request"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message)
 
 
 class BatchNotFound(PipelineError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,17 @@ from engine.exceptions import EmptyTextError
 
 from .exceptions import InvalidRequest, TextTooLong
 
-__all__ = ["JOB_FIELDS", "JobRequest", "parse_job_request"]
+__all__ = ["JOB_FIELDS", "MAX_NAME_CHARS", "JobRequest", "check_name", "parse_job_request"]
 
 #: The fields a job request may have.
 JOB_FIELDS = {"text", "voice", "format", "speed", "sample_rate", "seed", "cache", "markdown", "name"}
+
+#: The longest ``name`` a request may give (the file name made from it is shorter still).
+MAX_NAME_CHARS = 200
+
+#: Unicode categories a ``name`` may not contain, and what to call them in the message.
+_NAME_FORBIDDEN = {"Cc": "a control character", "Cs": "a lone surrogate", "Zl": "a line separator",
+                   "Zp": "a paragraph separator"}
 
 
 @dataclass
@@ -70,6 +78,26 @@ def _number(body: Mapping[str, Any], name: str, default: float | None, integer: 
     return float(value)
 
 
+def check_name(name: object) -> str:
+    """``name`` when it can name a download: a string of one line, at most :data:`MAX_NAME_CHARS` characters.
+
+    A control character (CR, LF, tab, NUL ...), a line or paragraph separator or a lone
+    surrogate is refused (InvalidRequest with ``param`` ``name``): it cannot go into a
+    ``Content-Disposition`` header, and a surrogate cannot even be stored.
+    """
+    if not isinstance(name, str):
+        raise InvalidRequest("'name' must be a string", param="name")
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidRequest(f"'name' has {len(name)} characters; the limit is {MAX_NAME_CHARS} characters",
+                             param="name")
+    for offset, ch in enumerate(name):
+        what = _NAME_FORBIDDEN.get(unicodedata.category(ch))
+        if what is not None:
+            raise InvalidRequest(f"'name' cannot contain {what}: {ch!r} (U+{ord(ch):04X}) at offset {offset}; "
+                                 "a name is one line of text (it names the downloaded file)", param="name")
+    return name
+
+
 def parse_job_request(body: Any, defaults: Mapping[str, Any] | None = None,
                       max_chars: int | None = None) -> JobRequest:
     """Check a JSON request body's fields and types (values are checked against the engine later)."""
@@ -98,8 +126,8 @@ def parse_job_request(body: Any, defaults: Mapping[str, Any] | None = None,
         if flag in merged and not isinstance(merged[flag], bool):
             raise InvalidRequest(f"'{flag}' must be true or false")
     name = merged.get("name")
-    if name is not None and not isinstance(name, str):
-        raise InvalidRequest("'name' must be a string")
+    if name is not None:
+        check_name(name)
     return JobRequest(
         text=text,
         voice=voice.strip(),

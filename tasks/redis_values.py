@@ -12,11 +12,15 @@ from typing import Any
 
 from redis.typing import EncodableT, FieldT
 
-__all__ = ["HashMapping", "as_bytes", "decode_hash", "members", "scored_members", "text", "text_or_none"]
+__all__ = ["MAX_INDEX", "HashMapping", "as_bytes", "decode_hash", "members", "scored_members", "text", "text_or_none"]
 
 #: What ``hset(mapping=...)`` takes. ``Mapping`` is invariant in its key type, so a
 #: ``dict[str, str]`` is not a ``Mapping[FieldT, EncodableT]``: build hash fields as this.
 HashMapping = dict[FieldT, EncodableT]
+
+#: The largest index, offset or count Redis takes (a signed 64-bit integer): ``start + n``
+#: past it is "value is not an integer or out of range".
+MAX_INDEX = 2**63 - 1
 
 
 def text(value: bytes | str) -> str:
