@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -34,9 +35,11 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "MANIFEST_MIN_INTERVAL",
+    "MAX_JOB_NAME",
     "BulkConverter",
     "Options",
     "Summary",
+    "job_name",
     "run",
 ]
 
@@ -44,6 +47,21 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+#: The longest job ``name`` the server takes (it names the download; the client writes its own path).
+MAX_JOB_NAME = 200
+
+
+def job_name(stem: str) -> str:
+    """The ``name`` sent for an output file: its stem as the server takes it, one line of at most
+    :data:`MAX_JOB_NAME` characters (control characters and line separators become spaces, bytes
+    a file name could not decode as UTF-8 become U+FFFD)."""
+    out = []
+    for ch in stem[:MAX_JOB_NAME]:
+        category = unicodedata.category(ch)
+        out.append(" " if category in ("Cc", "Zl", "Zp") else "\ufffd" if category == "Cs" else ch)
+    return "".join(out)
+
 
 #: Manifest rewrites while files finish are at most this often (always on the last file and on Ctrl-C).
 MANIFEST_MIN_INTERVAL = 0.25
@@ -124,7 +142,7 @@ class BulkConverter:
         try:
             output = safe_output_path(self.out, output_rel)
             body = {"text": text, "voice": self.options.voice, "format": self.options.format,
-                    "speed": self.options.speed, "markdown": src.markdown, "name": output.stem}
+                    "speed": self.options.speed, "markdown": src.markdown, "name": job_name(output.stem)}
             job = self.client.submit(body, idempotency_key=f"bulk-{self.run_id}-{index}")
             job_id = job["id"]
             job = self._wait(job)

@@ -6,6 +6,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from tts_batch_client.bulk import MAX_JOB_NAME, job_name
 from tts_batch_client.errors import UsageError
 from tts_batch_client.files import SourceFile, discover
 from tts_batch_client.manifest import Manifest
@@ -124,3 +125,14 @@ def test_plan_outputs_keeps_suffix_when_stems_clash(tmp_path: Path) -> None:
     assert plan[a_md] == PurePosixPath("n/a.md.opus")
     assert plan[b] == PurePosixPath("b.opus")
     assert isinstance(plan[other_b], str) and "same output b.opus" in plan[other_b]
+
+
+@pytest.mark.parametrize(("stem", "name"), [
+    ("chapter 1", "chapter 1"),
+    ("line\nbreak\ttab", "line break tab"),
+    ("undecodable \udcff byte", "undecodable \ufffd byte"),
+    ("é" * 250, "é" * MAX_JOB_NAME),
+])
+def test_a_job_name_is_one_line_the_server_takes(stem: str, name: str) -> None:
+    """A file's stem may hold what a job ``name`` may not (control characters, undecodable bytes, length)."""
+    assert job_name(stem) == name
