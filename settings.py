@@ -77,6 +77,13 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     speech_timeout: float = 60.0
     openai_voices: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_OPENAI_VOICES))
+    #: Concurrent ``/api/metrics/stream`` clients per API process; the next ones get 429. Each
+    #: holds a server thread, so keep it well below one process's threads (the Procfile: 8).
+    stream_max_clients: int = 4
+    #: Seconds a metrics stream runs at most before it ends; the client reconnects (SSE ``retry:``).
+    stream_max_seconds: int = 300
+    #: Concurrent streamed batch zips (``/v1/batches/<id>/result``) per API process; the next get 429.
+    batch_stream_max_clients: int = 2
 
     # --- queue and worker --------------------------------------------------------------
     queue: str = "synthesis"
@@ -254,6 +261,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "print(secrets.token_hex(32))') and give it to the receivers, or unset TTS_WEBHOOK_URLS")
     if settings.webhook_max_attempts < 1:
         raise SettingsError("TTS_WEBHOOK_MAX_ATTEMPTS must be at least 1")
+    for name in ("stream_max_clients", "stream_max_seconds", "batch_stream_max_clients"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"{_env_name(name)} must be at least 1")
     return settings
 
 

@@ -13,6 +13,7 @@ from tasks.status import JobStatus
 
 from .errors import ApiError
 from .requests import MAX_LIMIT, accepted_response, attachment, checked_id, idempotency_key, int_arg, json_body
+from .streams import held_response, stream_limits, too_many_streams
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -122,8 +123,13 @@ def get_result(batch_id: str) -> Any:
     batch_id = checked_id(batch_id, BatchNotFound)
     svc = service()
     plan = plan_result(svc, batch_id, concatenate=_flag("concatenate"), gap_ms=_gap_arg())
-    response = Response(iter_zip(svc, plan), mimetype="application/zip")
-    response.headers["Content-Disposition"] = attachment(f"batch-{batch_id}", "zip", default=batch_id)
+    disposition = attachment(f"batch-{batch_id}", "zip", default=batch_id)
+    slots = stream_limits().batch_zip  # the zip streams on a server thread: a few at a time
+    slot = slots.try_acquire()
+    if slot is None:
+        return too_many_streams(slots)
+    response = held_response(slot, iter_zip(svc, plan), mimetype="application/zip")
+    response.headers["Content-Disposition"] = disposition
     response.headers["X-Batch-Status"] = plan.batch.status.value
     response.headers["X-Batch-Complete"] = "true" if plan.complete else "false"
     response.headers["Cache-Control"] = "no-store"

@@ -9,9 +9,11 @@
 ``GET /api/metrics/history``     ``?hours=24`` (1..168): samples kept in Redis (capped at
                                  ``TTS_METRICS_HISTORY_MAX``), oldest first, with per-second rates
 ``GET /api/metrics/stream``      Server-Sent Events: one ``data: {json}`` digest every ``interval``
-                                 seconds (default 2, 0.5..60) for ``max_events`` events (default:
-                                 five minutes' worth, at most 15 minutes'), then the stream ends and an
-                                 ``EventSource`` reconnects on its own after ``retry`` ms
+                                 seconds (default 2, 0.5..60) for ``max_events`` events (default and
+                                 most: ``TTS_STREAM_MAX_SECONDS``' worth, 300 s), then the stream ends
+                                 and an ``EventSource`` reconnects on its own after ``retry`` ms. At
+                                 most ``TTS_STREAM_MAX_CLIENTS`` streams per API process (app/streams.py):
+                                 the next get 429 ``too_many_streams`` with ``Retry-After``
 
 Everything is read from Redis on each request, so every API process and the exporter show the
 same numbers. Serving ``/metrics/json`` also stores a history sample when one is due (at most
@@ -46,6 +48,7 @@ from settings import Settings
 from tasks.celery_app import QUEUES
 
 from .errors import ApiError
+from .streams import held_response, stream_limits, too_many_streams
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +69,11 @@ MIN_HOURS, MAX_HOURS = 1, 168
 #: Bounds and defaults of the stream.
 STREAM_DEFAULT_INTERVAL = 2.0
 STREAM_MIN_INTERVAL, STREAM_MAX_INTERVAL = 0.5, 60.0
-STREAM_LIFETIME_SECONDS = 300.0
-#: Longest a client may ask a stream to last (``interval`` x ``max_events``), in seconds.
-STREAM_MAX_LIFETIME_SECONDS = 900.0
+#: Milliseconds an ``EventSource`` waits before it reconnects to a stream that ended.
 STREAM_RETRY_MS = 3000
+#: A stream whose next digest is further off than this sends an SSE comment meanwhile, so
+#: that a client that went away is noticed (the write fails) and its slot comes back.
+STREAM_HEARTBEAT_SECONDS = 5.0
 STATUS_TIMEOUT = 1.0
 
 
@@ -301,15 +305,21 @@ def _sse(data: Mapping[str, Any], event: str | None = None, event_id: int | None
 
 def metrics_events(runtime: Any, settings: Settings, started: float, interval: float,
                    max_events: int) -> Iterator[str]:
-    """``max_events`` SSE messages, one digest every ``interval`` seconds; Redis errors become
-    ``event: error`` messages (the stream goes on)."""
+    """``max_events`` SSE messages, one digest every ``interval`` seconds, for
+    ``TTS_STREAM_MAX_SECONDS`` at most; Redis errors become ``event: error`` messages (the stream
+    goes on). Waits longer than ``STREAM_HEARTBEAT_SECONDS`` are broken by SSE comments."""
+    began = time.monotonic()
+    ends_at = began + settings.stream_max_seconds
     yield f"retry: {STREAM_RETRY_MS}\n\n"
-    next_at = time.monotonic()
+    next_at = began
     for number in range(max_events):
         if number:
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            if next_at >= ends_at:
+                return
+            while (delay := next_at - time.monotonic()) > 0:
+                time.sleep(min(delay, STREAM_HEARTBEAT_SECONDS))
+                if next_at - time.monotonic() > 0:
+                    yield ": keep-alive\n\n"
         next_at = time.monotonic() + interval
         try:
             document = metrics_document(runtime, settings, started)
@@ -324,12 +334,17 @@ def metrics_events(runtime: Any, settings: Settings, started: float, interval: f
 @bp.get("/api/metrics/stream")
 def metrics_stream() -> Any:
     """Server-Sent Events: the ``/metrics/json`` digest every ``?interval=`` seconds, ending after
-    ``?max_events=`` (default: five minutes' worth) so no server thread is held forever."""
+    ``?max_events=`` (default and most: ``TTS_STREAM_MAX_SECONDS``' worth) so no server thread is
+    held for long; 429 ``too_many_streams`` when this process already serves
+    ``TTS_STREAM_MAX_CLIENTS`` streams."""
     runtime, settings, started = _context()
     interval = _number_arg("interval", STREAM_DEFAULT_INTERVAL, STREAM_MIN_INTERVAL, STREAM_MAX_INTERVAL)
-    default_events = max(1, int(STREAM_LIFETIME_SECONDS // interval))
-    most_events = max(1, int(STREAM_MAX_LIFETIME_SECONDS // interval))
-    max_events = int(_number_arg("max_events", default_events, 1, most_events, integer=True))
+    most_events = max(1, int(settings.stream_max_seconds // interval))
+    max_events = int(_number_arg("max_events", most_events, 1, most_events, integer=True))
+    slots = stream_limits().metrics
+    slot = slots.try_acquire()
+    if slot is None:
+        return too_many_streams(slots)
     events = metrics_events(runtime, settings, started, interval, max_events)
-    return Response(events, status=200, mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return held_response(slot, events, status=200, mimetype="text/event-stream",
+                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
