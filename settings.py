@@ -135,9 +135,13 @@ class Settings:
     exporter_port: int = 9808
     #: Address the standalone exporter binds (``0.0.0.0`` to let a Prometheus elsewhere scrape).
     exporter_host: str = "127.0.0.1"
+    #: Address Flower binds (``0.0.0.0`` only behind a firewall or proxy of your own).
+    flower_host: str = "127.0.0.1"
     flower_port: int = 5555
     flower_user: str = "admin"
-    flower_password: str = "tts-batch"
+    #: Flower's basic-auth password. Empty: ``make up`` makes a random one on first start and
+    #: keeps it in ``TTS_DATA_DIR/flower-password`` (mode 0600); there is no default password.
+    flower_password: str = ""
     #: Webhook receivers; setting any requires ``webhook_secret`` (deliveries are always signed).
     webhook_urls: tuple[str, ...] = ()
     #: Key of the ``X-TTS-Signature`` HMAC; required when ``webhook_urls`` is set.
@@ -264,6 +268,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     for name in ("stream_max_clients", "stream_max_seconds", "batch_stream_max_clients"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{_env_name(name)} must be at least 1")
+    if not settings.flower_host.strip():
+        raise SettingsError("TTS_FLOWER_HOST must name an address, e.g. 127.0.0.1")
+    if not settings.flower_user or any(c in settings.flower_user for c in ":,") or "," in settings.flower_password:
+        # Flower takes the login as user:password and splits a list of them at commas.
+        raise SettingsError("TTS_FLOWER_USER must be set and hold no ':' or ',', and TTS_FLOWER_PASSWORD no ','")
     return settings
 
 

@@ -24,7 +24,10 @@ this script writes on every start to ``TTS_DATA_DIR/supervisor/supervisord.conf`
   ``SHUTDOWN``, so its AOF is flushed), and exits; nothing is left behind. This script exits
   with 130 after SIGINT and 143 after SIGTERM;
 * ``supervisorctl -c TTS_DATA_DIR/supervisor/supervisord.conf status`` (or ``restart
-  app:worker``, ``start redis``...) talks to the running supervisord.
+  app:worker``, ``start redis``...) talks to the running supervisord;
+* when Flower runs, its password is ``TTS_FLOWER_PASSWORD`` or, without it, a random one made
+  on the first start and kept in ``TTS_DATA_DIR/flower-password`` (``scripts/flower_password.py``);
+  the banner says where it is, never what it is.
 
 Examples::
 
@@ -60,6 +63,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts.embedded_redis import find_free_port, parent_death_signal, port_is_free, wait_for_redis
+from scripts.flower_password import FlowerLogin, FlowerPasswordError, flower_login
 from settings import Settings, SettingsError, child_environment, get_settings
 
 __all__ = ["LogFollower", "StackError", "StackPlan", "SupervisorFiles", "build_plan", "main",
@@ -77,7 +81,6 @@ SUPERVISOR_LOG_NAME = "supervisord"
 #: Seconds the other processes wait for the embedded Redis to answer PING before giving up
 #: (the process then exits and supervisord starts it again, so it waits once more).
 REDIS_WAIT_TIMEOUT = 60
-DEFAULT_FLOWER_PASSWORD = "tts-batch"
 #: A Procfile process that stayed up this long counts as started; one that dies sooner backs off.
 APP_START_SECONDS = 5
 #: The embedded Redis launcher counts as started after this (it exits at once if the server cannot start).
@@ -227,15 +230,14 @@ def _public_host(host: str) -> str:
 
 
 def _urls(settings: Settings, names: Sequence[str], redis_url: str, embedded: bool,
-          data_dir: Path | None) -> list[tuple[str, str]]:
+          data_dir: Path | None, flower: FlowerLogin | None) -> list[tuple[str, str]]:
     urls: list[tuple[str, str]] = []
     if "web" in names:
         urls.append(("API", f"http://{_public_host(settings.api_host)}:{settings.api_port}"))
-    if "flower" in names:
-        password = (settings.flower_password if settings.flower_password == DEFAULT_FLOWER_PASSWORD
-                    else "<TTS_FLOWER_PASSWORD>")
-        urls.append(("Flower", (f"http://127.0.0.1:{settings.flower_port}  "
-                                f"(login {settings.flower_user} / {password})")))
+    if "flower" in names and flower is not None:
+        # Where the password is, never the password itself: the console may be logged or shared.
+        urls.append(("Flower", (f"http://{_public_host(settings.flower_host)}:{settings.flower_port}  "
+                                f"(login {flower.user}, password in {flower.where})")))
     if "exporter" in names:
         urls.append(("Exporter", f"http://127.0.0.1:{settings.exporter_port}/metrics"))
     if embedded:
@@ -301,7 +303,10 @@ def build_plan(settings: Settings, procfile: Path = DEFAULT_PROCFILE, only: str 
             processes[name] = _exec_line(cmd)
     if not processes:
         raise StackError("no process selected")
-    urls = _urls(settings, list(processes), redis_url, embedded, data_dir)
+    # Flower's password: TTS_FLOWER_PASSWORD, or made on first start and kept in TTS_DATA_DIR/flower-password
+    # (the Procfile's flower line reads it from there too, so it never goes on a command line).
+    flower = flower_login(settings) if "flower" in processes else None
+    urls = _urls(settings, list(processes), redis_url, embedded, data_dir, flower)
     return StackPlan(processes=processes, env=_child_env(redis_url), redis_url=redis_url,
                      embedded_redis=embedded, redis_data_dir=data_dir, urls=urls)
 
@@ -564,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = get_settings()
         plan = build_plan(settings, procfile=args.procfile, only=args.only, no_flower=args.no_flower)
         files = write_supervisor_files(plan, settings.var_dir, procfile=args.procfile)
-    except (StackError, SettingsError) as exc:
+    except (StackError, SettingsError, FlowerPasswordError) as exc:
         print(f"run_stack: {exc}", file=sys.stderr)
         return 2
 

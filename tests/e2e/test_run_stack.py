@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -242,6 +243,47 @@ def test_taken_port_fails_with_a_clear_message(tmp_path: Path, stacks: list[Stac
         assert f"REDIS_URL=redis://127.0.0.1:{other.port}/0" in text  # a Redis answers: say how to use it
         assert "TTS_EMBEDDED_REDIS_PORT" in text
         assert not _stray(SLEEP)
+
+
+def _stop(stack: Stack) -> None:
+    snapshot = stack.descendants()
+    stack.proc.send_signal(signal.SIGINT)
+    assert stack.proc.wait(timeout=15) == 130, stack.text()
+    _assert_all_gone(stack, snapshot)
+
+
+def test_flower_password_is_made_once_kept_private_and_never_printed(tmp_path: Path, stacks: list[Stack]) -> None:
+    port = find_free_port()
+    # The flower process asks the same helper as the Procfile's flower line where its password is.
+    procfile = f"flower: python -m scripts.flower_password --where && exec {SLEEP}\n"
+    path = (tmp_path / "var" / "flower-password").resolve()
+    assert not path.exists()
+
+    first = _launch(tmp_path, procfile, _env(tmp_path, TTS_EMBEDDED_REDIS_PORT=str(port)), port)
+    stacks.append(first)
+    first.wait_for(f"| {path}\n")  # the flower process found the file made before it started
+    password = path.read_text().strip()
+    assert len(password) >= 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = first.text()
+    assert f"Flower  http://127.0.0.1:5555  (login admin, password in {path})" in text
+    assert password not in text and "tts-batch)" not in text
+    _stop(first)
+
+    # The next start keeps it.
+    second = _launch(tmp_path, procfile, _env(tmp_path, TTS_EMBEDDED_REDIS_PORT=str(port)), port)
+    stacks.append(second)
+    second.wait_for(f"| {path}\n")
+    assert path.read_text().strip() == password and password not in second.text()
+    _stop(second)
+
+    # An explicit TTS_FLOWER_PASSWORD wins; the file is left as it is.
+    third = _launch(tmp_path, procfile, _env(tmp_path, TTS_EMBEDDED_REDIS_PORT=str(port),
+                                             TTS_FLOWER_PASSWORD="chosen-by-the-operator"), port)
+    stacks.append(third)
+    third.wait_for("| TTS_FLOWER_PASSWORD\n")
+    assert "password in TTS_FLOWER_PASSWORD" in third.text() and "chosen-by-the-operator" not in third.text()
+    assert path.read_text().strip() == password
+    _stop(third)
 
 
 # --- healing: the real web and worker under supervisord ------------------------------------------

@@ -91,7 +91,11 @@ def test_processes_match_the_procfile(compose: dict[str, Any]) -> None:
     assert set(queues) == set(QUEUES)
     assert "-E" in worker  # task events for Flower
     flower = " ".join(command(services["flower"]))
-    assert "--basic-auth=" in flower and "--persistent=True" in flower and "--port=5555" in flower
+    assert "--persistent=True" in flower and "--port=5555" in flower
+    # The login reaches Flower in its environment, never on a command line (ps shows those).
+    assert "FLOWER_BASIC_AUTH=" in flower and "scripts.flower_password" in flower and "--basic-auth=" not in flower
+    assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]  # published on the host's loopback only
+    assert "tts-batch" not in str(services["flower"]["environment"].get("TTS_FLOWER_PASSWORD"))  # no default
     assert "app.wsgi:app" in command(services["web"]) and "0.0.0.0:8354" in command(services["web"])
     exporter = command(services["exporter"])
     assert exporter[:3] == ["python", "-m", "monitoring.exporter"] and "0.0.0.0" in exporter
