@@ -2,6 +2,12 @@
 the API under gunicorn and a real worker: the page loads with no outside request, its charts
 and counters update after jobs run, failures show up, and a screenshot is kept.
 
+The page is served with its Content-Security-Policy (app/security.py: no eval, no inline
+code), and any violation is a console error that fails the tests. So every ``wait_for_function``
+predicate is written as a function (``() => ...``): Playwright evaluates that string once, through
+the DevTools protocol, and then calls the function on each poll, whereas a bare expression is
+``eval``-ed again on every poll, which the policy refuses.
+
 Set ``UPDATE_DOCS_SCREENSHOT=1`` to also write the screenshot to ``docs/dashboard.png``.
 """
 from __future__ import annotations
@@ -114,9 +120,10 @@ def test_dashboard_loads_updates_after_jobs_and_screenshots(stack: Any, serve: A
                                                             tmp_path: Path) -> None:
     page, seen = browser_page
     api = serve(stack)
-    page.goto(api.base + "/dashboard?refresh=1")
+    loaded = page.goto(api.base + "/dashboard?refresh=1")
+    assert loaded is not None and "script-src 'self'" in loaded.headers["content-security-policy"]  # enforced
     assert page.title() == "tts-batch dashboard"
-    page.wait_for_function("Number(document.body.dataset.updates) >= 1", timeout=30_000)
+    page.wait_for_function("() => Number(document.body.dataset.updates) >= 1", timeout=30_000)
     for chart in CHARTS:
         assert page.locator(f"svg#chart-{chart}").count() == 1
     assert counter(page, "workers-online") >= 1
@@ -136,7 +143,7 @@ def test_dashboard_loads_updates_after_jobs_and_screenshots(stack: Any, serve: A
         assert stack.wait_for(job_id)["status"] == "succeeded"
 
     page.wait_for_function(
-        f"Number(document.getElementById('jobs-succeeded').textContent) >= {succeeded + 2}", timeout=30_000)
+        f"() => Number(document.getElementById('jobs-succeeded').textContent) >= {succeeded + 2}", timeout=30_000)
     assert counter(page, "jobs-submitted") >= submitted + 2
     assert int(page.get_attribute("body", "data-updates") or 0) > updates
     # The throughput chart drew a point above its zero line (the jobs just done).
@@ -175,7 +182,7 @@ def test_dashboard_lists_recent_failures(make_stack: Any, serve: Any, browser_pa
     job_id = r.json()["id"]
     assert stack.wait_for(job_id)["status"] == "failed"
     page.goto(api.base + "/dashboard?refresh=1")
-    page.wait_for_function("Number(document.body.dataset.updates) >= 1", timeout=30_000)
+    page.wait_for_function("() => Number(document.body.dataset.updates) >= 1", timeout=30_000)
     rows = page.locator("#failures tr")
     assert rows.count() == 1
     row = rows.first.inner_text()
@@ -190,9 +197,9 @@ def test_dashboard_shows_an_unreachable_api(stack: Any, serve: Any, browser_page
     page, _ = browser_page
     api = serve(stack)
     page.goto(api.base + "/dashboard?refresh=1")
-    page.wait_for_function("Number(document.body.dataset.updates) >= 1", timeout=30_000)
+    page.wait_for_function("() => Number(document.body.dataset.updates) >= 1", timeout=30_000)
     api.stop()
-    page.wait_for_function("document.getElementById('status').textContent === 'unreachable'", timeout=30_000)
+    page.wait_for_function("() => document.getElementById('status').textContent === 'unreachable'", timeout=30_000)
     assert page.locator("#banner").is_visible()
     assert "Cannot read metrics" in page.inner_text("#banner")
 
