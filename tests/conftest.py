@@ -74,7 +74,7 @@ if str(ROOT) not in sys.path:
 import pytest  # noqa: E402
 import redis  # noqa: E402
 
-from scripts.embedded_redis import EmbeddedRedis  # noqa: E402
+from scripts.embedded_redis import EmbeddedRedis, find_free_port  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -403,8 +403,11 @@ def _flushdb(url: str) -> None:
 
 # --- workers -----------------------------------------------------------------------------
 import contextlib  # noqa: E402
+import shlex  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
+
+import requests  # noqa: E402
 
 from monitoring.queues import queue_lengths, reserved_count  # noqa: E402
 from settings import Settings, load_settings  # noqa: E402
@@ -576,6 +579,102 @@ class Stack:
         """Stop every worker."""
         for worker in self.workers:
             worker.stop()
+
+
+def wait_until(probe: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``probe()`` until it returns something true (returned); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached within {timeout} s")
+        time.sleep(interval)
+
+
+def procfile_web_command(port: int) -> list[str]:
+    """The Procfile's ``web`` command line (gunicorn with its workers and threads), bound to ``port``."""
+    line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    args = shlex.split(line.partition(":")[2])
+    if args[0] != "gunicorn":
+        raise RuntimeError(f"the Procfile's web line does not run gunicorn: {line}")
+    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
+    return [sys.executable, "-m", "gunicorn", "--no-control-socket", *args[1:]]
+
+
+class ApiProcess:
+    """The API as the Procfile runs it (gunicorn), in a process group of its own, with a stack's environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = {**env, "PYTHONUNBUFFERED": "1"}
+        self.port = find_free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.command = procfile_web_command(self.port)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL."""
+        return self.base
+
+    def start(self) -> ApiProcess:
+        """Start (again, on the same port) and wait until ``/health/live`` answers 200."""
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        try:
+            wait_until(self._answers, 60, f"gunicorn answering /health/live:\n{self.log_tail()}", interval=0.2)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited:\n{self.log_tail()}")
+        try:
+            return requests.get(self.base + "/health/live", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of gunicorn's log."""
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (arbiter and workers), as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful stop), SIGKILL if it lingers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture
+def api_process(tmp_path: Path) -> Iterator[Any]:
+    """Start the Procfile's API with an environment (``api_process(stack.env)``); each is stopped after the test."""
+    started: list[ApiProcess] = []
+
+    def start(env: dict[str, str]) -> ApiProcess:
+        api = ApiProcess(env, tmp_path / f"gunicorn{len(started)}.log")
+        started.append(api)
+        return api.start()
+
+    yield start
+    for api in started:
+        api.kill()
 
 
 def _stack_env(redis_url: str, tmp: Path, model_cache: Path, **overrides: str) -> dict[str, str]:

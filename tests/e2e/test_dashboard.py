@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,9 +21,8 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import ApiProcess
 from playwright.sync_api import Page, sync_playwright
-
-from scripts.embedded_redis import find_free_port
 
 #: ``chromium`` first: without it the tests skip (fail under CI) before starting any worker.
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("chromium")]
@@ -42,51 +38,10 @@ def unique(text: str) -> str:
     return f"{text} Dashboard {uuid.uuid4().hex[:6]}."
 
 
-class Api:
-    """The API under gunicorn (as in the Procfile) with a stack's settings."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        port = find_free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1", "--threads", "8",
-                 "--no-control-socket", "--bind", f"127.0.0.1:{port}", "app.wsgi:app"],
-                cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(self.base + "/api/status/summary", timeout=5).status_code in (200, 503):
-                    return
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"gunicorn did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[[Any], Api]]:
-    started: list[Api] = []
-
-    def start(stack: Any) -> Api:
-        api = Api(stack.env, tmp_path / f"gunicorn{len(started)}.log")
-        started.append(api)
-        return api
-
-    yield start
-    for api in started:
-        api.stop()
+def serve(api_process: Any) -> Callable[[Any], ApiProcess]:
+    """The API under gunicorn, as the Procfile runs it, with a stack's settings."""
+    return lambda stack: api_process(stack.env)
 
 
 @pytest.fixture

@@ -10,15 +10,14 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import requests
+from conftest import wait_until
 
 from scripts.embedded_redis import find_free_port
 
@@ -31,17 +30,6 @@ JOBS = 3
 
 def unique(text: str) -> str:
     return f"{text} Flower {uuid.uuid4().hex[:6]}."
-
-
-def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not seen within {timeout}s")
-        time.sleep(0.3)
 
 
 def procfile_flower_line() -> str:

@@ -30,9 +30,6 @@ import json
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -46,6 +43,7 @@ import pytest
 import redis
 import requests
 import soundfile
+from conftest import ApiProcess
 
 from scripts.embedded_redis import EmbeddedRedis
 from tasks import keys
@@ -62,56 +60,6 @@ RECOVERY_SECONDS = 60.0
 CHAOS_SETTINGS = {"TTS_LEASE_SECONDS": "6", "TTS_RECONCILE_INTERVAL": "1", "TTS_MAX_ATTEMPTS": "5"}
 SENTENCES = ("The lighthouse keeper counted the ships as they passed the point.",
              "A cold wind came down from the hills before the evening bell.")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ApiProcess:
-    """The API as in production: gunicorn serving ``app.wsgi:app`` in a process of its own."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.port = _free_port()
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """The base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ApiProcess:
-        """Start and wait until it answers."""
-        cmd = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1", "--threads", "8",
-               "--timeout", "60", "--bind", f"127.0.0.1:{self.port}", "app.wsgi:app"]
-        with open(self.log_path, "ab") as log_file:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the API exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/v1/voices", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.1)  # poll interval while gunicorn imports the app
-        raise RuntimeError(f"the API did not answer within 60 s:\n{self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL gunicorn's whole process group (arbiter and worker)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of the API's log."""
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
 
 @dataclass
@@ -264,7 +212,7 @@ def chaos(make_stack, tmp_path: Path) -> Iterator[Callable[[str], Round]]:
         server.start()
         servers.append(server)
         stack = make_stack(server=server, **CHAOS_SETTINGS)
-        api = ApiProcess(stack.env, tmp_path / f"api-{name}.log").start()
+        api = ApiProcess(stack.env, tmp_path / f"api-{name}.log").start()  # killed below, whatever happens
         round_ = Round(server=server, stack=stack, api=api, clients=Clients(lambda: api.url, name))
         made.append(round_)
         return round_

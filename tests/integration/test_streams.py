@@ -13,22 +13,17 @@ checks that submits and liveness probes still answer within a second.
 """
 from __future__ import annotations
 
-import contextlib
-import shlex
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-
-from scripts.embedded_redis import find_free_port
+from conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,83 +39,6 @@ PROBE_TIMEOUT = 5.0
 #: Seconds a stream client reads at most, whatever happens (it stops sooner when told).
 CLIENT_LIFETIME = 60.0
 STREAM_PATH = "/api/metrics/stream?interval=0.5"
-
-
-def wait_until(probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``probe()`` until it returns something true (returned); fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout} s")
-        time.sleep(interval)
-
-
-def procfile_web_command(port: int) -> list[str]:
-    """The Procfile's ``web`` command line (gunicorn with its workers and threads), bound to ``port``."""
-    line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
-    args = shlex.split(line.partition(":")[2])
-    assert args[0] == "gunicorn", line
-    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
-    return [sys.executable, "-m", "gunicorn", "--no-control-socket", *args[1:]]
-
-
-class Gunicorn:
-    """The API as the Procfile runs it, in a process of its own."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = find_free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.command = procfile_web_command(self.port)
-        with open(log_path, "wb") as out:
-            self.proc = subprocess.Popen(self.command, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"},
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_until(self._answers, 60, f"gunicorn answering /health/live:\n{self.log_tail()}", interval=0.2)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _answers(self) -> bool:
-        assert self.proc.poll() is None, f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}"
-        try:
-            return requests.get(self.base + "/health/live", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of gunicorn's log."""
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def stop(self) -> None:
-        """SIGTERM (a graceful stop), SIGKILL if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-@pytest.fixture
-def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
-    """Start the Procfile's API with a stack's environment; every one is stopped after the test."""
-    started: list[Gunicorn] = []
-
-    def start(env: dict[str, str]) -> Gunicorn:
-        api = Gunicorn(env, tmp_path / f"gunicorn{len(started)}.log")
-        started.append(api)
-        return api
-
-    yield start
-    for api in started:
-        api.stop()
 
 
 @dataclass
@@ -201,9 +119,9 @@ def assert_refused(r: requests.Response) -> None:
     assert body["error"]["message"]
 
 
-def test_64_stream_clients_leave_submits_and_health_answering(make_stack: Any, gunicorn: Any) -> None:
+def test_64_stream_clients_leave_submits_and_health_answering(make_stack: Any, api_process: Any) -> None:
     stack = make_stack(start=False)  # submits only queue: no worker needed
-    api = gunicorn(stack.env)
+    api = api_process(stack.env)
     processes = int(api.command[api.command.index("--workers") + 1])
     per_process = stack.settings.stream_max_clients
     threads = int(api.command[api.command.index("--threads") + 1])
