@@ -548,15 +548,11 @@ class Stack:
 
     def wait_until(self, probe: Any, timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
         """Poll ``probe()`` until it returns something true (returned); fails with the workers' logs at ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                logs = "\n".join(w.log_tail() for w in self.workers)
-                raise AssertionError(f"{what}: not reached within {timeout}s\n{logs}")
-            time.sleep(interval)
+        try:
+            return wait_until(probe, timeout, what, interval)
+        except AssertionError as exc:
+            logs = "\n".join(w.log_tail() for w in self.workers)
+            raise AssertionError(f"{exc}\n{logs}") from None
 
     def broker_idle(self) -> bool:
         """No message waits in any worker queue and none is delivered but unacknowledged.

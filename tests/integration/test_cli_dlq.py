@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -40,9 +39,8 @@ def test_dlq_commands(make_stack):
     assert replayed.returncode == 0 and ids[1] in replayed.stdout
     # Still broken, so it comes back to the queue after its fresh attempt.
     assert stack.wait_for(ids[1], statuses=("failed",))["status"] == "failed"
-    deadline = time.monotonic() + 10
-    while stack.client.get("/v1/dlq").get_json()["total"] != 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    stack.wait_until(lambda: stack.client.get("/v1/dlq").get_json()["total"] == 2, 10,
+                     "the replayed job back in the dead-letter queue beside the other")
     purged = run_cli(stack, "purge")
     assert purged.returncode == 0
     assert "purged 2 record(s)" in purged.stdout
