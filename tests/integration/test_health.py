@@ -16,7 +16,7 @@ from app.health import engine_check
 from engine import VoiceCatalog
 from monitoring.health import write_probe_key
 from settings import load_settings
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +33,11 @@ def unique(text: str) -> str:
 
 def wait_healthy(client: Any, path: str = "/health", timeout: float = 30.0) -> Any:
     """The first 200 answer of ``path`` (the voice catalog warms up in the background)."""
-    deadline = time.monotonic() + timeout
-    response = client.get(path)
-    while response.status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.25)
+    def answered() -> Any:
         response = client.get(path)
-    assert response.status_code == 200, response.get_json()
-    return response
+        return response if response.status_code == 200 else None
+
+    return wait_until(answered, timeout, f"a 200 from {path}", interval=0.25)
 
 
 def assert_error_shape(body: dict[str, Any]) -> None:
@@ -63,14 +61,13 @@ def assert_probe_503(response: Any, kind: str, failed: list[str]) -> dict[str, A
     return body
 
 
-def wait_engine_warm(client: Any, timeout: float = 30.0) -> dict[str, Any]:
-    """The first /health body whose engine check no longer times out (the catalog warms up in the background)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get("/health").get_json()
-        if "timed out" not in body["components"]["engine"]["detail"] or time.monotonic() > deadline:
-            return body
-        time.sleep(0.25)
+def wait_engine_warm(client: Any, path: str = "/health", timeout: float = 30.0) -> dict[str, Any]:
+    """The first ``path`` body whose engine check no longer times out (the catalog warms up in the background)."""
+    def warm() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(path).get_json()
+        return None if "timed out" in body["components"]["engine"]["detail"] else body
+
+    return wait_until(warm, timeout, f"{path} with a warm engine check", interval=0.25)
 
 
 def test_health_with_a_worker_is_healthy_and_complete(stack: Any) -> None:
@@ -225,13 +222,12 @@ def test_a_deep_queue_dead_letters_and_errors_are_warnings_not_503(make_stack: A
 def test_no_worker_is_degraded_with_503(make_stack: Any) -> None:
     stack = make_stack(start=False)
     client = stack.client
-    deadline = time.monotonic() + 30
-    while True:
-        r = client.get("/health")
-        body = r.get_json()
-        if body["components"]["engine"]["status"] == "healthy" or time.monotonic() > deadline:
-            break
-        time.sleep(0.25)
+    def engine_healthy() -> Any:
+        response = client.get("/health")
+        return response if response.get_json()["components"]["engine"]["status"] == "healthy" else None
+
+    r = wait_until(engine_healthy, 30, "a healthy engine check", interval=0.25)
+    body = r.get_json()
     assert r.status_code == 503
     assert body["status"] == "degraded"
     assert body["components"]["workers"]["status"] == "unhealthy"
@@ -275,12 +271,7 @@ def test_unknown_default_voice_degrades_the_engine(redis_url: str, tmp_path: Any
     assert result["status"] == "degraded"
     assert "nobody" in result["detail"]
     client = create_app(settings).test_client()
-    deadline = time.monotonic() + 30
-    while True:
-        body = client.get("/health/components").get_json()
-        if "timed out" not in body["components"]["engine"]["detail"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.25)
+    body = wait_engine_warm(client, "/health/components")
     assert body["components"]["engine"]["status"] == "degraded"
     voices = client.get("/health/voices")
     assert voices.status_code == 503
