@@ -109,6 +109,16 @@ def corpus() -> Corpus:
     return CORPUS
 
 
+@pytest.fixture
+def alerts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """Webhook events the job lifecycle sends, recorded instead of queued (unit tests of the lifecycle)."""
+    from tasks import lifecycle  # imported by the tests that ask for it, not by every test session
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(lifecycle, "notify", lambda event, **fields: sent.append((event, fields)) or 0)
+    return sent
+
+
 def in_ci() -> bool:
     """True under ``CI=true`` (or 1/yes), as set by ``.ci/run`` and by CI services."""
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")

@@ -114,14 +114,6 @@ def finished_calls(monkeypatch) -> list[list[tuple[str, JobStatus, str | None]]]
     return calls
 
 
-@pytest.fixture
-def alerts(monkeypatch) -> list[tuple[str, dict[str, Any]]]:
-    """Webhook events the lifecycle sends, recorded instead of queued."""
-    sent: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(lifecycle, "notify", lambda event, **fields: sent.append((event, fields)) or 0)
-    return sent
-
-
 def request(**fields: Any) -> JobRequest:
     return parse_job_request({"text": "Hello there.", "voice": "heart", **fields})
 

@@ -51,14 +51,6 @@ def hooks(monkeypatch) -> dict[str, list[Any]]:
     return calls
 
 
-@pytest.fixture
-def alerts(monkeypatch) -> list[tuple[str, dict[str, Any]]]:
-    """Webhook events the lifecycle sends, recorded instead of queued."""
-    sent: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(lifecycle, "notify", lambda event, **fields: sent.append((event, fields)) or 0)
-    return sent
-
-
 def make_job(rt: Runtime, status: JobStatus = JobStatus.QUEUED, **fields: Any) -> Job:
     created = now()
     job = Job(id=fields.pop("id", f"job-{status.value}-{len(rt.redis.keys('tts:job:*'))}"), text="Hello there.",
