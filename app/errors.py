@@ -21,6 +21,7 @@ from tasks.exceptions import (
     BatchNotFound,
     DeadLetterNotFound,
     IdempotencyConflict,
+    IdempotencyKeyInUse,
     InvalidBatch,
     InvalidRequest,
     JobNotFinished,
@@ -50,6 +51,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     TooManyInputs: 413,
     BatchAudioTooLong: 413,
     IdempotencyConflict: 422,
+    IdempotencyKeyInUse: 409,
     # A request the engine refuses (unknown voice, bad option, nothing to speak), and
     # whatever else it raises while serving a request.
     EngineError: 400,
@@ -97,7 +99,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(PipelineError)
     def _pipeline_error(exc: PipelineError) -> Any:
-        return error_response(status_for(exc), exc.code, str(exc), param=getattr(exc, "param", None))
+        retry_after = getattr(exc, "retry_after", None)
+        return error_response(status_for(exc), exc.code, str(exc), param=getattr(exc, "param", None),
+                              headers={"Retry-After": str(retry_after)} if retry_after else None)
 
     @app.errorhandler(EngineError)
     def _engine_error(exc: EngineError) -> Any:

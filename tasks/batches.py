@@ -35,7 +35,7 @@ import engine
 from engine.exceptions import EngineError
 
 from . import keys, lifecycle
-from .exceptions import BatchNotFound, InvalidBatch, InvalidRequest, PipelineError, TooManyInputs
+from .exceptions import BatchNotFound, IdempotencyKeyInUse, InvalidBatch, InvalidRequest, PipelineError, TooManyInputs
 from .idempotency import ResourceKind
 from .job import PIPELINE_CHUNK, Job, iso, job_score, new_job_id, now
 from .job_request import parse_job_request
@@ -61,6 +61,9 @@ _BATCH_FIELDS = {"inputs", "defaults", "concatenate", "gap_ms"}
 #: Fields ``defaults`` may set (``text`` and ``name`` belong to each input).
 _DEFAULT_FIELDS = {"voice", "format", "speed", "sample_rate", "seed", "cache", "markdown"}
 MAX_GAP_MS = 60_000
+#: A batch claim younger than this may belong to a submit still checking and storing 10,000
+#: inputs (about 12 s measured): not taken over.
+BATCH_CLAIM_GRACE_SECONDS = 120.0
 #: Item records read per pipeline when listing or zipping.
 READ_WINDOW = 500
 #: Rejected inputs listed in an error body or a submit response, at most.
@@ -439,9 +442,14 @@ class BatchService:
                 return None
             try:
                 return self.get(existing)
-            except BatchNotFound:  # claimed by a submit that died before storing its batch
-                if claims.take_over(ResourceKind.BATCH, key, existing, batch_id, fingerprint):
+            except BatchNotFound:  # claimed by a submit that died before storing its batch, or still storing it
+                if claims.take_over(ResourceKind.BATCH, key, existing, batch_id, fingerprint,
+                                    older_than=BATCH_CLAIM_GRACE_SECONDS):
                     return None
+                if claims.holder(ResourceKind.BATCH, key) == existing and not self.rt.redis.exists(
+                        keys.batch(existing)):
+                    raise IdempotencyKeyInUse(key, kind="batch") from None
+                # the batch appeared meanwhile, or another submit moved the claim: look again
 
     def _create(self, request: BatchRequest, batch_id: str,
                 correlation_id: str | None) -> tuple[Batch, list[Rejection]]:

@@ -63,6 +63,19 @@ class IdempotencyConflict(PipelineError):
         super().__init__(f"Idempotency-Key {key!r} was already used for {kind} {job_id!r} with a different request")
 
 
+class IdempotencyKeyInUse(PipelineError):
+    """An Idempotency-Key is claimed by a submit that has not stored its job or batch yet."""
+
+    code = "idempotency_key_in_use"
+    #: Seconds a client should wait before retrying.
+    retry_after = 1
+
+    def __init__(self, key: str, kind: str = "job") -> None:
+        self.key = key
+        super().__init__(f"Idempotency-Key {key!r} is being used by a {kind} submit still in progress; "
+                         "retry in a moment with the same key")
+
+
 class TextTooLong(PipelineError):
     """Text longer than TTS_MAX_TEXT_CHARS."""
 

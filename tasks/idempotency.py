@@ -12,12 +12,15 @@ batches) holding the resource id and a fingerprint of the request body, kept for
 * a submit that fails before anything was accepted releases its claim, so the
   client's retry with the same key is served at once instead of pointing at nothing;
 * a claim whose resource was never stored (the API process died between the claim
-  and the record) is taken over by the next submit with that key and body.
+  and the record) is taken over by the next submit with that key and body, once it is
+  older than any submit takes; a younger one answers 409 ``idempotency_key_in_use`` (a
+  retry that overtook its own first attempt), so no key ever makes two jobs.
 """
 from __future__ import annotations
 
 import json
 import logging
+import time
 from enum import Enum
 
 import redis
@@ -58,7 +61,7 @@ class IdempotencyKeys:
         Raises :class:`IdempotencyConflict` when the key was used for a different request.
         """
         name, field = self._redis_key(kind, key), self._id_field(kind)
-        value = json.dumps({field: resource_id, "fingerprint": fingerprint})
+        value = json.dumps({field: resource_id, "fingerprint": fingerprint, "claimed_at": time.time()})
         while True:
             if self.redis.set(name, value, nx=True, ex=self.ttl):
                 return None
@@ -70,19 +73,28 @@ class IdempotencyKeys:
                 raise IdempotencyConflict(key, str(stored.get(field, "?")), kind=kind.value)
             return str(stored[field])
 
-    def take_over(self, kind: ResourceKind, key: str, stale_id: str, resource_id: str, fingerprint: str) -> bool:
+    def holder(self, kind: ResourceKind, key: str) -> str | None:
+        """The id the claim of ``key`` names, or None when nothing claims it."""
+        raw = self.redis.get(self._redis_key(kind, key))
+        return str(json.loads(raw)[self._id_field(kind)]) if raw is not None else None
+
+    def take_over(self, kind: ResourceKind, key: str, stale_id: str, resource_id: str, fingerprint: str,
+                  older_than: float) -> bool:
         """Point a claim whose resource was never stored (a submit that died after claiming) at a new one.
 
-        Compare-and-set: only a claim that still names ``stale_id`` moves; False when
-        another submit moved it first (the caller then claims again and gets that one).
+        Compare-and-set: only a claim that still names ``stale_id`` and was made more than
+        ``older_than`` seconds ago moves (a younger one may belong to a submit still
+        storing its resource). False when it did not move: the caller claims again, or
+        tells the client to retry.
         """
         name, field = self._redis_key(kind, key), self._id_field(kind)
-        value = json.dumps({field: resource_id, "fingerprint": fingerprint})
+        value = json.dumps({field: resource_id, "fingerprint": fingerprint, "claimed_at": time.time()})
         with self.redis.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(name)
                 raw = pipe.get(name)
-                if raw is None or json.loads(raw).get(field) != stale_id:
+                stored = json.loads(raw) if raw is not None else {}
+                if stored.get(field) != stale_id or float(stored.get("claimed_at", 0)) > time.time() - older_than:
                     pipe.unwatch()
                     return False
                 pipe.multi()

@@ -23,7 +23,7 @@ from monitoring.recorder import CACHE_MISSES, JOBS_SUBMITTED
 from . import keys, lifecycle
 from .cache import cache_key
 from .celery_app import SYNTHESIS_QUEUE
-from .exceptions import AudioGone, JobNotFinished, JobNotFound
+from .exceptions import AudioGone, IdempotencyKeyInUse, JobNotFinished, JobNotFound
 from .idempotency import IdempotencyKeys, ResourceKind
 from .job import Job, new_job_id, now
 from .job_request import JobRequest
@@ -40,6 +40,8 @@ __all__ = ["JobService"]
 WAIT_FIRST_POLL = 0.01
 WAIT_POLL_FACTOR = 1.5
 WAIT_LONGEST_POLL = 0.2
+#: A claim younger than this may belong to a submit still storing its job: not taken over.
+CLAIM_GRACE_SECONDS = 10.0
 #: Characters per chunk when checking that a text has something to speak.
 CHECK_CHUNK_CHARS = 400
 
@@ -113,10 +115,14 @@ class JobService:
                 return None
             try:
                 return self.rt.jobs.get(existing)
-            except JobNotFound:  # claimed by a submit that died before storing its job
-                if self.idempotency.take_over(ResourceKind.JOB, key, existing, job.id, fingerprint):
+            except JobNotFound:  # claimed by a submit that died before storing its job, or still storing it
+                if self.idempotency.take_over(ResourceKind.JOB, key, existing, job.id, fingerprint,
+                                              older_than=CLAIM_GRACE_SECONDS):
                     log.info("Idempotency-Key %r pointed at job %s, never stored; now job %s", key, existing, job.id)
                     return None
+                if not self.rt.jobs.exists(existing) and self.idempotency.holder(ResourceKind.JOB, key) == existing:
+                    raise IdempotencyKeyInUse(key) from None
+                # the job appeared meanwhile, or another submit moved the claim: look again
 
     def accept(self, job: Job) -> Job:
         """Store a built job, serving it from the cache or queueing it."""

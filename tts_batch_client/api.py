@@ -80,7 +80,7 @@ class ApiClient:
                         f"(make up) and is --api right?")
                 log.debug("%s %s failed: %s", method, path, exc)
             else:
-                if response.status_code not in _RETRY_STATUSES:
+                if not _worth_retrying(response):
                     return response
                 last = f"{method} {path} answered {response.status_code}: {_error_message(response)}"
                 retry_after = response.headers.get("Retry-After", "")
@@ -132,6 +132,18 @@ class ApiClient:
             self.session.delete(f"{self.base}/v1/jobs/{job_id}", timeout=(2.0, 5.0))
         except requests.RequestException as exc:
             log.debug("could not cancel job %s: %s", job_id, exc)
+
+
+def _worth_retrying(response: requests.Response) -> bool:
+    """A 502/503/504, or a 409 saying this submit's own first attempt is still storing its job."""
+    if response.status_code in _RETRY_STATUSES:
+        return True
+    if response.status_code != 409:
+        return False
+    try:
+        return bool((response.json().get("error") or {}).get("code") == "idempotency_key_in_use")
+    except (ValueError, AttributeError):
+        return False
 
 
 def _error_message(response: requests.Response) -> str:

@@ -2,8 +2,9 @@
 
 Each round runs a real API (gunicorn, its own process), real Celery workers with the real
 ``heart`` voice, and a Redis of its own with append-only persistence (``appendfsync
-always``). Eight client threads submit 120 jobs over HTTP; each client retries every 5xx
-and every dropped connection with the same Idempotency-Key, as the docs tell clients to.
+always``). Eight client threads submit 120 jobs over HTTP; each client retries every 5xx,
+every dropped connection and a 409 ``idempotency_key_in_use`` (after its ``Retry-After``)
+with the same Idempotency-Key, as the docs tell clients to.
 While the jobs run, one fault hits:
 
 * Redis SIGKILLed mid-synthesis, restarted 5 s later on the same data;
@@ -85,6 +86,7 @@ class Clients:
     refused: list[str] = field(default_factory=list)
     five_xx: int = 0
     dropped: int = 0
+    in_use: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -113,6 +115,11 @@ class Clients:
                 with self.lock:
                     self.five_xx += 1
                 time.sleep(0.2)  # the client's retry backoff after a 5xx
+                continue
+            if response.status_code == 409 and response.json()["error"]["code"] == "idempotency_key_in_use":
+                with self.lock:
+                    self.in_use += 1
+                time.sleep(float(response.headers["Retry-After"]))  # as the docs tell clients: wait, same key
                 continue
             with self.lock:
                 if response.status_code in (200, 202):
@@ -261,6 +268,7 @@ def _finish_and_check(round_: Round, fault_ended: float) -> dict[str, Any]:
     figures = {"submitted": JOBS, "accepted_2xx": len(clients.accepted), "succeeded": len(statuses) - len(lost),
                "lost": len(lost), "duplicated": duplicated, "recovered_seconds": round(recovered, 1),
                "5xx_answers": clients.five_xx, "dropped_connections": clients.dropped,
+               "409_in_use": clients.in_use,
                "attempts_lost": sum(1 for h in histories.values() for e in h if e.get("outcome") == "worker_lost"),
                "attempts": sum(1 for h in histories.values() for e in h
                                if e.get("outcome") in ("succeeded", "failed", "worker_lost"))}

@@ -1,14 +1,17 @@
 """Where the bulk client's API address and key come from, and ``tts-batch bulk`` handing over to it."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from app import cli as server_cli
 from settings import load_settings, reset_settings
 from tts_batch_client import cli
+from tts_batch_client.api import _worth_retrying
 from tts_batch_client.bulk import EXIT_USAGE, Options
 from tts_batch_client.environment import ClientEnvironment, read_environment
 
@@ -65,3 +68,18 @@ def test_tts_batch_bulk_hands_over_with_the_settings_address(runs: list[dict[str
         reset_settings()
     assert runs[-1]["api_url"] == "http://127.0.0.1:9123"
     assert runs[-1]["options"].voice == "joe" and runs[-1]["concurrency"] == 2 and runs[-1]["quiet"] is True
+
+
+def _response(status: int, body: dict) -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response._content = json.dumps(body).encode()
+    return response
+
+
+def test_the_client_retries_a_key_still_in_use_but_not_other_conflicts():
+    in_use = {"error": {"code": "idempotency_key_in_use", "message": "retry in a moment"}}
+    assert _worth_retrying(_response(409, in_use))
+    assert _worth_retrying(_response(503, {"error": {"code": "service_unavailable"}}))
+    assert not _worth_retrying(_response(409, {"error": {"code": "job_not_finished"}}))
+    assert not _worth_retrying(_response(422, {"error": {"code": "idempotency_key_reused"}}))

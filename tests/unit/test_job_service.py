@@ -7,6 +7,7 @@ in-memory broker is process-wide, so each test starts and ends with the queues d
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 import uuid
@@ -29,6 +30,7 @@ from tasks.exceptions import (
     AudioGone,
     DeadLetterNotFound,
     IdempotencyConflict,
+    IdempotencyKeyInUse,
     JobNotFinished,
     JobNotFound,
 )
@@ -613,8 +615,9 @@ def test_a_replay_of_a_job_that_is_no_longer_failed_only_drops_the_stale_record(
 
 
 def test_a_key_claimed_by_a_submit_that_died_before_storing_its_job_is_taken_over(svc, rt, app):
-    # the API process claimed the key for job "ghost" and was killed before writing the record
-    IdempotencyKeys(rt.redis, ttl=60).claim(ResourceKind.JOB, "k-ghost", "ghost", request().fingerprint())
+    # the API process claimed the key for job "ghost" a while ago and was killed before writing the record
+    rt.redis.set(keys.idempotency("k-ghost"), json.dumps({"job_id": "ghost", "fingerprint": request().fingerprint(),
+                                                          "claimed_at": time.time() - 60}))
     job, created = svc.submit(request(), idempotency_key="k-ghost")
     assert created and job.id != "ghost"
     assert [m["args"] for m in drain(app)] == [[job.id]]
@@ -640,3 +643,12 @@ def test_a_cancellation_is_in_the_job_history(svc, rt, app):
     svc.cancel(job.id)
     (entry,) = rt.jobs.history(job.id)
     assert (entry["outcome"], entry["was"]) == ("cancelled", "queued")
+
+
+def test_a_key_claimed_moments_ago_by_a_submit_still_storing_its_job_answers_in_use(svc, rt, app):
+    # a retry that overtook its own first attempt, which has claimed the key and not stored its job yet
+    IdempotencyKeys(rt.redis, ttl=60).claim(ResourceKind.JOB, "k-busy", "in-flight", request().fingerprint())
+    with pytest.raises(IdempotencyKeyInUse):
+        svc.submit(request(), idempotency_key="k-busy")
+    assert drain(app) == [] and stored_job_keys(rt) == []
+    assert IdempotencyKeys(rt.redis, ttl=60).holder(ResourceKind.JOB, "k-busy") == "in-flight"
