@@ -59,6 +59,10 @@ class Settings:
     #: a power loss can take the last second of accepted jobs), ``always`` (it survives a power
     #: loss too, at about half the submits per second: docs/reliability.md) or ``no``.
     embedded_redis_fsync: str = "everysec"
+    #: ``maxmemory`` of the embedded Redis (``noeviction``: a full Redis refuses writes loudly, it
+    #: never drops a job or a queued message). The API stops admitting jobs at
+    #: ``redis_memory_high_water`` of it, and the audio cache evicts by its own byte bound first.
+    embedded_redis_maxmemory: str = "2gb"
 
     # --- engine ------------------------------------------------------------------------
     onnx_threads: int = 1
@@ -82,6 +86,16 @@ class Settings:
     stream_max_clients: int = 4
     #: Seconds a metrics stream runs at most before it ends; the client reconnects (SSE ``retry:``).
     stream_max_seconds: int = 300
+    #: Unfinished jobs the whole service admits; beyond it a submit gets 429 ``queue_full``.
+    max_queued: int = 50_000
+    #: Fraction of Redis ``maxmemory`` at which submits get 429 ``queue_full`` (when maxmemory is set).
+    redis_memory_high_water: float = 0.9
+    #: Networks per-job callbacks may reach although they are private or loopback (CIDRs, comma-separated).
+    callback_allowed_networks: tuple[str, ...] = ()
+    #: Seconds a callback delivery may take (connect and read each).
+    callback_timeout: float = 5.0
+    #: Bytes of a callback receiver's response that are read at most (the rest is dropped).
+    callback_max_response_bytes: int = 65_536
     #: Concurrent streamed batch zips (``/v1/batches/<id>/result``) per API process; the next get 429.
     batch_stream_max_clients: int = 2
 
@@ -268,6 +282,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     for name in ("stream_max_clients", "stream_max_seconds", "batch_stream_max_clients"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{_env_name(name)} must be at least 1")
+    if settings.max_queued < 1:
+        raise SettingsError("TTS_MAX_QUEUED must be at least 1")
+    if not 0.1 <= settings.redis_memory_high_water <= 1.0:
+        raise SettingsError("TTS_REDIS_MEMORY_HIGH_WATER must be between 0.1 and 1.0")
     if not settings.flower_host.strip():
         raise SettingsError("TTS_FLOWER_HOST must name an address, e.g. 127.0.0.1")
     if not settings.flower_user or any(c in settings.flower_user for c in ":,") or "," in settings.flower_password:

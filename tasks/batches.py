@@ -43,6 +43,7 @@ from .redis_values import MAX_INDEX, HashMapping, scored_members, text, text_or_
 from .runtime import Runtime
 from .service import JobService
 from .status import BatchStatus, JobStatus
+from .tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ __all__ = [
     "parse_batch_request",
 ]
 
-_BATCH_FIELDS = {"inputs", "defaults", "concatenate", "gap_ms"}
+_BATCH_FIELDS = {"inputs", "defaults", "concatenate", "gap_ms", "callback_url"}
 #: Fields ``defaults`` may set (``text`` and ``name`` belong to each input).
 _DEFAULT_FIELDS = {"voice", "format", "speed", "sample_rate", "seed", "cache", "markdown"}
 MAX_GAP_MS = 60_000
@@ -171,10 +172,13 @@ class BatchRequest:
     defaults: dict[str, Any]
     concatenate: bool = False
     gap_ms: int = 0
+    #: Where to POST a signed notice when the whole batch has finished (checked by ``tasks.callbacks``).
+    callback_url: str | None = None
 
     def fingerprint(self) -> str:
         """A hash of the request, to tell an idempotent retry from a different request."""
-        body = json.dumps([self.inputs, self.defaults, self.concatenate, self.gap_ms], sort_keys=True,
+        body = json.dumps([self.inputs, self.defaults, self.concatenate, self.gap_ms, self.callback_url],
+                          sort_keys=True,
                           ensure_ascii=False, default=str)
         return hashlib.sha256(body.encode()).hexdigest()
 
@@ -211,9 +215,13 @@ def parse_batch_request(body: Any, max_inputs: int, default_voice: str, default_
     if (isinstance(gap_ms, bool) or not isinstance(gap_ms, (int, float)) or not math.isfinite(gap_ms)
             or not float(gap_ms).is_integer() or not 0 <= gap_ms <= MAX_GAP_MS):
         raise InvalidRequest(f"'gap_ms' must be a whole number of milliseconds from 0 to {MAX_GAP_MS}, got {gap_ms!r}")
+    callback_url = body.get("callback_url")
+    if callback_url is not None and not isinstance(callback_url, str):
+        raise InvalidRequest("'callback_url' must be a string (an https:// or http:// URL)", param="callback_url")
     merged = {"voice": default_voice, "format": default_format,
               **{k: v for k, v in defaults.items() if v is not None}}
-    return BatchRequest(inputs=inputs, defaults=merged, concatenate=concatenate, gap_ms=int(gap_ms))
+    return BatchRequest(inputs=inputs, defaults=merged, concatenate=concatenate, gap_ms=int(gap_ms),
+                        callback_url=callback_url)
 
 
 # --- the batch record ---------------------------------------------------------------------------
@@ -241,6 +249,11 @@ class Batch:
     finished_at: float | None = None
     cancelled_at: float | None = None
     correlation_id: str | None = None
+    #: The tenant that owns the batch and its items (``tasks.tenants``).
+    tenant: str = DEFAULT_TENANT
+    key_id: str | None = None
+    #: Where to POST a signed notice when the whole batch has finished (``tasks.callbacks``).
+    callback_url: str | None = None
 
     @classmethod
     def from_redis(cls, batch_id: str, data: Mapping[bytes, bytes], running: int = 0) -> Batch:
@@ -259,7 +272,8 @@ class Batch:
             cancelled=int(f.get("count_cancelled", 0)), finished=int(f.get("finished", 0)), running=running,
             rejected=int(f.get("rejected", 0)), settled_at_submit=int(f.get("settled_at_submit", 0)),
             started_at=opt("started_at"), finished_at=opt("finished_at"), cancelled_at=opt("cancelled_at"),
-            correlation_id=f.get("correlation_id"),
+            correlation_id=f.get("correlation_id"), tenant=f.get("tenant", DEFAULT_TENANT), key_id=f.get("key_id"),
+            callback_url=f.get("callback_url"),
         )
 
     @property
@@ -540,8 +554,10 @@ class BatchService:
             "rejected": batch.rejected, "settled_at_submit": batch.settled_at_submit,
             "count_failed": batch.failed, "finished": batch.finished,
         }
-        if batch.correlation_id:
-            record["correlation_id"] = batch.correlation_id
+        for name in ("correlation_id", "tenant", "key_id", "callback_url"):
+            value = getattr(batch, name)
+            if value:
+                record[name] = value
         pipe = self.rt.redis.pipeline(transaction=False)
         pipe.hset(key, mapping=record)
         for start in range(0, len(item_ids), PIPELINE_CHUNK):

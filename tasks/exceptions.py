@@ -143,3 +143,40 @@ class BatchHasNoAudio(PipelineError):
 
     def __init__(self, batch_id: str, status: str) -> None:
         super().__init__(f"batch {batch_id!r} is {status} and has no succeeded item yet")
+
+
+class KeyNotFound(PipelineError):
+    """No managed API key with that id."""
+
+    code = "key_not_found"
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(f"no API key {key_id!r}")
+
+
+class QuotaExceeded(PipelineError):
+    """A key's quota (unfinished jobs, characters per day) would be exceeded: nothing was accepted.
+
+    ``retry_after``: seconds until the quota is likely to allow the request; ``limit``,
+    ``remaining`` and ``reset``: what the RateLimit headers report.
+    """
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, retry_after: int, limit: int, remaining: int, reset: int,
+                 code: str | None = None) -> None:
+        if code:
+            self.code = code
+        self.retry_after = max(1, retry_after)
+        self.limit = limit
+        self.remaining = max(0, remaining)
+        self.reset = max(0, reset)
+        super().__init__(message)
+
+
+class QueueFull(PipelineError):
+    """The service holds as many unfinished jobs as it admits (``TTS_MAX_QUEUED``) or Redis is nearly full."""
+
+    code = "queue_full"
+    retry_after = 5

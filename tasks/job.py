@@ -22,6 +22,7 @@ from . import keys
 from .exceptions import JobNotFound
 from .redis_values import HashMapping, as_bytes, decode_hash, scored_members, text, text_or_none
 from .status import JobStatus
+from .tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ class Job:
     idempotency_key: str | None = None
     replays: int = 0
     synthesis_seconds: float | None = None
+    #: The tenant that owns the job (``tasks.tenants``): every API read and write is filtered by it.
+    tenant: str = DEFAULT_TENANT
+    #: The id of the API key that submitted it (None: open mode or a bootstrap key).
+    key_id: str | None = None
+    #: Where to POST a signed notice when the job finishes (``tasks.callbacks``).
+    callback_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # --- (de)serialisation ------------------------------------------------------------------

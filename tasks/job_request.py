@@ -22,7 +22,7 @@ from .exceptions import InvalidRequest, TextTooLong
 __all__ = ["JOB_FIELDS", "MAX_NAME_CHARS", "JobRequest", "check_name", "parse_job_request"]
 
 #: The fields a job request may have.
-JOB_FIELDS = {"text", "voice", "format", "speed", "sample_rate", "seed", "cache", "markdown", "name"}
+JOB_FIELDS = {"text", "voice", "format", "speed", "sample_rate", "seed", "cache", "markdown", "name", "callback_url"}
 
 #: The longest ``name`` a request may give (the file name made from it is shorter still).
 MAX_NAME_CHARS = 200
@@ -45,6 +45,8 @@ class JobRequest:
     cache: bool = True
     markdown: bool = False
     name: str | None = None
+    #: Where to POST a signed notice when the job finishes (checked by ``tasks.callbacks``).
+    callback_url: str | None = None
 
     def options(self) -> engine.SynthesisOptions:
         """The engine options of this request."""
@@ -54,7 +56,7 @@ class JobRequest:
     def fingerprint(self) -> str:
         """A hash of the request, to tell an idempotent retry from a different request."""
         body = json.dumps([self.text, self.voice, self.format, self.speed, self.sample_rate, self.seed,
-                           self.cache, self.markdown, self.name], ensure_ascii=False)
+                           self.cache, self.markdown, self.name, self.callback_url], ensure_ascii=False)
         return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -128,6 +130,9 @@ def parse_job_request(body: Any, defaults: Mapping[str, Any] | None = None,
     name = merged.get("name")
     if name is not None:
         check_name(name)
+    callback_url = merged.get("callback_url")
+    if callback_url is not None and not isinstance(callback_url, str):
+        raise InvalidRequest("'callback_url' must be a string (an https:// or http:// URL)", param="callback_url")
     return JobRequest(
         text=text,
         voice=voice.strip(),
@@ -138,4 +143,5 @@ def parse_job_request(body: Any, defaults: Mapping[str, Any] | None = None,
         cache=merged.get("cache", True),
         markdown=merged.get("markdown", False),
         name=name,
+        callback_url=callback_url,
     )

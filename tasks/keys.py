@@ -26,6 +26,13 @@ key                             what
 ``tts:jobs:active``             sorted set: unfinished job ids by creation time, for the reconciler
 ``tts:reconcile:lock``          string: held by the worker sweeping this interval
 ``tts:reconcile:suspects``      hash: queued job id -> task id seen without a message at the last sweep
+``tts:apikey:{sha256}``         string: a managed API key's record (JSON), found by the key's hash
+``tts:apikeys``                 hash: key id -> the key's record (JSON; revoked keys stay listed)
+``tts:apikeys:live``            set: ids of keys that work now
+``tts:tenant:{t}:jobs``         sorted set: the tenant's job ids by creation time, for its listing
+``tts:tenant:{t}:batches``      sorted set: the tenant's batch ids by creation time
+``tts:tenant:{t}:active``       sorted set: the tenant's unfinished job ids (its ``max_queued`` quota)
+``tts:limits:*``                the rate limiter's windows (the ``limits`` library's own keys)
 ``tts:metrics:*``               counters, histograms and history samples (monitoring/)
 ==============================  ======================================================
 """
@@ -42,6 +49,10 @@ METRICS_PREFIX = PREFIX + "metrics:"
 ACTIVE_JOBS = PREFIX + "jobs:active"
 RECONCILE_LOCK = PREFIX + "reconcile:lock"
 RECONCILE_SUSPECTS = PREFIX + "reconcile:suspects"
+API_KEYS = PREFIX + "apikeys"
+API_KEYS_LIVE = PREFIX + "apikeys:live"
+#: Prefix of the rate limiter's keys (``limits`` adds its own ``LIMITS:`` part after it).
+LIMITS_PREFIX = PREFIX + "limits"
 
 
 def job(job_id: str) -> str:
@@ -112,3 +123,23 @@ def job_parts_done(job_id: str) -> str:
 def lease(job_id: str) -> str:
     """The lease of a job's running attempt."""
     return f"{PREFIX}lease:{job_id}"
+
+
+def api_key(digest: str) -> str:
+    """A managed API key's record, by the SHA-256 of the key."""
+    return f"{PREFIX}apikey:{digest}"
+
+
+def tenant_jobs(tenant: str) -> str:
+    """A tenant's job ids by creation time."""
+    return f"{PREFIX}tenant:{tenant}:jobs"
+
+
+def tenant_batches(tenant: str) -> str:
+    """A tenant's batch ids by creation time."""
+    return f"{PREFIX}tenant:{tenant}:batches"
+
+
+def tenant_active(tenant: str) -> str:
+    """A tenant's unfinished job ids."""
+    return f"{PREFIX}tenant:{tenant}:active"
