@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings", "SettingsError", "child_environment", "get_settings", "load_settings", "reset_settings"]
+__all__ = ["Settings", "SettingsError", "child_environment", "get_settings", "load_settings", "redis_size_bytes",
+           "reset_settings"]
 
 #: OpenAI voice names mapped to local voice ids (``TTS_OPENAI_VOICES`` overrides, as JSON).
 DEFAULT_OPENAI_VOICES: dict[str, str] = {
@@ -282,6 +283,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     for name in ("stream_max_clients", "stream_max_seconds", "batch_stream_max_clients"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{_env_name(name)} must be at least 1")
+    maxmemory = redis_size_bytes(settings.embedded_redis_maxmemory)
+    if maxmemory is None:
+        raise SettingsError("TTS_EMBEDDED_REDIS_MAXMEMORY must be a size such as 2gb, 512mb or 0 (no limit)")
+    if maxmemory and not settings.redis_url and not settings.cache_url and settings.cache_max_bytes > maxmemory // 2:
+        # The cache shares the embedded Redis: it must leave room for the job store and the broker.
+        raise SettingsError("TTS_CACHE_MAX_BYTES must be at most half of TTS_EMBEDDED_REDIS_MAXMEMORY "
+                            "(the audio cache shares the embedded Redis with jobs and queues)")
     if settings.max_queued < 1:
         raise SettingsError("TTS_MAX_QUEUED must be at least 1")
     if not 0.1 <= settings.redis_memory_high_water <= 1.0:
@@ -292,6 +300,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         # Flower takes the login as user:password and splits a list of them at commas.
         raise SettingsError("TTS_FLOWER_USER must be set and hold no ':' or ',', and TTS_FLOWER_PASSWORD no ','")
     return settings
+
+
+def redis_size_bytes(value: str) -> int | None:
+    """Bytes of a Redis memory size (``2gb``, ``512mb``, ``100000``, as ``redis.conf`` reads them: ``gb``
+    is 1024**3, ``g`` 10**9); None when it is not one."""
+    units = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+    raw = value.strip().lower()
+    digits = raw.rstrip("kmgb")
+    unit = raw[len(digits):]
+    if not digits.isdigit() or unit not in units:
+        return None
+    return int(digits) * units[unit]
 
 
 def child_environment(inherit_settings: bool = True, **overrides: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from tasks.runtime import Runtime
 from tasks.service import JobService
 
 from . import batches, dashboard, dlq, health, jobs, metrics, openai_compat, voices
-from .auth import install_api_keys
+from .auth import install_auth
 from .errors import register_error_handlers
 from .security import install_security_headers
 from .streams import install_stream_limits
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     }
     _install_correlation(app)
     register_error_handlers(app)
-    install_api_keys(app)
+    install_auth(app)
     install_security_headers(app)
     install_stream_limits(app, settings)
     for module in (jobs, batches, voices, dlq, health, openai_compat, metrics, dashboard):

@@ -1,43 +1,142 @@
-"""API keys: with ``TTS_API_KEYS`` set, every ``/v1/`` call needs ``Authorization: Bearer <key>``
-(or ``X-API-Key: <key>``).
+"""Who is calling, and what they may do: API keys as principals (``tasks.tenants``).
 
-Health, metrics and the dashboard stay open (operators put them behind their own network
-rules); without ``TTS_API_KEYS`` nothing is checked.
+Every request is matched to a :class:`~tasks.tenants.Principal` before its view runs:
+
+* the key comes as ``Authorization: Bearer <key>``, ``X-API-Key: <key>`` or, for a
+  browser opening the dashboard, HTTP Basic with the key as the password;
+* with no key configured (no ``TTS_API_KEYS``, no managed key live) every caller is the
+  open principal: the ``default`` tenant with every scope, as before keys existed;
+* each route needs one scope (:func:`required_scope`): ``read`` for lookups, ``submit``
+  for creating and cancelling, ``admin`` for the dead-letter queue, key management and
+  every operator view (dashboard, ``/metrics*``, ``/api/*``, ``/health`` beyond the
+  probes). Only the liveness/readiness probes and static files stay open: a load balancer
+  and a browser loading the page's script need no key, and they show nothing of anyone's jobs;
+* a missing or unknown key is a 401 (with ``WWW-Authenticate``), a key without the scope a 403.
+
+A key with a rate (``--rate``) is limited here, before the view: 429 with ``Retry-After``
+and the ``RateLimit-*`` headers (``app.ratelimit``).
 """
 from __future__ import annotations
 
-import hmac
+import base64
+import binascii
+import logging
 from typing import Any
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
+
+from tasks.tenants import OPEN_PRINCIPAL, KeyStore, Principal, Scope
 
 from .errors import error_response
+from .ratelimit import RequestLimiter
 
-PROTECTED_PREFIX = "/v1/"
+log = logging.getLogger(__name__)
+
+__all__ = ["current_principal", "install_auth", "required_scope"]
+
+#: Paths anyone may call, keys or not: the probes a load balancer uses and static files.
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/health/voices"})
+OPEN_PREFIXES = ("/static/", "/dashboard/static/")
+#: Prefixes that need ``admin`` whatever the method.
+ADMIN_PREFIXES = ("/v1/dlq", "/v1/keys", "/dashboard", "/metrics", "/api/", "/health")
+#: Prefixes where GET needs ``read`` and any other method ``submit``.
+TENANT_PREFIXES = ("/v1/jobs", "/v1/batches", "/v1/audio/", "/v1/voices", "/v1/models")
 
 
-def _valid(token: str, keys: tuple[str, ...]) -> bool:
-    # Compare against every key so the time taken does not tell which prefix matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(token.encode(), key.encode())
-    return matched
+def required_scope(path: str, method: str) -> Scope | None:
+    """The scope a request needs (None: open to anyone). Unknown paths need ``admin``."""
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return None
+    if path.startswith(TENANT_PREFIXES) and not path.startswith(ADMIN_PREFIXES):
+        if path == "/v1/audio/speech" or method not in {"GET", "HEAD", "OPTIONS"}:
+            return Scope.SUBMIT
+        return Scope.READ
+    return Scope.ADMIN
 
 
-def install_api_keys(app: Flask) -> None:
-    """Refuse ``/v1/`` requests without a valid key when keys are configured."""
+def presented_key(headers: Any) -> str | None:
+    """The key a request carries: Bearer, ``X-API-Key`` or the password of HTTP Basic."""
+    scheme, _, value = headers.get("Authorization", "").partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        password = decoded.partition(":")[2].strip()
+        return password or None
+    return headers.get("X-API-Key", "").strip() or None
+
+
+def current_principal() -> Principal:
+    """The principal of the request being served (the open one outside a request)."""
+    return g.get("principal", OPEN_PRINCIPAL)
+
+
+def key_store() -> KeyStore:
+    """This app's key store."""
+    return current_app.extensions["tts"]["keys"]
+
+
+def install_auth(app: Flask) -> None:
+    """Authenticate every request, check its scope and its key's rate."""
+    runtime = app.extensions["tts"]["runtime"]
+    store = KeyStore(runtime.redis, bootstrap=app.extensions["tts"]["settings"].api_keys)
+    limiter = RequestLimiter(runtime)
+    app.extensions["tts"]["keys"] = store
+    app.extensions["tts"]["limiter"] = limiter
+    _say_whether_open(store)
 
     @app.before_request
-    def _require_key() -> Any:
-        keys = current_app.extensions["tts"]["settings"].api_keys
-        if not keys or not request.path.startswith(PROTECTED_PREFIX):
+    def _authenticate() -> Any:
+        scope = required_scope(request.path, request.method)
+        if scope is None:
             return None
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
-        token = token or request.headers.get("X-API-Key", "").strip()
-        if token and _valid(token, keys):
+        token = presented_key(request.headers)
+        configured, principal = store.authenticate(token)
+        if not configured:
+            g.principal = OPEN_PRINCIPAL
             return None
-        message = ("the API key is not valid" if token else
-                   "an API key is required: send 'Authorization: Bearer <key>' with one of the keys in TTS_API_KEYS")
-        return error_response(401, "invalid_api_key", message,
-                              headers={"WWW-Authenticate": 'Bearer realm="tts-batch"'})
+        if principal is None:
+            return _unauthorized(bool(token))
+        g.principal = principal
+        if not principal.allows(scope):
+            return error_response(403, "insufficient_scope",
+                                  f"this key may not {_what(scope)}: it needs the {scope.value!r} scope "
+                                  f"(it has {', '.join(sorted(s.value for s in principal.scopes))})")
+        return limiter.check(principal)
+
+    @app.after_request
+    def _rate_headers(response: Any) -> Any:
+        return limiter.add_headers(response)
+
+
+def _what(scope: Scope) -> str:
+    return {Scope.READ: "read jobs", Scope.SUBMIT: "submit or cancel work",
+            Scope.ADMIN: "use operator views, the dead-letter queue or key management"}[scope]
+
+
+def _unauthorized(had_token: bool) -> Any:
+    message = ("the API key is not valid (unknown or revoked)" if had_token else
+               "an API key is required: send 'Authorization: Bearer <key>' (or X-API-Key: <key>)")
+    # A browser that opens the dashboard gets the Basic prompt; API clients read the Bearer challenge.
+    challenge = 'Basic realm="tts-batch"' if request.path.startswith("/dashboard") else 'Bearer realm="tts-batch"'
+    return error_response(401, "invalid_api_key", message, headers={"WWW-Authenticate": challenge})
+
+
+def _say_whether_open(store: KeyStore) -> None:
+    if store.bootstrap:
+        log.info("API keys required: %d bootstrap key(s) in TTS_API_KEYS", len(store.bootstrap))
+        return
+    try:
+        made, live = store.made_count(), store.live_count()
+    except Exception as exc:  # noqa: BLE001 - Redis down at start: said later, per request
+        log.warning("could not count API keys at start (%s); they are checked per request", exc)
+        return
+    if made:
+        log.info("API keys required: %d managed key(s), %d of them live", made, live)
+    else:
+        log.warning("no API key configured: the API is OPEN to anyone who can reach it "
+                    "(create one with 'tts-batch keys create --tenant NAME --scopes admin')")

@@ -11,7 +11,9 @@ from tasks.batches import MAX_GAP_MS, Batch, BatchService, ItemMeta, parse_batch
 from tasks.exceptions import BatchNotFound, InvalidBatch
 from tasks.status import JobStatus
 
+from .auth import current_principal
 from .errors import ApiError
+from .jobs import tenant
 from .requests import MAX_LIMIT, accepted_response, attachment, checked_id, idempotency_key, int_arg, json_body
 from .streams import held_response, stream_limits, too_many_streams
 
@@ -74,7 +76,8 @@ def submit() -> Any:
                                         settings.default_format)
     try:
         batch, rejected, created = service().submit(batch_request, correlation_id=g.get("correlation_id"),
-                                                    idempotency_key=idempotency_key(request))
+                                                    idempotency_key=idempotency_key(request),
+                                                    owner=current_principal())
     except InvalidBatch as exc:
         raise ApiError(400, exc.code, str(exc), errors=exc.errors) from exc
     body = batch_body(batch)
@@ -87,7 +90,7 @@ def list_batches() -> Any:
     """Batches newest first: ``?limit=&cursor=``."""
     limit = int_arg(request, "limit", 50, low=1, high=MAX_LIMIT) or 50
     cursor = int_arg(request, "cursor", None, low=0)
-    batches, next_cursor = service().list(limit=limit, cursor=cursor)
+    batches, next_cursor = service().list(limit=limit, cursor=cursor, tenant=tenant())
     return jsonify({"batches": [batch_body(b) for b in batches],
                     "next_cursor": str(next_cursor) if next_cursor is not None else None})
 
@@ -95,7 +98,7 @@ def list_batches() -> Any:
 @bp.get("/<batch_id>")
 def get_batch(batch_id: str) -> Any:
     """A batch's status, counts, percent done, characters, audio duration and times."""
-    return jsonify(batch_body(service().get(checked_id(batch_id, BatchNotFound))))
+    return jsonify(batch_body(service().get(checked_id(batch_id, BatchNotFound), tenant())))
 
 
 @bp.get("/<batch_id>/items")
@@ -107,7 +110,7 @@ def list_items(batch_id: str) -> Any:
         raise ApiError(400, "invalid_parameter", f"status must be one of {', '.join(_STATUSES)}, got {status!r}")
     limit = int_arg(request, "limit", 100, low=1, high=MAX_LIMIT) or 100
     cursor = int_arg(request, "cursor", 0, low=0) or 0
-    items, next_cursor = service().items(batch_id, status=status, cursor=cursor, limit=limit)
+    items, next_cursor = service().items(batch_id, status=status, cursor=cursor, limit=limit, tenant=tenant())
     return jsonify({"batch_id": batch_id, "items": [item_body(i) for i in items],
                     "next_cursor": str(next_cursor) if next_cursor is not None else None})
 
@@ -122,7 +125,7 @@ def get_result(batch_id: str) -> Any:
     """
     batch_id = checked_id(batch_id, BatchNotFound)
     svc = service()
-    plan = plan_result(svc, batch_id, concatenate=_flag("concatenate"), gap_ms=_gap_arg())
+    plan = plan_result(svc, batch_id, concatenate=_flag("concatenate"), gap_ms=_gap_arg(), tenant=tenant())
     disposition = attachment(f"batch-{batch_id}", "zip", default=batch_id)
     slots = stream_limits().batch_zip  # the zip streams on a server thread: a few at a time
     slot = slots.try_acquire()
@@ -141,7 +144,7 @@ def get_audio(batch_id: str) -> Any:
     """Every succeeded item concatenated into one file of the batch's format (``?gap_ms=``)."""
     batch_id = checked_id(batch_id, BatchNotFound)
     svc = service()
-    plan = plan_result(svc, batch_id, concatenate=True, gap_ms=_gap_arg())
+    plan = plan_result(svc, batch_id, concatenate=True, gap_ms=_gap_arg(), tenant=tenant())
     audio, offsets, _ = concatenate_audio(svc, plan)
     fmt = FORMATS[plan.batch.format]
     response = Response(audio, mimetype=fmt.media_type)
@@ -160,4 +163,4 @@ def _gap_arg() -> int | None:
 @bp.delete("/<batch_id>")
 def cancel(batch_id: str) -> Any:
     """Cancel every item that has not finished; finished items keep their audio."""
-    return jsonify(batch_body(service().cancel(checked_id(batch_id, BatchNotFound))))
+    return jsonify(batch_body(service().cancel(checked_id(batch_id, BatchNotFound), tenant())))

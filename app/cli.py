@@ -6,6 +6,9 @@
     Synthesize directly with the engine, in this process (no queue, no Redis).
 ``tts-batch dlq list | show ID | replay ID | replay --all | delete ID | purge``
     Operate on the dead-letter queue in the Redis named by ``REDIS_URL``.
+``tts-batch keys create --tenant NAME [--scopes submit,read] [--rate 10/s] [--max-queued N] [--chars-per-day N]``
+``tts-batch keys list [--json]`` / ``tts-batch keys revoke ID``
+    Manage API keys in the Redis named by ``REDIS_URL`` (``create`` prints the key last; it is shown once).
 ``tts-batch bulk INPUT... --out DIR [...]``
     Convert folders of text files through a running API: the client package
     :mod:`tts_batch_client` (also ``tts-batch-bulk``), imported only for this command.
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UsageError", "build_catalog", "build_parser", "cmd_dlq", "cmd_say", "cmd_voices", "main"]
+__all__ = ["UsageError", "build_catalog", "build_parser", "cmd_dlq", "cmd_keys", "cmd_say", "cmd_voices", "main"]
 
 PROG = "tts-batch"
 #: Exit status for a user error (bad input or options), as argparse uses.
@@ -297,6 +300,23 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_sub.add_parser("purge", help="drop every record")
     dlq.set_defaults(func=cmd_dlq)
 
+    keys_parser = sub.add_parser("keys", help="create, list or revoke API keys (needs the stack's Redis)",
+                                 description="Manage API keys in the Redis named by REDIS_URL. A key belongs to "
+                                             "one tenant and sees only that tenant's jobs and batches.")
+    keys_sub = keys_parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = keys_sub.add_parser("create", help="make a key; prints it as the last line (shown once)")
+    create.add_argument("--tenant", required=True, help="the tenant the key belongs to (lower-case name)")
+    create.add_argument("--scopes", default="submit,read",
+                        help="comma-separated: read, submit, admin (default submit,read)")
+    create.add_argument("--rate", help="requests allowed, e.g. 10/s, 600/minute (default: unlimited)")
+    create.add_argument("--max-queued", type=int, help="unfinished jobs the tenant may have when this key submits")
+    create.add_argument("--chars-per-day", type=int, help="characters this key may submit per 24 hours")
+    keys_list = keys_sub.add_parser("list", help="every key: id, tenant, scopes, limits, revoked or not")
+    keys_list.add_argument("--json", action="store_true", help="print the keys as JSON")
+    revoke = keys_sub.add_parser("revoke", help="stop a key working at once")
+    revoke.add_argument("key_id")
+    keys_parser.set_defaults(func=cmd_keys)
+
     sub.add_parser("bulk", help="convert folders of .txt/.md files through a running API (see 'tts-batch bulk -h')",
                    add_help=False)
     return parser
@@ -338,6 +358,47 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     except redis.exceptions.RedisError as exc:
         print(f"{PROG} dlq: error: cannot reach Redis at {rt.settings.broker_url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``tts-batch keys create --tenant T [...] | list [--json] | revoke ID``."""
+    import redis.exceptions
+
+    from tasks.exceptions import PipelineError
+    from tasks.runtime import Runtime
+    from tasks.tenants import KeyStore, parse_scopes
+
+    rt = Runtime()
+    store = KeyStore(rt.redis, bootstrap=rt.settings.api_keys)
+    try:
+        if args.keys_command == "create":
+            record, key = store.create(args.tenant, parse_scopes(args.scopes), rate=args.rate,
+                                       max_queued=args.max_queued, chars_per_day=args.chars_per_day)
+            print(f"created key {record.id} for tenant {record.tenant!r} (scopes {','.join(record.scopes)})",
+                  file=sys.stderr)
+            print(f"callback secret (signs this key's job callbacks; shown once): {record.callback_secret}")
+            print(key)
+        elif args.keys_command == "list":
+            records = [r.public() for r in store.list()]
+            if args.json:
+                print(json.dumps(records, indent=2))
+            else:
+                for r in records:
+                    limits = [f"{name}={r[name]}" for name in ("rate", "max_queued", "chars_per_day") if r[name]]
+                    state = "revoked" if r["revoked_at"] else "live"
+                    print(f"{r['id']}  {state:7}  tenant={r['tenant']}  scopes={','.join(r['scopes'])}  "
+                          + "  ".join(limits))
+                print(f"{sum(1 for r in records if not r['revoked_at'])} live key(s); "
+                      f"{len(rt.settings.api_keys)} bootstrap key(s) in TTS_API_KEYS", file=sys.stderr)
+        elif args.keys_command == "revoke":
+            record = store.revoke(args.key_id)
+            print(f"revoked {record.id} (tenant {record.tenant!r})")
+    except PipelineError as exc:
+        raise UsageError(str(exc)) from exc
+    except redis.exceptions.RedisError as exc:
+        print(f"{PROG} keys: error: cannot reach Redis at {rt.settings.broker_url}: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -26,7 +26,10 @@ from tasks.exceptions import (
     InvalidRequest,
     JobNotFinished,
     JobNotFound,
+    KeyNotFound,
     PipelineError,
+    QueueFull,
+    QuotaExceeded,
     TextTooLong,
     TooManyInputs,
 )
@@ -52,6 +55,9 @@ ERROR_STATUS: dict[type[Exception], int] = {
     BatchAudioTooLong: 413,
     IdempotencyConflict: 422,
     IdempotencyKeyInUse: 409,
+    KeyNotFound: 404,
+    QuotaExceeded: 429,
+    QueueFull: 429,
     # A request the engine refuses (unknown voice, bad option, nothing to speak), and
     # whatever else it raises while serving a request.
     EngineError: 400,
@@ -100,8 +106,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(PipelineError)
     def _pipeline_error(exc: PipelineError) -> Any:
         retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after else {}
+        if isinstance(exc, QuotaExceeded):  # a quota is a limit too: the same headers as the request rate
+            headers |= {"RateLimit-Limit": str(exc.limit), "RateLimit-Remaining": str(exc.remaining),
+                        "RateLimit-Reset": str(exc.reset)}
         return error_response(status_for(exc), exc.code, str(exc), param=getattr(exc, "param", None),
-                              headers={"Retry-After": str(retry_after)} if retry_after else None)
+                              headers=headers or None)
 
     @app.errorhandler(EngineError)
     def _engine_error(exc: EngineError) -> Any:
@@ -116,6 +126,13 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(503, "service_unavailable",
                               "the job store is unreachable; nothing was accepted, try again shortly",
                               headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.errorhandler(redis.exceptions.OutOfMemoryError)
+    def _redis_full(exc: Exception) -> Any:
+        log.error("Redis is full (maxmemory reached): %s", exc)
+        return error_response(503, "store_full",
+                              "the job store is full; nothing was accepted, try again later",
+                              headers={"Retry-After": str(RETRY_AFTER_SECONDS * 15)})
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Any:

@@ -28,6 +28,7 @@ from tasks.job_request import JobRequest, parse_job_request
 from tasks.service import JobService
 from tasks.status import JobStatus
 
+from .auth import current_principal
 from .errors import ApiError, error_response
 from .requests import json_body
 
@@ -196,7 +197,7 @@ def speech() -> Any:
     speech_request = parse_speech_request(json_body(request), settings)
     _check_voice(speech_request, settings)
     service = _service()
-    job, _ = service.submit(speech_request.job, correlation_id=g.get("correlation_id"))
+    job, _ = service.submit(speech_request.job, correlation_id=g.get("correlation_id"), owner=current_principal())
     status = job.status if job.status.finished else service.wait(job.id, settings.speech_timeout)
     if status is None:
         raise ApiError(502, "job_lost", f"job {job.id} disappeared before it finished (expired or deleted)",

@@ -10,7 +10,10 @@ The server is configured on its command line only (no config file):
   a restart of the stack. The command line (``make up``) takes ``appendfsync`` from
   ``--appendfsync``, else ``TTS_EMBEDDED_REDIS_FSYNC``; :class:`EmbeddedRedis` defaults to
   ``everysec``. ``docs/reliability.md`` says what each setting keeps and what it costs;
-* ``maxmemory-policy noeviction``: a broker must never silently drop a queued task;
+* ``maxmemory-policy noeviction``: a broker must never silently drop a queued task. With a
+  ``maxmemory`` (``make up``: ``TTS_EMBEDDED_REDIS_MAXMEMORY``, 2gb by default) a full Redis
+  refuses writes with an error instead; the API stops admitting jobs before that
+  (``tasks.admission``) and the audio cache keeps itself under its own byte bound;
 * bound to ``127.0.0.1`` by default, logging to ``redis.log`` in the data folder.
 
 Usage as a library::
@@ -208,6 +211,7 @@ class EmbeddedRedis:
         bind: str = "127.0.0.1",
         *,
         appendfsync: str = "everysec",
+        maxmemory: str = "0",
         extra_args: Sequence[str] = (),
         start_timeout: float = DEFAULT_START_TIMEOUT,
         die_with_parent: bool = True,
@@ -223,6 +227,7 @@ class EmbeddedRedis:
         self.appendonly = appendonly
         self.bind = bind
         self.appendfsync = appendfsync
+        self.maxmemory = maxmemory
         self.extra_args = tuple(extra_args)
         self.start_timeout = start_timeout
         self.die_with_parent = die_with_parent
@@ -292,6 +297,7 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
             "--save", "",
+            "--maxmemory", self.maxmemory,
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
             "--logfile", str(self.logfile),
@@ -491,6 +497,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-appendonly", action="store_true", help="turn append-only persistence off")
     parser.add_argument("--appendfsync", choices=sorted(FSYNC_POLICIES), default=None,
                         help="when Redis fsyncs the AOF (default: TTS_EMBEDDED_REDIS_FSYNC)")
+    parser.add_argument("--maxmemory", default=None,
+                        help="Redis maxmemory, e.g. 2gb; 0 is no limit (default: TTS_EMBEDDED_REDIS_MAXMEMORY)")
     parser.add_argument("--wait", metavar="URL", default=None,
                         help="do not start anything: exit 0 once the Redis at URL answers PING, 1 on timeout")
     parser.add_argument("--timeout", type=float, default=None,
@@ -515,8 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("no Redis answered PING at %s within %.0f s", args.wait, timeout)
         return 1
 
-    port, data_dir, appendfsync = args.port, args.data_dir, args.appendfsync
-    if port is None or data_dir is None or appendfsync is None:
+    port, data_dir, appendfsync, maxmemory = args.port, args.data_dir, args.appendfsync, args.maxmemory
+    if port is None or data_dir is None or appendfsync is None or maxmemory is None:
         root = str(Path(__file__).resolve().parent.parent)
         if root not in sys.path:
             sys.path.insert(0, root)
@@ -526,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = settings.embedded_redis_port if port is None else port
         data_dir = str(settings.var_dir / "redis") if data_dir is None else data_dir
         appendfsync = settings.embedded_redis_fsync if appendfsync is None else appendfsync
+        maxmemory = settings.embedded_redis_maxmemory if maxmemory is None else maxmemory
 
     stop_requested = threading.Event()
 
@@ -542,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         appendonly=not args.no_appendonly,
         bind=args.bind,
         appendfsync=appendfsync,
+        maxmemory=maxmemory,
         start_timeout=DEFAULT_START_TIMEOUT if args.timeout is None else args.timeout,
     )
     try:
@@ -549,8 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbeddedRedisError as exc:
         logger.error("%s", exc)
         return 1
-    logger.info("embedded Redis ready at %s (pid %s); data in %s (appendfsync %s); log in %s",
-                server.url, server.pid, server.data_dir, server.appendfsync, server.logfile)
+    logger.info("embedded Redis ready at %s (pid %s); data in %s (appendfsync %s, maxmemory %s); log in %s",
+                server.url, server.pid, server.data_dir, server.appendfsync, server.maxmemory, server.logfile)
 
     rc = 0
     while not stop_requested.is_set():

@@ -241,7 +241,8 @@ def _urls(settings: Settings, names: Sequence[str], redis_url: str, embedded: bo
     if "exporter" in names:
         urls.append(("Exporter", f"http://127.0.0.1:{settings.exporter_port}/metrics"))
     if embedded:
-        where = f"embedded, data in {data_dir}, appendfsync {settings.embedded_redis_fsync}"
+        where = (f"embedded, data in {data_dir}, appendfsync {settings.embedded_redis_fsync}, "
+                 f"maxmemory {settings.embedded_redis_maxmemory}")
     else:
         where = "external, from REDIS_URL"
     urls.append(("Redis", f"{_redact(redis_url)}  ({where})"))
@@ -290,7 +291,8 @@ def build_plan(settings: Settings, procfile: Path = DEFAULT_PROCFILE, only: str 
         script = shlex.quote(str(EMBEDDED_REDIS_SCRIPT))
         # `exec`: supervisord's SIGTERM reaches the launcher itself, which SHUTDOWNs Redis.
         processes[REDIS_PROCESS] = (f"exec {python} {script} --port {port} --dir {shlex.quote(str(data_dir))} "
-                                    f"--appendfsync {shlex.quote(settings.embedded_redis_fsync)}")
+                                    f"--appendfsync {shlex.quote(settings.embedded_redis_fsync)} "
+                                    f"--maxmemory {shlex.quote(settings.embedded_redis_maxmemory)}")
         # Start only once Redis answers.
         wait = f"{python} {script} --wait {shlex.quote(redis_url)} --timeout {REDIS_WAIT_TIMEOUT} || exit 1\n"
         for name, cmd in selected.items():

@@ -146,9 +146,10 @@ class ResultPlan:
 
 
 def plan_result(service: BatchService, batch_id: str, concatenate: bool | None = None,
-                gap_ms: int | None = None) -> ResultPlan:
-    """Read every item's record once and name the files (BatchNotFound, BatchAudioTooLong)."""
-    batch = service.get(batch_id)
+                gap_ms: int | None = None, tenant: str | None = None) -> ResultPlan:
+    """Read every item's record once and name the files (BatchNotFound, also for another
+    ``tenant``'s batch; BatchAudioTooLong)."""
+    batch = service.get(batch_id, tenant)
     items = list(service.iter_items(batch_id))
     namer = FileNamer(batch.total)
     files = [namer.name(i.index, i.name, format_extension(i.format or batch.format)) for i in items]

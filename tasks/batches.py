@@ -36,14 +36,14 @@ from engine.exceptions import EngineError
 
 from . import keys, lifecycle
 from .exceptions import BatchNotFound, IdempotencyKeyInUse, InvalidBatch, InvalidRequest, PipelineError, TooManyInputs
-from .idempotency import ResourceKind
+from .idempotency import ResourceKind, tenant_key
 from .job import PIPELINE_CHUNK, Job, iso, job_score, new_job_id, now
 from .job_request import parse_job_request
 from .redis_values import MAX_INDEX, HashMapping, scored_members, text, text_or_none
 from .runtime import Runtime
 from .service import JobService
 from .status import BatchStatus, JobStatus
-from .tenants import DEFAULT_TENANT
+from .tenants import DEFAULT_TENANT, OPEN_PRINCIPAL, Principal
 
 log = logging.getLogger(__name__)
 
@@ -426,28 +426,31 @@ class BatchService:
 
     # --- submit ------------------------------------------------------------------------
     def submit(self, request: BatchRequest, correlation_id: str | None = None,
-               idempotency_key: str | None = None) -> tuple[Batch, list[Rejection], bool]:
-        """Create a batch: every good input queued (or served from the cache), bad ones stored as failed.
+               idempotency_key: str | None = None,
+               owner: Principal = OPEN_PRINCIPAL) -> tuple[Batch, list[Rejection], bool]:
+        """Create a batch for ``owner``: every good input queued (or served from the cache), bad ones stored as failed.
 
-        Returns (batch, rejected inputs, created). With an ``idempotency_key`` already used for the
-        same request, the earlier batch comes back with ``created`` False and nothing is queued.
+        Returns (batch, rejected inputs, created). With an ``idempotency_key`` already used by the same
+        tenant for the same request, the earlier batch comes back with ``created`` False and nothing is
+        queued. Admission (:mod:`tasks.admission`) is checked with the batch's size before anything is stored.
         """
         self._check_defaults(request.defaults)
         batch_id = uuid.uuid4().hex
         claims = self.jobs.idempotency
-        if idempotency_key:
-            earlier = self._claim(idempotency_key, batch_id, request)
+        claim = tenant_key(owner.tenant, idempotency_key) if idempotency_key else None
+        if claim:
+            earlier = self._claim(claim, batch_id, request, owner.tenant)
             if earlier is not None:
                 return earlier, [], False
         try:
-            batch, rejected = self._create(request, batch_id, correlation_id)
+            batch, rejected = self._create(request, batch_id, correlation_id, owner)
         except BaseException:
-            if idempotency_key:  # nothing was accepted: the key is free for a retry
-                claims.release(ResourceKind.BATCH, idempotency_key, batch_id)
+            if claim:  # nothing was accepted: the key is free for a retry
+                claims.release(ResourceKind.BATCH, claim, batch_id)
             raise
         return batch, rejected, True
 
-    def _claim(self, key: str, batch_id: str, request: BatchRequest) -> Batch | None:
+    def _claim(self, key: str, batch_id: str, request: BatchRequest, tenant: str) -> Batch | None:
         """Claim ``key`` for a new batch; the earlier batch when a stored one holds it."""
         claims, fingerprint = self.jobs.idempotency, request.fingerprint()
         while True:
@@ -455,7 +458,7 @@ class BatchService:
             if existing is None:
                 return None
             try:
-                return self.get(existing)
+                return self.get(existing, tenant)
             except BatchNotFound:  # claimed by a submit that died before storing its batch, or still storing it
                 if claims.take_over(ResourceKind.BATCH, key, existing, batch_id, fingerprint,
                                     older_than=BATCH_CLAIM_GRACE_SECONDS):
@@ -465,8 +468,8 @@ class BatchService:
                     raise IdempotencyKeyInUse(key, kind="batch") from None
                 # the batch appeared meanwhile, or another submit moved the claim: look again
 
-    def _create(self, request: BatchRequest, batch_id: str,
-                correlation_id: str | None) -> tuple[Batch, list[Rejection]]:
+    def _create(self, request: BatchRequest, batch_id: str, correlation_id: str | None,
+                owner: Principal) -> tuple[Batch, list[Rejection]]:
         settings = self.rt.settings
         created = now()
         versions: dict[str, str] = {}
@@ -479,10 +482,11 @@ class BatchService:
                     raise InvalidRequest(f"each input must be an object with 'text', got {type(raw).__name__}")
                 job_request = parse_job_request(raw, defaults=request.defaults, max_chars=settings.max_text_chars)
                 _, key = self.jobs.prepare(job_request, versions)
-                good.append(self.jobs.build_job(job_request, correlation_id, cache_key=key, batch_id=batch_id,
+                good.append(self.jobs.build_job(job_request, correlation_id, owner, cache_key=key, batch_id=batch_id,
                                                 batch_index=index))
             except (PipelineError, EngineError) as exc:
                 job = self._rejected_job(raw, request.defaults, exc, batch_id, index, correlation_id, created)
+                job.tenant, job.key_id = owner.tenant, None if owner.open_mode else owner.key_id
                 rejected_jobs.append(job)
                 rejected.append(Rejection(index=index, job_id=job.id, code=job.error_code or "invalid_request",
                                           message=job.error or "", name=job.name))
@@ -490,6 +494,8 @@ class BatchService:
             first = rejected[0]
             raise InvalidBatch(f"every input was rejected (input {first.index}: {first.message})",
                                [r.public() for r in rejected[:MAX_LISTED_ERRORS]])
+        characters = sum(job.characters for job in good)
+        self.jobs.admission.check(owner, jobs=len(good), characters=characters)
         items: list[str | None] = [None] * len(request.inputs)
         for job in good + rejected_jobs:
             items[job.batch_index or 0] = job.id
@@ -497,8 +503,9 @@ class BatchService:
             id=batch_id, total=len(items), created_at=created,
             format=engine.audio.validate_format(str(request.defaults.get("format"))).name,
             concatenate=request.concatenate, gap_ms=request.gap_ms, defaults=request.defaults,
-            characters=sum(job.characters for job in good), rejected=len(rejected_jobs),
+            characters=characters, rejected=len(rejected_jobs),
             failed=len(rejected_jobs), finished=len(rejected_jobs), correlation_id=correlation_id,
+            tenant=owner.tenant, key_id=None if owner.open_mode else owner.key_id, callback_url=request.callback_url,
         )
         batch.settled_at_submit = len(rejected_jobs)
         self._store_batch(batch, [i for i in items if i is not None], rejected_jobs)
@@ -509,6 +516,7 @@ class BatchService:
         except Exception:
             self._discard(batch, items)
             raise
+        self.jobs.admission.charge(owner, characters)
         log.info("batch %s accepted: %d inputs, %d queued, %d from the cache, %d rejected", batch_id, batch.total,
                  len(good) - len(served), len(served), len(rejected_jobs))
         return self.get(batch_id), rejected
@@ -567,8 +575,9 @@ class BatchService:
             pipe.expire(keys.batch_done(batch.id), ttl)
         for name in (key, keys.batch_items(batch.id)):
             pipe.expire(name, ttl)
-        pipe.zadd(keys.BATCHES_INDEX, {batch.id: job_score(batch.created_at)})
-        pipe.zremrangebyscore(keys.BATCHES_INDEX, 0, job_score(now() - ttl))
+        for index in (keys.BATCHES_INDEX, keys.tenant_batches(batch.tenant)):
+            pipe.zadd(index, {batch.id: job_score(batch.created_at)})
+            pipe.zremrangebyscore(index, 0, job_score(now() - ttl))
         pipe.execute()
         self.rt.jobs.create_many(rejected)
         if batch.finished >= batch.total:
@@ -582,24 +591,30 @@ class BatchService:
             for start in range(0, len(ids), PIPELINE_CHUNK):
                 chunk = ids[start:start + PIPELINE_CHUNK]
                 pipe.delete(*[keys.job(i) for i in chunk])
-                pipe.zrem(keys.JOBS_INDEX, *chunk)
+                for index in (keys.JOBS_INDEX, keys.ACTIVE_JOBS, keys.tenant_jobs(batch.tenant),
+                              keys.tenant_active(batch.tenant)):
+                    pipe.zrem(index, *chunk)
             pipe.delete(keys.batch(batch.id), keys.batch_items(batch.id), keys.batch_done(batch.id),
                         keys.batch_running(batch.id))
             pipe.zrem(keys.BATCHES_INDEX, batch.id)
+            pipe.zrem(keys.tenant_batches(batch.tenant), batch.id)
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - Redis is probably down; the records expire by TTL
             log.warning("could not take back batch %s: %s", batch.id, exc)
 
     # --- read --------------------------------------------------------------------------
-    def get(self, batch_id: str) -> Batch:
-        """The batch, or BatchNotFound."""
+    def get(self, batch_id: str, tenant: str | None = None) -> Batch:
+        """The batch, or BatchNotFound; with ``tenant``, another tenant's batch is BatchNotFound too."""
         pipe = self.rt.redis.pipeline(transaction=False)
         pipe.hgetall(keys.batch(batch_id))
         pipe.scard(keys.batch_running(batch_id))
         data, running = pipe.execute()
         if not data:
             raise BatchNotFound(batch_id)
-        return Batch.from_redis(batch_id, data, int(running))
+        batch = Batch.from_redis(batch_id, data, int(running))
+        if tenant is not None and batch.tenant != tenant:
+            raise BatchNotFound(batch_id)
+        return batch
 
     def iter_items(self, batch_id: str, start: int = 0, window: int = READ_WINDOW) -> Iterator[ItemMeta]:
         """Every item from ``start`` on, in input order (records read ``window`` at a time)."""
@@ -618,10 +633,10 @@ class BatchService:
             if len(ids) < window:
                 return
 
-    def items(self, batch_id: str, status: str | None = None, cursor: int = 0,
-              limit: int = 100) -> tuple[list[ItemMeta], int | None]:
+    def items(self, batch_id: str, status: str | None = None, cursor: int = 0, limit: int = 100,
+              tenant: str | None = None) -> tuple[list[ItemMeta], int | None]:
         """A page of items in input order, optionally of one status; returns (items, next cursor)."""
-        batch = self.get(batch_id)
+        batch = self.get(batch_id, tenant)
         out: list[ItemMeta] = []
         for item in self.iter_items(batch_id, start=cursor, window=max(limit, 100) if status is None else READ_WINDOW):
             if status is not None and item.status != status:
@@ -632,12 +647,15 @@ class BatchService:
                 return out, following if following < batch.total else None
         return out, None
 
-    def list(self, limit: int = 50, cursor: int | None = None) -> tuple[list[Batch], int | None]:
-        """Batches newest first; returns (batches, next cursor: an exclusive creation-time score)."""
+    def list(self, limit: int = 50, cursor: int | None = None,
+             tenant: str | None = None) -> tuple[list[Batch], int | None]:
+        """Batches newest first (``tenant``'s only, from its index); returns (batches, next cursor:
+        an exclusive creation-time score)."""
+        index = keys.tenant_batches(tenant) if tenant is not None else keys.BATCHES_INDEX
         upper: str | int = f"({cursor}" if cursor is not None else "+inf"
         out: list[Batch] = []
         while len(out) < limit:
-            rows = scored_members(self.rt.redis.zrevrangebyscore(keys.BATCHES_INDEX, upper, "-inf", start=0,
+            rows = scored_members(self.rt.redis.zrevrangebyscore(index, upper, "-inf", start=0,
                                                                  num=limit - len(out), withscores=True))
             if not rows:
                 return out, None
@@ -651,14 +669,14 @@ class BatchService:
                 if data:
                     out.append(Batch.from_redis(member, data, int(running)))
                 else:
-                    self.rt.redis.zrem(keys.BATCHES_INDEX, member)
+                    self.rt.redis.zrem(index, member)
             upper = f"({int(rows[-1][1])}"
             if len(out) >= limit:
                 return out, int(rows[-1][1])
         return out, None
 
     # --- change ------------------------------------------------------------------------
-    def cancel(self, batch_id: str) -> Batch:
+    def cancel(self, batch_id: str, tenant: str | None = None) -> Batch:
         """Cancel every item that has not finished; finished items keep their audio.
 
         Per item this is what ``JobService.cancel`` does to an unfinished job (the same
@@ -667,7 +685,7 @@ class BatchService:
         ``DELETE /v1/jobs/{id}`` of a finished job, no audio is deleted, even for an
         item that finishes while the batch is being cancelled.
         """
-        batch = self.get(batch_id)
+        batch = self.get(batch_id, tenant)
         if batch.done:
             return batch
         self.rt.redis.hsetnx(keys.batch(batch_id), "cancelled_at", str(now()))

@@ -17,6 +17,7 @@ from . import keys
 from .exceptions import DeadLetterNotFound
 from .job import Job, iso, now
 from .redis_values import MAX_INDEX, HashMapping, decode_hash, members
+from .tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class DeadLetterQueue:
         """Record a dead job; returns False if it was already recorded (so alerts fire once)."""
         record: HashMapping = {
             "job_id": job.id,
+            "tenant": job.tenant,
             "request": json.dumps({"text": job.text, **job.options().to_dict(), "cache": job.cache, "name": job.name,
                                    "batch_id": job.batch_id}),
             "error_type": error_type,
@@ -60,7 +62,7 @@ class DeadLetterQueue:
         return _public(decode_hash(data))
 
     def list(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        """Records, newest first."""
+        """Records, newest first, without the job's text (its length instead): :meth:`get` shows it."""
         ids = members(self.redis.zrevrange(keys.DLQ_INDEX, offset, min(offset + limit - 1, MAX_INDEX)))
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
@@ -68,7 +70,10 @@ class DeadLetterQueue:
         out = []
         for data in pipe.execute():
             if data:
-                out.append(_public(decode_hash(data)))
+                record = _public(decode_hash(data))
+                request = record["request"]
+                request["characters"] = len(request.pop("text", "") or "")
+                out.append(record)
         return out
 
     def ids(self) -> builtins.list[str]:  # ``list`` here is the method above
@@ -122,6 +127,7 @@ def _public(record: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = dict(record)
     out["request"] = json.loads(record.get("request") or "{}")
     out["attempts"] = int(record.get("attempts") or 0)
+    out["tenant"] = record.get("tenant") or DEFAULT_TENANT
     for name in ("created_at", "started_at", "failed_at"):
         out[name] = iso(float(record[name])) if record.get(name) else None
     return out

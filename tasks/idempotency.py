@@ -15,6 +15,9 @@ batches) holding the resource id and a fingerprint of the request body, kept for
   and the record) is taken over by the next submit with that key and body, once it is
   older than any submit takes; a younger one answers 409 ``idempotency_key_in_use`` (a
   retry that overtook its own first attempt), so no key ever makes two jobs.
+
+Keys are per tenant (:func:`tenant_key`): the same key sent by two tenants names two
+claims, so one tenant can never be handed another's job by guessing its key.
 """
 from __future__ import annotations
 
@@ -27,10 +30,16 @@ import redis
 
 from . import keys
 from .exceptions import IdempotencyConflict
+from .tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IdempotencyKeys", "ResourceKind"]
+__all__ = ["IdempotencyKeys", "ResourceKind", "tenant_key"]
+
+
+def tenant_key(tenant: str, key: str) -> str:
+    """The claim name of a tenant's Idempotency-Key (the default tenant's keys keep their old name)."""
+    return key if tenant == DEFAULT_TENANT else f"{tenant}:{key}"
 
 
 class ResourceKind(str, Enum):

@@ -205,16 +205,13 @@ class JobStore:
         self.ttl = ttl
 
     def create(self, job: Job, audio: bytes | None = None) -> Job:
-        """Store a new job (and, for a cache hit, its audio) and index it for listing."""
+        """Store a new job (and, for a cache hit, its audio) and index it for listing, globally and by tenant."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job(job.id), mapping=job.to_redis())
         pipe.expire(keys.job(job.id), self.ttl)
         if audio is not None:
             pipe.set(keys.job_audio(job.id), audio, ex=self.ttl)
-        pipe.zadd(keys.JOBS_INDEX, {job.id: job_score(job.created_at)})
-        if not job.status.finished:
-            pipe.zadd(keys.ACTIVE_JOBS, {job.id: job_score(job.created_at)})
-        pipe.zremrangebyscore(keys.JOBS_INDEX, 0, job_score(now() - self.ttl))
+        self._index(pipe, [job])
         pipe.execute()
         return job
 
@@ -226,20 +223,38 @@ class JobStore:
             for job in chunk:
                 pipe.hset(keys.job(job.id), mapping=job.to_redis())
                 pipe.expire(keys.job(job.id), self.ttl)
-            pipe.zadd(keys.JOBS_INDEX, {job.id: job_score(job.created_at) for job in chunk})
-            active = {job.id: job_score(job.created_at) for job in chunk if not job.status.finished}
-            if active:
-                pipe.zadd(keys.ACTIVE_JOBS, active)
+            self._index(pipe, chunk, trim=start + PIPELINE_CHUNK >= len(jobs))
             pipe.execute()
-        if jobs:
-            self.redis.zremrangebyscore(keys.JOBS_INDEX, 0, job_score(now() - self.ttl))
+
+    def _index(self, pipe: Any, jobs: list[Job], trim: bool = True) -> None:
+        """Add ``jobs`` to the listing indexes (all jobs, the tenant's, the unfinished ones) in ``pipe``."""
+        by_tenant: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_tenant.setdefault(job.tenant, []).append(job)
+        pipe.zadd(keys.JOBS_INDEX, {job.id: job_score(job.created_at) for job in jobs})
+        active = {job.id: job_score(job.created_at) for job in jobs if not job.status.finished}
+        if active:
+            pipe.zadd(keys.ACTIVE_JOBS, active)
+        horizon = job_score(now() - self.ttl)
+        for tenant, owned in by_tenant.items():
+            pipe.zadd(keys.tenant_jobs(tenant), {job.id: job_score(job.created_at) for job in owned})
+            mine = {job.id: job_score(job.created_at) for job in owned if not job.status.finished}
+            if mine:
+                pipe.zadd(keys.tenant_active(tenant), mine)
+            if trim:
+                pipe.zremrangebyscore(keys.tenant_jobs(tenant), 0, horizon)
+        if trim:
+            pipe.zremrangebyscore(keys.JOBS_INDEX, 0, horizon)
 
     def delete(self, job_id: str) -> None:
-        """Take a job record back (it was never accepted): the record and its listing entry."""
+        """Take a job record back (it was never accepted): the record and its listing entries."""
+        tenant = text_or_none(self.redis.hget(keys.job(job_id), "tenant")) or DEFAULT_TENANT
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(keys.job(job_id))
         pipe.zrem(keys.JOBS_INDEX, job_id)
         pipe.zrem(keys.ACTIVE_JOBS, job_id)
+        pipe.zrem(keys.tenant_jobs(tenant), job_id)
+        pipe.zrem(keys.tenant_active(tenant), job_id)
         pipe.execute()
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -301,7 +316,7 @@ class JobStore:
             while True:
                 try:
                     pipe.watch(key)
-                    status, current_task = pipe.hmget(key, ["status", "task_id"])
+                    status, current_task, owner = pipe.hmget(key, ["status", "task_id", "tenant"])
                     if status is None or JobStatus(text(status)) not in expected:
                         pipe.unwatch()
                         return False
@@ -327,10 +342,13 @@ class JobStore:
                         pipe.rpush(keys.job_history(job_id), json.dumps(history))
                         pipe.expire(keys.job_history(job_id), self.ttl)
                     new_status = changes.get("status")
+                    tenant_active = keys.tenant_active(text_or_none(owner) or DEFAULT_TENANT)
                     if new_status is not None and JobStatus(new_status).finished:
                         pipe.zrem(keys.ACTIVE_JOBS, job_id)
+                        pipe.zrem(tenant_active, job_id)
                     elif new_status is not None:  # unfinished again (a replay) or still: keep it indexed
                         pipe.zadd(keys.ACTIVE_JOBS, {job_id: job_score(now())}, nx=True)
+                        pipe.zadd(tenant_active, {job_id: job_score(now())}, nx=True)
                     pipe.execute()
                     return True
                 except redis.WatchError:
@@ -364,11 +382,14 @@ class JobStore:
         """Drop the job's audio; True if there was some."""
         return bool(self.redis.delete(keys.job_audio(job_id)))
 
-    def iter_recent(self, before: int | None = None, batch: int = 200) -> Iterator[tuple[int, Job]]:
-        """Jobs newest first, as (score, job), skipping expired ones; ``before``: an exclusive score cursor."""
+    def iter_recent(self, before: int | None = None, batch: int = 200,
+                    tenant: str | None = None) -> Iterator[tuple[int, Job]]:
+        """Jobs newest first, as (score, job), skipping expired ones; ``before``: an exclusive score cursor;
+        ``tenant``: only that tenant's jobs (from its own index)."""
+        index = keys.tenant_jobs(tenant) if tenant is not None else keys.JOBS_INDEX
         upper: str | int = f"({before}" if before is not None else "+inf"
         while True:
-            rows = scored_members(self.redis.zrevrangebyscore(keys.JOBS_INDEX, upper, "-inf", start=0, num=batch,
+            rows = scored_members(self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=batch,
                                                               withscores=True))
             if not rows:
                 return
@@ -379,7 +400,7 @@ class JobStore:
                 if data:
                     yield int(score), Job.from_redis(decode_hash(data))
                 else:
-                    self.redis.zrem(keys.JOBS_INDEX, member)
+                    self.redis.zrem(index, member)
             upper = f"({int(rows[-1][1])}"
             if len(rows) < batch:
                 return

@@ -21,15 +21,17 @@ from engine.text import check_readable, chunk_text, normalize
 from monitoring.recorder import CACHE_MISSES, JOBS_SUBMITTED
 
 from . import keys, lifecycle
+from .admission import Admission
 from .cache import cache_key
 from .celery_app import SYNTHESIS_QUEUE
 from .exceptions import AudioGone, IdempotencyKeyInUse, JobNotFinished, JobNotFound
-from .idempotency import IdempotencyKeys, ResourceKind
+from .idempotency import IdempotencyKeys, ResourceKind, tenant_key
 from .job import Job, new_job_id, now
 from .job_request import JobRequest
 from .publish import SYNTHESIZE_TASK, enqueue, send_tasks
 from .runtime import Runtime
 from .status import JobStatus
+from .tenants import OPEN_PRINCIPAL, Principal
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class JobService:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.idempotency = IdempotencyKeys(runtime.redis, ttl=runtime.settings.result_ttl)
+        self.admission = Admission(runtime)
 
     # --- submit --------------------------------------------------------------------------
     def prepare(self, request: JobRequest, versions: dict[str, str] | None = None) -> tuple[str, str | None]:
@@ -75,35 +78,42 @@ class JobService:
         return normalized, cache_key(normalized, options.to_dict() | {"voice": info.id}, options.output_rate(info),
                                      memo[info.id])
 
-    def build_job(self, request: JobRequest, correlation_id: str | None = None, **extra: Any) -> Job:
-        """A new queued job record for a validated request (not stored yet)."""
+    def build_job(self, request: JobRequest, correlation_id: str | None = None,
+                  owner: Principal = OPEN_PRINCIPAL, **extra: Any) -> Job:
+        """A new queued job record for a validated request, owned by ``owner``'s tenant (not stored yet)."""
         created = now()
         return Job(
             id=new_job_id(), text=request.text, voice=request.voice, format=request.format,
             speed=request.speed, sample_rate=request.sample_rate, seed=request.seed, markdown=request.markdown,
             cache=request.cache, characters=len(request.text), max_attempts=self.rt.settings.max_attempts,
-            created_at=created, queued_at=created, correlation_id=correlation_id, name=request.name, **extra,
+            created_at=created, queued_at=created, correlation_id=correlation_id, name=request.name,
+            tenant=owner.tenant, key_id=None if owner.open_mode else owner.key_id,
+            callback_url=request.callback_url, **extra,
         )
 
     def submit(self, request: JobRequest, correlation_id: str | None = None,
-               idempotency_key: str | None = None) -> tuple[Job, bool]:
-        """Accept a job: a cache hit finishes it at once, otherwise it is queued.
+               idempotency_key: str | None = None, owner: Principal = OPEN_PRINCIPAL) -> tuple[Job, bool]:
+        """Accept a job for ``owner``: a cache hit finishes it at once, otherwise it is queued.
 
         Returns (job, created): ``created`` is False when an Idempotency-Key matched an
-        earlier job, which is returned unchanged. A submit that fails releases its key.
+        earlier job of the same tenant, which is returned unchanged. A submit that fails
+        releases its key. Admission (:mod:`tasks.admission`) is checked before anything is stored.
         """
         _, key = self.prepare(request)
-        job = self.build_job(request, correlation_id, cache_key=key, idempotency_key=idempotency_key)
-        if idempotency_key:
-            earlier = self._claim(idempotency_key, job, request)
+        job = self.build_job(request, correlation_id, owner, cache_key=key, idempotency_key=idempotency_key)
+        claim = tenant_key(owner.tenant, idempotency_key) if idempotency_key else None
+        if claim:
+            earlier = self._claim(claim, job, request)
             if earlier is not None:
                 return earlier, False
         try:
+            self.admission.check(owner, jobs=1, characters=job.characters)
             self.accept(job)
         except BaseException:
-            if idempotency_key:  # nothing was accepted: the key is free for the client's retry
-                self.idempotency.release(ResourceKind.JOB, idempotency_key, job.id)
+            if claim:  # nothing was accepted: the key is free for the client's retry
+                self.idempotency.release(ResourceKind.JOB, claim, job.id)
             raise
+        self.admission.charge(owner, job.characters)
         return job, True
 
     def _claim(self, key: str, job: Job, request: JobRequest) -> Job | None:
@@ -205,9 +215,12 @@ class JobService:
         return [j for j in jobs if j.id in cached], [j for j in jobs if j.id not in cached]
 
     # --- read ----------------------------------------------------------------------------
-    def get(self, job_id: str) -> Job:
-        """The job, or JobNotFound."""
-        return self.rt.jobs.get(job_id)
+    def get(self, job_id: str, tenant: str | None = None) -> Job:
+        """The job, or JobNotFound; with ``tenant``, another tenant's job is JobNotFound too."""
+        job = self.rt.jobs.get(job_id)
+        if tenant is not None and job.tenant != tenant:
+            raise JobNotFound(job_id)
+        return job
 
     def wait(self, job_id: str, timeout: float) -> JobStatus | None:
         """Wait until the job finishes or ``timeout`` seconds pass; returns its status then.
@@ -227,9 +240,9 @@ class JobService:
             time.sleep(min(delay, remaining))
             delay = min(delay * WAIT_POLL_FACTOR, WAIT_LONGEST_POLL)
 
-    def audio(self, job_id: str) -> tuple[Job, bytes]:
-        """A succeeded job's audio, or JobNotFinished / AudioGone."""
-        job = self.rt.jobs.get(job_id)
+    def audio(self, job_id: str, tenant: str | None = None) -> tuple[Job, bytes]:
+        """A succeeded job's audio, or JobNotFound (also another tenant's) / JobNotFinished / AudioGone."""
+        job = self.get(job_id, tenant)
         if job.status is not JobStatus.SUCCEEDED:
             raise JobNotFinished(job_id, job.status.value)
         data = self.rt.jobs.audio(job_id)
@@ -237,13 +250,13 @@ class JobService:
             raise AudioGone(job_id)
         return job, data
 
-    def list(self, status: str | None = None, limit: int = 50,
-             cursor: int | None = None) -> tuple[list[Job], int | None]:
-        """Jobs newest first, optionally of one status; returns (jobs, next cursor)."""
+    def list(self, status: str | None = None, limit: int = 50, cursor: int | None = None,
+             tenant: str | None = None) -> tuple[list[Job], int | None]:
+        """Jobs newest first, optionally of one status and one tenant; returns (jobs, next cursor)."""
         wanted = JobStatus(status) if status else None
         out: list[Job] = []
         last_score: int | None = None
-        for score, job in self.rt.jobs.iter_recent(before=cursor):
+        for score, job in self.rt.jobs.iter_recent(before=cursor, tenant=tenant):
             last_score = score
             if wanted is None or job.status is wanted:
                 out.append(job)
@@ -252,9 +265,9 @@ class JobService:
         return out, None if last_score is None or len(out) < limit else last_score
 
     # --- change --------------------------------------------------------------------------
-    def cancel(self, job_id: str) -> Job:
-        """Cancel a queued job, revoke a running one, or delete a finished one's audio."""
-        job = self.rt.jobs.get(job_id)
+    def cancel(self, job_id: str, tenant: str | None = None) -> Job:
+        """Cancel a queued job, revoke a running one, or delete a finished one's audio (``tenant``'s only)."""
+        job = self.get(job_id, tenant)
         if job.status.finished:
             self.rt.jobs.delete_audio(job_id)
             self.rt.jobs.update(job_id, extra={**job.extra, "audio_deleted": True})

@@ -14,8 +14,9 @@ A key is a principal: it belongs to one tenant, holds scopes and may carry limit
   each key's id, tenant, scopes, limits and times, never the key.
 * **Bootstrap.** ``TTS_API_KEYS`` are admin keys of the ``default`` tenant, checked
   without Redis, so an operator can always get in. With no key at all (none configured,
-  none created) the API is open and every caller is the ``default`` tenant's admin, as
-  before keys existed; the API says so in its log at start.
+  none ever created) the API is open and every caller is the ``default`` tenant's admin, as
+  before keys existed; the API says so in its log at start. Once a key has been created the
+  API stays closed, even after every key is revoked.
 
 A key looks like ``tts_<id>_<secret>``: the id is what ``tts-batch keys list`` shows and
 ``revoke`` takes, the secret is 43 URL-safe characters from :func:`secrets.token_urlsafe`.
@@ -251,8 +252,9 @@ class KeyStore:
     def authenticate(self, token: str | None) -> tuple[bool, Principal | None]:
         """(keys are configured, the principal ``token`` stands for or None).
 
-        One round trip: the key's record and whether any managed key is live. Bootstrap
-        keys are compared in constant time against every configured key.
+        One round trip: the key's record and whether any managed key was ever made (revoking
+        the last key leaves the API closed, never open). Bootstrap keys are compared in
+        constant time against every configured key.
         """
         if token:
             for index, key in enumerate(self.bootstrap):
@@ -262,7 +264,7 @@ class KeyStore:
         if self.bootstrap and candidate is None:
             return True, None
         pipe = self.redis.pipeline(transaction=False)
-        pipe.scard(keys.API_KEYS_LIVE)
+        pipe.hlen(keys.API_KEYS)
         if candidate is not None:
             pipe.get(keys.api_key(_digest(candidate)))
         replies = pipe.execute()
@@ -275,6 +277,10 @@ class KeyStore:
     def live_count(self) -> int:
         """How many managed keys work now."""
         return int(self.redis.scard(keys.API_KEYS_LIVE))
+
+    def made_count(self) -> int:
+        """How many managed keys were ever made (revoked ones too): any closes the API."""
+        return int(self.redis.hlen(keys.API_KEYS))
 
 
 def key_id_of(token: str) -> str | None:
