@@ -196,7 +196,7 @@ def test_api_keys_guard_every_v1_route(make_stack: Any) -> None:
         with pytest.raises(openai.BadRequestError):
             client_for(base, api_key="second-key").audio.speech.create(model="tts-1", voice="alloy", input="Hi.",
                                                                        speed=3.0)
-        # Every /v1/ route is behind the keys; health and metrics are not.
+        # Every /v1/ route is behind the keys, and so are the operator views; only the probes are open.
         with pytest.raises(openai.AuthenticationError):
             client_for(base, api_key="wrong").models.list()
         assert client_for(base, api_key="first-key").models.list().data
@@ -206,4 +206,6 @@ def test_api_keys_guard_every_v1_route(make_stack: Any) -> None:
                             timeout=30).status_code == 200
         assert requests.get(f"{base}/v1/jobs", headers={"Authorization": "Basic first-key"},
                             timeout=30).status_code == 401
-        assert requests.get(f"{base}/metrics/json", timeout=30).status_code == 200
+        assert requests.get(f"{base}/metrics/json", timeout=30).status_code == 401
+        assert requests.get(f"{base}/metrics/json", headers={"X-API-Key": "first-key"}, timeout=30).status_code == 200
+        assert requests.get(f"{base}/health/live", timeout=30).status_code == 200
