@@ -395,7 +395,8 @@ def dead_letter(rt: Runtime, job: Job, exc_type: str, message: str, trace: str =
         bookkeeping("job_failed", rt.metrics.job_failed, job.voice, SYNTHESIS_QUEUE)
         bookkeeping("job_dead_lettered", rt.metrics.job_dead_lettered, job.voice, SYNTHESIS_QUEUE)
         fields = {"job_id": job.id, "error": f"{exc_type}: {message}", "attempts": job.attempts,
-                  "correlation_id": job.correlation_id, "voice": job.voice, "batch_id": job.batch_id}
+                  "correlation_id": job.correlation_id, "voice": job.voice, "batch_id": job.batch_id,
+                  "tenant": job.tenant}
         if code in ("retry_exhausted", "worker_lost"):
             bookkeeping("the job.retry_exhausted alert", notify, "job.retry_exhausted", **fields)
         bookkeeping("the job.failed alert", notify, "job.failed", **fields)
