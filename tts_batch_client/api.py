@@ -25,6 +25,11 @@ __all__ = ["FORMATS", "ApiClient", "ApiError"]
 #: Output formats of the API; the output file's extension is the format's name.
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 _RETRY_STATUSES = {502, 503, 504}
+#: 429 codes that clear by themselves (a request rate, a queue that drains): waited out, honouring
+#: ``Retry-After``, up to this many times per request without using up its ``retries``. A
+#: ``character_quota_exceeded`` is not among them: its window is a day.
+_THROTTLE_CODES = {"rate_limited", "quota_exceeded", "queue_full", "too_many_streams"}
+_MAX_THROTTLED_WAITS = 120
 _HTTP_TIMEOUT = (10.0, 120.0)  # connect, read
 
 
@@ -40,7 +45,8 @@ class ApiClient:
     """The few REST calls bulk conversion needs, over one pooled :class:`requests.Session`.
 
     503/502/504 answers and connection errors are retried ``retries`` times with
-    exponential backoff and jitter.
+    exponential backoff and jitter; a 429 for a rate or a queue that drains is waited out
+    (``Retry-After``) without using up those retries.
     """
 
     def __init__(self, base_url: str, pool_size: int = 8, retries: int = 4, backoff: float = 0.5,
@@ -70,7 +76,8 @@ class ApiClient:
         kwargs.setdefault("timeout", _HTTP_TIMEOUT)
         attempts = self.retries + 1 if retry else 1
         last = ""
-        for attempt in range(attempts):
+        attempt = throttled = 0
+        while attempt < attempts:
             if self.stop.is_set():
                 raise Interrupted()
             try:
@@ -80,16 +87,24 @@ class ApiClient:
                         f"(make up) and is --api right?")
                 log.debug("%s %s failed: %s", method, path, exc)
             else:
+                retry_after = response.headers.get("Retry-After", "")
+                if retry and _throttled(response) and throttled < _MAX_THROTTLED_WAITS:
+                    throttled += 1
+                    log.debug("%s %s throttled (%s); waiting %s s", method, path, _error_message(response),
+                              retry_after or "1")
+                    self._sleep(min(float(retry_after), 30.0) if retry_after.isdigit() else 1.0)
+                    continue
                 if not _worth_retrying(response):
                     return response
                 last = f"{method} {path} answered {response.status_code}: {_error_message(response)}"
-                retry_after = response.headers.get("Retry-After", "")
                 if retry_after.isdigit() and attempt + 1 < attempts:
+                    attempt += 1
                     self._sleep(min(float(retry_after), 30.0))
                     continue
             if attempt + 1 < attempts:
                 delay = self.backoff * (2 ** attempt)
                 self._sleep(delay / 2 + random.uniform(0, delay / 2))
+            attempt += 1
         raise ApiError(last)
 
     def check(self, voice: str) -> None:
@@ -132,6 +147,16 @@ class ApiClient:
             self.session.delete(f"{self.base}/v1/jobs/{job_id}", timeout=(2.0, 5.0))
         except requests.RequestException as exc:
             log.debug("could not cancel job %s: %s", job_id, exc)
+
+
+def _throttled(response: requests.Response) -> bool:
+    """A 429 that clears by itself: a request rate, a queue bound, a stream cap."""
+    if response.status_code != 429:
+        return False
+    try:
+        return (response.json().get("error") or {}).get("code") in _THROTTLE_CODES
+    except (ValueError, AttributeError):
+        return False
 
 
 def _worth_retrying(response: requests.Response) -> bool:

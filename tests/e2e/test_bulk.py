@@ -8,6 +8,7 @@ included.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from engine.audio import decode
+from tasks.runtime import Runtime
+from tasks.tenants import KeyStore
 
 if TYPE_CHECKING:
     from conftest import Corpus
@@ -231,3 +234,24 @@ def test_unreachable_api_and_unknown_voice_are_usage_errors(api: str, corpus_cop
     assert voice.returncode == 2 and "nobody" in voice.stderr, voice.stderr
     missing = bulk(str(tmp_path / "missing"), "--out", str(tmp_path / "c"), "--api", api)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+
+
+def test_a_rate_limited_key_with_a_small_queue_still_converts_everything(make_stack: Any, tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """429s for the key's rate and its queue quota are waited out (Retry-After), not reported as failures."""
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    stack = make_stack()
+    _, key = KeyStore(Runtime(stack.settings).redis).create("bulk-team", rate="4/s", max_queued=2)
+    source = tmp_path / "in"
+    source.mkdir()
+    for n in range(8):
+        (source / f"note{n}.txt").write_text(f"Note number {n}. Reference {uuid.uuid4().hex[:8]}.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    with stack.serve() as base:
+        proc = bulk(str(source), "--out", str(out), "--api", base, "--api-key", key, "--voice", "joe",
+                    "--format", "wav", "--concurrency", "4", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert outputs(out) == {f"note{n}.wav" for n in range(8)}
+    assert all(entry["status"] == "succeeded" for entry in manifest(out).values()), manifest(out)
+    throttled = [r.getMessage() for r in caplog.records if r.name == "werkzeug" and '" 429 ' in r.getMessage()]
+    assert throttled, "the key's limits were never reached: the test proves nothing"
