@@ -180,3 +180,43 @@ class QueueFull(PipelineError):
 
     code = "queue_full"
     retry_after = 5
+
+
+class CallbackRefused(InvalidRequest):
+    """A ``callback_url`` the SSRF guard (``tasks.outbound``) refuses: its shape, or an address that is not public.
+
+    At submit a 400 naming ``callback_url``; at delivery the callback is given up at once
+    (status ``refused``), since asking again would get the same answer. ``reason`` names the rule.
+    """
+
+    code = "callback_url_refused"
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message, param="callback_url")
+        self.reason = reason
+
+
+class CallbacksUnavailable(InvalidRequest):
+    """A ``callback_url`` was given, but there is no secret to sign its callbacks with.
+
+    Callbacks are always signed: with the submitting key's callback secret, or for the
+    operator's keys and open mode with ``TTS_WEBHOOK_SECRET``, which is not set.
+    """
+
+    code = "callbacks_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="callback_url")
+
+
+class CallbackDeliveryFailed(Exception):
+    """One attempt to deliver a callback failed (no DNS answer, no connection, a timeout, a non-2xx
+    answer, a redirect); a later attempt may succeed, so it is retried.
+
+    Not a PipelineError: it never reaches the API, only the delivery task sees it.
+    ``status`` is the HTTP status when the receiver answered.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
