@@ -34,11 +34,12 @@ import redis
 import engine
 from engine.exceptions import EngineError
 
-from . import keys, lifecycle
+from . import callbacks, keys, lifecycle
 from .exceptions import BatchNotFound, IdempotencyKeyInUse, InvalidBatch, InvalidRequest, PipelineError, TooManyInputs
 from .idempotency import ResourceKind, tenant_key
 from .job import PIPELINE_CHUNK, Job, iso, job_score, new_job_id, now
 from .job_request import parse_job_request
+from .outbound import public_callback
 from .redis_values import MAX_INDEX, HashMapping, scored_members, text, text_or_none
 from .runtime import Runtime
 from .service import JobService
@@ -71,7 +72,7 @@ READ_WINDOW = 500
 MAX_LISTED_ERRORS = 1000
 _ITEM_FIELDS = ("status", "name", "attempts", "duration", "error_code", "error", "error_type", "characters",
                 "audio_bytes", "format", "output_sample_rate", "cache_hit", "started_at", "finished_at", "voice",
-                "task_id")
+                "task_id", "callback_url")
 
 
 # --- the lifecycle's hooks -------------------------------------------------------------------------
@@ -161,6 +162,23 @@ def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
                 continue
     if total is not None and int(finished or 0) >= int(total) and rt.redis.hsetnx(key, "finished_at", str(now())):
         log.info("batch %s finished", batch_id)
+        _batch_finished(rt, batch_id)
+
+
+def _batch_finished(rt: Runtime, batch_id: str) -> None:
+    """Queue the batch's callback if it has one. The caller set ``finished_at`` with HSETNX, which
+    succeeds once per batch: that is what makes the callback once. Never raises."""
+    try:
+        pipe = rt.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.batch(batch_id))
+        pipe.scard(keys.batch_running(batch_id))
+        data, running = pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("batch %s finished, but its callback could not be looked up: %s", batch_id, exc)
+        return
+    batch = Batch.from_redis(batch_id, data, int(running)) if data else None
+    if batch is not None and batch.callback_url:
+        callbacks.queue_batch_callback(rt, batch_id, batch.callback_url, batch.key_id, batch.callback_summary())
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -254,6 +272,8 @@ class Batch:
     key_id: str | None = None
     #: Where to POST a signed notice when the whole batch has finished (``tasks.callbacks``).
     callback_url: str | None = None
+    #: That callback's delivery state (``tasks.callbacks``), JSON in the record.
+    callback: dict[str, Any] | None = None
 
     @classmethod
     def from_redis(cls, batch_id: str, data: Mapping[bytes, bytes], running: int = 0) -> Batch:
@@ -273,7 +293,7 @@ class Batch:
             rejected=int(f.get("rejected", 0)), settled_at_submit=int(f.get("settled_at_submit", 0)),
             started_at=opt("started_at"), finished_at=opt("finished_at"), cancelled_at=opt("cancelled_at"),
             correlation_id=f.get("correlation_id"), tenant=f.get("tenant", DEFAULT_TENANT), key_id=f.get("key_id"),
-            callback_url=f.get("callback_url"),
+            callback_url=f.get("callback_url"), callback=json.loads(f["callback"]) if f.get("callback") else None,
         )
 
     @property
@@ -331,7 +351,16 @@ class Batch:
             "finished_at": iso(self.finished_at),
             "cancelled_at": iso(self.cancelled_at),
             "correlation_id": self.correlation_id,
+            **({"callback": public_callback(self.callback_url, self.callback)} if self.callback_url else {}),
         }
+
+    def callback_summary(self) -> dict[str, Any]:
+        """What the batch's callback says about it: id, status, tenant, counts, size and times."""
+        return {"id": self.id, "status": self.status.value, "tenant": self.tenant, "counts": self.counts(),
+                "characters": self.characters, "audio_duration_seconds": round(self.audio_seconds, 3),
+                "created_at": iso(self.created_at), "started_at": iso(self.started_at),
+                "finished_at": iso(self.finished_at), "cancelled_at": iso(self.cancelled_at),
+                "correlation_id": self.correlation_id}
 
 
 @dataclass
@@ -355,6 +384,7 @@ class ItemMeta:
     finished_at: float | None = None
     voice: str | None = None
     task_id: str | None = None
+    callback_url: str | None = None
 
     @classmethod
     def from_fields(cls, index: int, job_id: str, values: list[bytes | None]) -> ItemMeta:
@@ -371,7 +401,7 @@ class ItemMeta:
                    audio_bytes=num("audio_bytes", int), format=f["format"], sample_rate=num("output_sample_rate", int),
                    cache_hit=f["cache_hit"] == "1", error_code=f["error_code"], error=f["error"],
                    started_at=num("started_at"), finished_at=num("finished_at"), voice=f["voice"],
-                   task_id=f["task_id"])
+                   task_id=f["task_id"], callback_url=f["callback_url"])
 
     @property
     def error_body(self) -> dict[str, Any] | None:
@@ -435,6 +465,7 @@ class BatchService:
         queued. Admission (:mod:`tasks.admission`) is checked with the batch's size before anything is stored.
         """
         self._check_defaults(request.defaults)
+        callbacks.check_callback(self.rt, request.callback_url, owner.key_id)
         batch_id = uuid.uuid4().hex
         claims = self.jobs.idempotency
         claim = tenant_key(owner.tenant, idempotency_key) if idempotency_key else None
@@ -691,7 +722,7 @@ class BatchService:
         self.rt.redis.hsetnx(keys.batch(batch_id), "cancelled_at", str(now()))
         unfinished = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
         items = [Job(id=item.job_id, text="", voice=item.voice or "", status=JobStatus(item.status),
-                     batch_id=batch_id, batch_index=item.index, task_id=item.task_id)
+                     batch_id=batch_id, batch_index=item.index, task_id=item.task_id, callback_url=item.callback_url)
                  for item in self.iter_items(batch_id) if item.status in unfinished]
         cancelled = self.jobs.cancel_many(items)
         log.info("batch %s cancelled: %d unfinished items cancelled", batch_id, len(cancelled))

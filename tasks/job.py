@@ -20,6 +20,7 @@ from engine.synthesis import SynthesisOptions
 
 from . import keys
 from .exceptions import JobNotFound
+from .outbound import public_callback
 from .redis_values import HashMapping, as_bytes, decode_hash, scored_members, text, text_or_none
 from .status import JobStatus
 from .tenants import DEFAULT_TENANT
@@ -100,6 +101,8 @@ class Job:
     key_id: str | None = None
     #: Where to POST a signed notice when the job finishes (``tasks.callbacks``).
     callback_url: str | None = None
+    #: Its callback's delivery state (``tasks.callbacks``: status, attempts, last error), JSON in the record.
+    callback: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # --- (de)serialisation ------------------------------------------------------------------
@@ -176,6 +179,8 @@ class Job:
             body["batch_index"] = self.batch_index
         if self.correlation_id:
             body["correlation_id"] = self.correlation_id
+        if self.callback_url:
+            body["callback"] = public_callback(self.callback_url, self.callback)
         if self.status is JobStatus.SUCCEEDED:
             body["audio"] = {
                 "duration_seconds": self.duration,

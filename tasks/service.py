@@ -23,6 +23,7 @@ from monitoring.recorder import CACHE_MISSES, JOBS_SUBMITTED
 from . import keys, lifecycle
 from .admission import Admission
 from .cache import cache_key
+from .callbacks import check_callback
 from .celery_app import SYNTHESIS_QUEUE
 from .exceptions import AudioGone, IdempotencyKeyInUse, JobNotFinished, JobNotFound
 from .idempotency import IdempotencyKeys, ResourceKind, tenant_key
@@ -81,6 +82,7 @@ class JobService:
     def build_job(self, request: JobRequest, correlation_id: str | None = None,
                   owner: Principal = OPEN_PRINCIPAL, **extra: Any) -> Job:
         """A new queued job record for a validated request, owned by ``owner``'s tenant (not stored yet)."""
+        check_callback(self.rt, request.callback_url, owner.key_id)  # CallbackRefused, CallbacksUnavailable: 400
         created = now()
         return Job(
             id=new_job_id(), text=request.text, voice=request.voice, format=request.format,
