@@ -73,7 +73,7 @@ def _env(url: str, data_dir: Path, fanout: bool) -> dict[str, str]:
 
 def _start_worker(env: dict[str, str], concurrency: int, log_path: Path) -> subprocess.Popen[bytes]:
     hostname = f"bench-{uuid.uuid4().hex[:8]}@localhost"
-    cmd = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", "synthesis,batch,webhooks",
+    cmd = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", "synthesis,bulk,batch,webhooks",
            "-c", str(concurrency), "-n", hostname, "--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,

@@ -11,6 +11,18 @@ Reliability settings and why:
   otherwise Redis would hand a still-running (or ETA-waiting) task to another worker.
 * soft and hard time limits, ``worker_max_memory_per_child``, task events on (Flower
   and the exporter read them), JSON only.
+
+Fair share between big batches and single jobs (docs/architecture.md, "Scheduling and
+fair share"): synthesis work is split over two queues that every worker consumes,
+``synthesis`` (a single job's task: REST, the OpenAI speech call, the CLI) and ``bulk``
+(batch items and every fan-out part); ``tasks.publish.queue_for`` is the one rule. kombu's
+Redis transport serves a worker's queues round-robin (``queue_order_strategy``, pinned
+here rather than left to kombu's default): after each delivery the queue it came from
+goes to the end of the BRPOP order. With one prefetched message per pool process, a single
+job waits for a process to come free (plus at most one bulk delivery per worker), never
+for the whole batch. A message keeps its queue when it comes back (a retry, kombu's
+restore of an unacknowledged message), and the reconciler looks for a queued job's
+message in both queues.
 """
 from __future__ import annotations
 
@@ -21,10 +33,20 @@ from kombu.entity import Queue
 
 from settings import Settings, get_settings
 
+#: Single jobs (REST ``/v1/jobs``, ``/v1/audio/speech``, the CLI).
 SYNTHESIS_QUEUE = "synthesis"
+#: Batch items and fan-out parts: work that comes in thousands at once.
+BULK_QUEUE = "bulk"
 BATCH_QUEUE = "batch"
 WEBHOOK_QUEUE = "webhooks"
-QUEUES = (SYNTHESIS_QUEUE, BATCH_QUEUE, WEBHOOK_QUEUE)
+#: The queues that carry synthesize and part tasks (the reconciler looks in both).
+SYNTHESIS_QUEUES = (SYNTHESIS_QUEUE, BULK_QUEUE)
+#: Every queue a worker consumes (``-Q``), and that monitoring reports.
+QUEUES = (SYNTHESIS_QUEUE, BULK_QUEUE, BATCH_QUEUE, WEBHOOK_QUEUE)
+#: How a worker picks between its queues: kombu rotates the queue it just took a message
+#: from to the end of the list ("round_robin", kombu's default, stated so it cannot change
+#: under us). "priority" or "sorted" would let a full ``bulk`` starve ``synthesis``.
+QUEUE_ORDER_STRATEGY = "round_robin"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -37,6 +59,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 2,
         "retry_on_timeout": True,
         "health_check_interval": 15,
+        "queue_order_strategy": QUEUE_ORDER_STRATEGY,
     }
     return {
         "broker_url": settings.broker_url,
@@ -63,7 +86,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(name) for name in QUEUES],
         "task_routes": {
             "tts.synthesize": {"queue": SYNTHESIS_QUEUE},
-            "tts.synthesize_part": {"queue": SYNTHESIS_QUEUE},
+            "tts.synthesize_part": {"queue": BULK_QUEUE},
             "tts.deliver_webhook": {"queue": WEBHOOK_QUEUE},
             "tts.evaluate_alerts": {"queue": WEBHOOK_QUEUE},
             "tts.*batch*": {"queue": BATCH_QUEUE},

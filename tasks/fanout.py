@@ -8,8 +8,10 @@ counted the attempt and marked the job running, calls :func:`fan_out`:
    (``engine.synthesis.prepare``), and the sentences are grouped into parts of about
    ``TTS_FANOUT_PART_CHARS`` characters (``engine.text.group_chunks``). The plan (part
    texts, output rate) is stored in ``tts:job:{id}:parts``.
-2. One ``tts.synthesize_part`` task per part goes to the synthesis queue, all in one
-   Redis pipeline, so idle worker processes pick parts up in parallel.
+2. One ``tts.synthesize_part`` task per part goes to the ``bulk`` queue
+   (``tasks.publish.PART_QUEUE``), all in one Redis pipeline, so idle worker processes
+   pick parts up in parallel, and the tens of parts of one long text share the workers
+   round-robin with other callers' single jobs instead of queueing ahead of them.
 3. Each part stores its audio under ``tts:job:{id}:part:{n}`` and adds ``n`` to
    ``tts:job:{id}:parts:done`` (SADD + SCARD in one transaction). The part whose SADD
    completes the set stitches: it joins the parts in order, and finishes the job through
@@ -61,7 +63,7 @@ from engine.text import group_chunks
 from . import keys, lifecycle
 from .celery_app import celery_app
 from .job import Job, now
-from .publish import SYNTHESIZE_PART_TASK, send_tasks
+from .publish import PART_QUEUE, SYNTHESIZE_PART_TASK, send_tasks
 from .redis_values import HashMapping, as_bytes, decode_hash
 from .runtime import Runtime, get_runtime
 from .status import JobStatus
@@ -195,7 +197,8 @@ def fan_out(rt: Runtime, job: Job) -> dict[str, Any] | None:
 
 def _send_parts(rt: Runtime, job: Job, indexes: list[int]) -> None:
     """Queue part tasks in one pipelined publish."""
-    send_tasks(rt, SYNTHESIZE_PART_TASK, [([job.id, i], None) for i in indexes], job.correlation_id)
+    send_tasks(rt, SYNTHESIZE_PART_TASK, [([job.id, i], None) for i in indexes], job.correlation_id,
+               queue=PART_QUEUE)
 
 
 # --- the part task -----------------------------------------------------------------------

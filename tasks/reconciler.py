@@ -16,8 +16,10 @@ and applies three rules:
 2. **queued for a retry that is overdue** (``next_retry_at`` passed by more than a
    lease period): the delayed message was held by a worker that died, or never sent.
 3. **queued with no message**: older than a lease period, and its delivery is in
-   neither the queue nor kombu's recent deliveries, on two sweeps in a row (so a message
-   being handed to a worker at that instant is not mistaken for a lost one).
+   neither synthesis queue (``synthesis`` and ``bulk``: both, not only the job's own, so
+   a message sent before a change of the routing rule is found too) nor kombu's recent
+   deliveries, on two sweeps in a row (so a message being handed to a worker at that
+   instant is not mistaken for a lost one).
 
 "Sent again" is :func:`tasks.lifecycle.send_again`: one guarded transition gives the job a
 new delivery id and only then is the message published, so an older message that turns
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from monitoring.queues import UNACKED_KEY, priority_queue_names
 
 from . import keys, lifecycle
-from .celery_app import SYNTHESIS_QUEUE
+from .celery_app import SYNTHESIS_QUEUES
 from .job import now
 from .redis_values import HashMapping, members, text, text_or_none
 from .runtime import Runtime
@@ -79,12 +81,13 @@ def _reads_kombu_redis(rt: Runtime) -> bool:
 
 
 def _broker_task_ids(rt: Runtime, grace: float) -> set[str]:
-    """Task ids waiting in the synthesis queue or delivered to a worker within ``grace`` seconds."""
+    """Task ids waiting in a synthesis queue (``synthesis``, ``bulk``) or delivered to a worker within ``grace`` s."""
     client = rt.redis
     ids: set[str] = set()
     payloads: list[bytes | str] = []
-    for name in priority_queue_names(SYNTHESIS_QUEUE):
-        payloads.extend(client.lrange(name, 0, -1))
+    for queue in SYNTHESIS_QUEUES:
+        for name in priority_queue_names(queue):
+            payloads.extend(client.lrange(name, 0, -1))
     recent = members(client.zrangebyscore(UNACKED_INDEX_KEY, now() - grace, "+inf"))
     if recent:
         for raw in client.hmget(UNACKED_KEY, recent):

@@ -24,7 +24,7 @@ from . import keys, lifecycle
 from .admission import Admission
 from .cache import cache_key
 from .callbacks import check_callback
-from .celery_app import SYNTHESIS_QUEUE
+from .celery_app import BULK_QUEUE, SYNTHESIS_QUEUE
 from .exceptions import AudioGone, IdempotencyKeyInUse, JobNotFinished, JobNotFound
 from .idempotency import IdempotencyKeys, ResourceKind, tenant_key
 from .job import Job, new_job_id, now
@@ -174,7 +174,7 @@ class JobService:
             job.task_id = uuid.uuid4().hex
         self.rt.jobs.create_many(misses)
         send_tasks(self.rt, SYNTHESIZE_TASK, [([job.id], None) for job in misses], correlation_id,
-                   task_ids=[job.task_id or "" for job in misses])
+                   task_ids=[job.task_id or "" for job in misses], queue=BULK_QUEUE)
         metrics = self.rt.metrics
         lookups = sum(1 for job in misses if job.cache and job.cache_key)
         if lookups:

@@ -425,7 +425,7 @@ from settings import Settings, load_settings  # noqa: E402
 #: Every stack (the session's and each ``make_stack`` one) takes its own database from ``redis_dbs``.
 WORKER_START_TIMEOUT = 90.0
 #: The queues a test worker consumes.
-WORKER_QUEUES = ("synthesis", "batch", "webhooks")
+WORKER_QUEUES = ("synthesis", "bulk", "batch", "webhooks")
 
 
 class WorkerProcess:

@@ -104,12 +104,12 @@ def test_flower_rest_api_with_basic_auth(make_stack: Any, tmp_path: Path) -> Non
             return r.json().get(worker.hostname)
 
         info = wait_until(worker_listed, 60, f"worker {worker.hostname} in /api/workers")
-        assert {q["name"] for q in info["active_queues"]} == {"synthesis", "batch", "webhooks"}
+        assert {q["name"] for q in info["active_queues"]} == {"synthesis", "bulk", "batch", "webhooks"}
         assert info["stats"]["pool"]["max-concurrency"] == 2
 
         for job_id in ids:
             assert stack.wait_for(job_id)["status"] == "succeeded"
-        assert queue_lengths(base, auth) == {"batch": 0, "synthesis": 0, "webhooks": 0}
+        assert queue_lengths(base, auth) == {"batch": 0, "bulk": 0, "synthesis": 0, "webhooks": 0}
 
         # Flower saw the tasks through Celery events.
         def tasks_done() -> bool:

@@ -217,7 +217,7 @@ def test_metrics_json_moves_with_jobs_and_cache_hits(make_stack: Any) -> None:
     assert synthesis["count"] == before["latency_seconds"]["synthesis"]["count"] + 2
     assert 0 < synthesis["p50"] <= synthesis["p95"] <= synthesis["p99"]
     assert after["latency_seconds"]["job_duration"]["p95"] > 0
-    assert set(after["queues"]["lengths"]) == {"synthesis", "batch", "webhooks"}
+    assert set(after["queues"]["lengths"]) == {"synthesis", "bulk", "batch", "webhooks"}
     assert after["queues"]["total"] == sum(after["queues"]["lengths"].values())
     assert after["workers"]["online"] >= 1 and stack.workers[0].hostname in after["workers"]["hostnames"]
     assert set(after["throughput"]) >= {"window_seconds", "succeeded_per_second", "submitted_per_second",

@@ -119,7 +119,7 @@ def test_components_detailed_and_voices(stack: Any) -> None:
     assert set(comp) == COMPONENTS
     assert comp["redis"]["version"] and comp["redis"]["ping_ms"] >= 0
     assert comp["redis"]["writable"] is True
-    assert set(comp["broker"]["queues"]) == {"synthesis", "batch", "webhooks"}
+    assert set(comp["broker"]["queues"]) == {"synthesis", "bulk", "batch", "webhooks"}
     assert comp["broker"]["dead_letter"] >= 0
     hostname = stack.workers[0].hostname
     assert hostname in comp["workers"]["hostnames"]
@@ -195,12 +195,12 @@ def test_a_deep_queue_dead_letters_and_errors_are_warnings_not_503(make_stack: A
     body = client.get("/health").get_json()
     assert body["components"]["broker"]["status"] == "healthy"  # a deep queue is the service working
     (queue_warning,) = [w for w in body["warnings"] if w["code"] == "queue_length"]
-    assert queue_warning["queue"] == "synthesis"
+    assert queue_warning["queue"] == "bulk"  # where a batch's items wait
     assert queue_warning["value"] > queue_warning["threshold"] == 1000
     assert queue_warning["message"]
     detailed = client.get("/health/detailed").get_json()
     assert [w["code"] for w in detailed["warnings"]] == ["queue_length"]
-    assert detailed["queues"]["synthesis"] == queue_warning["value"]
+    assert detailed["queues"]["bulk"] == queue_warning["value"]
 
     # A worker that fails every job: dead letters and a 100 % error rate, still no 503.
     stack.start_worker()

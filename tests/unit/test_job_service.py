@@ -1,7 +1,8 @@
 """JobService on fakeredis with a real Celery app on kombu's in-memory transport.
 
 What is published is read back from the memory transport's queues: the synthesis queue
-for task messages, a queue bound to the control exchange for revoke broadcasts. The
+for single jobs' task messages, the bulk queue for a batch's, a queue bound to the control
+exchange for revoke broadcasts. The
 in-memory broker is process-wide, so each test starts and ends with the queues drained.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from unit_helpers import drain, memory_app
 from engine.exceptions import EmptyTextError, OptionError, UnknownVoiceError
 from settings import Settings
 from tasks import keys, lifecycle
-from tasks.celery_app import SYNTHESIS_QUEUE
+from tasks.celery_app import BULK_QUEUE, SYNTHESIS_QUEUE
 from tasks.exceptions import (
     AudioGone,
     DeadLetterNotFound,
@@ -330,7 +331,8 @@ def test_accept_many_stores_the_records_and_publishes_one_message_per_job(svc, r
     assert finished_calls == [[(jobs[1].id, JobStatus.SUCCEEDED, "b1")]]
 
     misses = [jobs[0], jobs[2], jobs[3]]
-    messages = drain(app)
+    assert drain(app) == []  # batch items go to the bulk queue, never ahead of single jobs
+    messages = drain(app, BULK_QUEUE)
     assert [m["args"] for m in messages] == [[j.id] for j in misses]
     for job, message in zip(misses, messages):
         stored = rt.jobs.get(job.id)
@@ -339,6 +341,7 @@ def test_accept_many_stores_the_records_and_publishes_one_message_per_job(svc, r
         assert message["id"] == stored.task_id == job.task_id
         assert message["task"] == SYNTHESIZE_TASK
         assert message["correlation_id"] == "batch-corr"
+        assert message["routing_key"] == BULK_QUEUE
     assert len({m["id"] for m in messages}) == 3
     assert rt.redis.zcard(keys.JOBS_INDEX) == 4
 
@@ -347,7 +350,7 @@ def test_accept_many_without_cache_keys_publishes_everything(svc, rt, app):
     jobs = build_batch(svc, ["One.", "Two."], cache=False)
     rt.cache.put(svc.prepare(request(text="One."))[1], AUDIO, META)  # cached, but these jobs do not look
     assert svc.accept_many(jobs) == []
-    messages = drain(app)
+    messages = drain(app, BULK_QUEUE)
     assert [m["args"] for m in messages] == [[j.id] for j in jobs]
     assert all(m["correlation_id"] is None for m in messages)
 
@@ -359,7 +362,7 @@ def test_accept_many_all_cached_publishes_nothing(svc, rt, app):
     served = svc.accept_many(jobs)
     assert [j.id for j in served] == [j.id for j in jobs]
     assert all(rt.jobs.get(j.id).status is JobStatus.SUCCEEDED for j in jobs)
-    assert drain(app) == []
+    assert drain(app) == [] and drain(app, BULK_QUEUE) == []
 
 
 # --- cancel ------------------------------------------------------------------------------------------

@@ -8,15 +8,22 @@ from celery import Celery
 from kombu import Queue
 
 from engine.audio import AudioEncoder
-from tasks.celery_app import SYNTHESIS_QUEUE
+from tasks.celery_app import SYNTHESIS_QUEUE, SYNTHESIS_QUEUES
 
 __all__ = ["drain", "encoded_mp3", "memory_app", "tone"]
 
 
 def memory_app(name: str = "test-job-service") -> Celery:
+    """A Celery app on kombu's in-memory broker with both synthesis queues, emptied.
+
+    The memory broker is process-wide: whatever an earlier test left in ``synthesis`` or
+    ``bulk`` is taken off here, so every app starts on empty queues.
+    """
     app = Celery(name, broker="memory://")
-    app.conf.update(task_queues=[Queue(SYNTHESIS_QUEUE)], task_default_queue=SYNTHESIS_QUEUE,
+    app.conf.update(task_queues=[Queue(queue) for queue in SYNTHESIS_QUEUES], task_default_queue=SYNTHESIS_QUEUE,
                     task_serializer="json", accept_content=["json"])
+    for queue in SYNTHESIS_QUEUES:
+        drain(app, queue)
     return app
 
 
@@ -40,7 +47,6 @@ def drain(app: Celery, queue: str = SYNTHESIS_QUEUE) -> list[dict[str, Any]]:
         finally:
             q.close()
     return out
-
 
 
 def tone(seconds: float, rate: int, freq: float = 330.0) -> np.ndarray:
