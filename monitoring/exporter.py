@@ -41,8 +41,11 @@ logger = logging.getLogger(__name__)
 
 #: Seconds any one Redis call of a scrape may take.
 REDIS_TIMEOUT = 2.0
-#: Queues reported even when nothing has declared them yet (besides ``TTS_QUEUE``).
-EXTRA_QUEUES: tuple[str, ...] = ("webhooks",)
+#: Queues reported even when nothing has declared them yet (besides ``TTS_QUEUE``, single
+#: jobs): ``bulk`` (batch items and fan-out parts) and ``webhooks``. Plain names, as
+#: ``monitoring`` imports no Celery app; ``tests/unit/test_monitoring_queues.py`` checks
+#: them against ``tasks.celery_app.QUEUES``.
+EXTRA_QUEUES: tuple[str, ...] = ("bulk", "webhooks")
 
 StartResponse = Callable[..., Any]
 
@@ -69,7 +72,7 @@ def connect(url: str, timeout: float = REDIS_TIMEOUT) -> redis.Redis:
 
 
 def default_queues(settings: Settings, extra: Iterable[str] = ()) -> list[str]:
-    """The queues always reported: ``TTS_QUEUE``, the webhook queue and any ``extra``."""
+    """The queues always reported: ``TTS_QUEUE``, the bulk and webhook queues and any ``extra``."""
     return list(dict.fromkeys([settings.queue, *EXTRA_QUEUES, *extra]))
 
 

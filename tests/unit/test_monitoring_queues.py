@@ -8,10 +8,13 @@ import pytest
 from kombu.transport import redis as kombu_redis
 
 from monitoring import queues, system
+from monitoring.exporter import default_queues
 from monitoring.history import MetricsHistory, take_sample, with_rates
 from monitoring.recorder import MetricsRecorder
 from monitoring.workers import WorkerRegistry
+from settings import Settings
 from tasks import keys
+from tasks.celery_app import BATCH_QUEUE, QUEUES
 
 
 def test_key_mirrors_match_tasks_keys() -> None:
@@ -19,6 +22,12 @@ def test_key_mirrors_match_tasks_keys() -> None:
     assert queues.AUDIO_INDEX_KEY == keys.AUDIO_INDEX
     assert queues.AUDIO_BYTES_KEY == keys.AUDIO_BYTES
     assert MetricsRecorder(fakeredis.FakeRedis()).prefix == keys.METRICS_PREFIX
+
+
+def test_the_exporter_always_reports_every_queue_that_carries_work() -> None:
+    # monitoring names the queues without importing Celery: in step with tasks.celery_app.
+    # (``batch`` carries no task today; it is reported once discovered.)
+    assert set(default_queues(Settings(redis_url="redis://fake/0"))) == set(QUEUES) - {BATCH_QUEUE}
 
 
 def test_priority_names_match_kombu() -> None:
