@@ -11,7 +11,14 @@ Every request is matched to a :class:`~tasks.tenants.Principal` before its view 
   every operator view (dashboard, ``/metrics*``, ``/api/*``, ``/health`` beyond the
   probes). Only the liveness/readiness probes and static files stay open: a load balancer
   and a browser loading the page's script need no key, and they show nothing of anyone's jobs;
-* a missing or unknown key is a 401 (with ``WWW-Authenticate``), a key without the scope a 403.
+* a missing or unknown key is a 401 (with ``WWW-Authenticate``), a key without the scope a 403;
+* with Redis unreachable, a managed key cannot be checked (503), but an API last seen open,
+  or not yet seen at all, stays open, so the health views explain the outage instead of a
+  bare 503: every job, batch and managed key lives in Redis, so while it is down those views
+  are all there is to read. An API last seen closed stays closed; ``TTS_API_KEYS`` closes it
+  even then (bootstrap keys are checked without Redis). After a failed lookup the next
+  :data:`REDIS_RETRY_SECONDS` decide from what was last seen without asking Redis, so a hung
+  Redis costs one socket timeout, not one per request.
 
 A key with a rate (``--rate``) is limited here, before the view: 429 with ``Retry-After``
 and the ``RateLimit-*`` headers (``app.ratelimit``).
@@ -21,8 +28,11 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions
 from flask import Flask, current_app, g, request
 
 from tasks.tenants import OPEN_PRINCIPAL, KeyStore, Principal, Scope
@@ -33,6 +43,9 @@ from .ratelimit import RequestLimiter
 log = logging.getLogger(__name__)
 
 __all__ = ["current_principal", "install_auth", "required_scope"]
+
+#: Seconds after a failed key lookup during which requests are decided without asking Redis.
+REDIS_RETRY_SECONDS = 5.0
 
 #: Paths anyone may call, keys or not: the probes a load balancer uses and static files.
 OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/health/voices"})
@@ -87,7 +100,9 @@ def install_auth(app: Flask) -> None:
     limiter = RequestLimiter(runtime)
     app.extensions["tts"]["keys"] = store
     app.extensions["tts"]["limiter"] = limiter
-    _say_whether_open(store)
+    configured_at_start = _say_whether_open(store)
+    state = _LookupState(configured=bool(configured_at_start),
+                         redis_failed_at=time.monotonic() if configured_at_start is None else 0.0)
 
     @app.before_request
     def _authenticate() -> Any:
@@ -95,7 +110,7 @@ def install_auth(app: Flask) -> None:
         if scope is None:
             return None
         token = presented_key(request.headers)
-        configured, principal = store.authenticate(token)
+        configured, principal = _look_up(store, state, token)
         if not configured:
             g.principal = OPEN_PRINCIPAL
             return None
@@ -113,6 +128,35 @@ def install_auth(app: Flask) -> None:
         return limiter.add_headers(response)
 
 
+def _look_up(store: KeyStore, state: _LookupState, token: str | None) -> tuple[bool, Principal | None]:
+    """(keys configured, the principal of ``token``), deciding from ``state`` while Redis is failing."""
+    bootstrap = store.match_bootstrap(token)
+    if bootstrap is not None:
+        return True, bootstrap
+    if time.monotonic() - state.redis_failed_at < REDIS_RETRY_SECONDS:
+        if state.configured:
+            raise redis.exceptions.ConnectionError("Redis did not answer the last API key lookup")
+        return False, None
+    try:
+        configured, principal = store.authenticate(token)
+    except redis.exceptions.RedisError:
+        state.redis_failed_at = time.monotonic()
+        if state.configured:
+            raise  # the error handler answers 503: a key cannot be checked without Redis
+        return False, None
+    state.redis_failed_at = 0.0
+    state.configured = configured
+    return configured, principal
+
+
+@dataclass
+class _LookupState:
+    """What the last key lookup said, and when Redis last failed one (monotonic seconds)."""
+
+    configured: bool
+    redis_failed_at: float = 0.0
+
+
 def _what(scope: Scope) -> str:
     return {Scope.READ: "read jobs", Scope.SUBMIT: "submit or cancel work",
             Scope.ADMIN: "use operator views, the dead-letter queue or key management"}[scope]
@@ -126,17 +170,19 @@ def _unauthorized(had_token: bool) -> Any:
     return error_response(401, "invalid_api_key", message, headers={"WWW-Authenticate": challenge})
 
 
-def _say_whether_open(store: KeyStore) -> None:
+def _say_whether_open(store: KeyStore) -> bool | None:
+    """Log whether the API is open; returns whether keys are configured (None when Redis cannot say)."""
     if store.bootstrap:
         log.info("API keys required: %d bootstrap key(s) in TTS_API_KEYS", len(store.bootstrap))
-        return
+        return True
     try:
         made, live = store.made_count(), store.live_count()
     except Exception as exc:  # noqa: BLE001 - Redis down at start: said later, per request
         log.warning("could not count API keys at start (%s); they are checked per request", exc)
-        return
+        return None
     if made:
         log.info("API keys required: %d managed key(s), %d of them live", made, live)
     else:
         log.warning("no API key configured: the API is OPEN to anyone who can reach it "
                     "(create one with 'tts-batch keys create --tenant NAME --scopes admin')")
+    return bool(made)

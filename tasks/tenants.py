@@ -249,6 +249,15 @@ class KeyStore:
             return None
         return record.callback_secret if record.revoked_at is None else None
 
+    def match_bootstrap(self, token: str | None) -> Principal | None:
+        """The bootstrap principal ``token`` is (constant-time against every key), without Redis."""
+        found: Principal | None = None
+        if token:
+            for index, key in enumerate(self.bootstrap):
+                if hmac.compare_digest(token.encode("utf-8", "surrogatepass"), key.encode()) and found is None:
+                    found = bootstrap_principal(index)
+        return found
+
     def authenticate(self, token: str | None) -> tuple[bool, Principal | None]:
         """(keys are configured, the principal ``token`` stands for or None).
 
@@ -256,10 +265,9 @@ class KeyStore:
         the last key leaves the API closed, never open). Bootstrap keys are compared in
         constant time against every configured key.
         """
-        if token:
-            for index, key in enumerate(self.bootstrap):
-                if hmac.compare_digest(token.encode("utf-8", "surrogatepass"), key.encode()):
-                    return True, bootstrap_principal(index)
+        bootstrap = self.match_bootstrap(token)
+        if bootstrap is not None:
+            return True, bootstrap
         candidate = token if token and _KEY_PATTERN.fullmatch(token) else None
         if self.bootstrap and candidate is None:
             return True, None

@@ -10,6 +10,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -236,3 +237,23 @@ def test_keys_cli_creates_lists_and_revokes(make_stack: Any) -> None:
     assert bad.returncode == 2 and "root" in bad.stderr
     bad = cli("create", "--tenant", "ok", "--rate", "fast")
     assert bad.returncode == 2 and "rate" in bad.stderr
+
+
+def test_with_redis_down_a_closed_api_stays_closed_and_answers_fast(make_stack: Any, own_redis: Any) -> None:
+    stack = make_stack(start=False, server=own_redis, TTS_API_KEYS="bootstrap-admin-key")
+    _, key = KeyStore(Runtime(stack.settings).redis).create("alpha")
+    with stack.serve() as base:
+        tenant, boot, nobody = Client(base, key), Client(base, "bootstrap-admin-key"), Client(base, None)
+        assert tenant.get("/v1/jobs").status_code == 200
+        own_redis.kill()
+        r = tenant.get("/v1/jobs")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
+        # later lookups do not wait for Redis again: it failed a moment ago
+        started = time.monotonic()
+        assert tenant.get("/v1/jobs").status_code == 503
+        assert time.monotonic() - started < 1.0
+        assert nobody.get("/v1/jobs").status_code in (401, 503)  # never open because Redis is down
+        health = boot.get("/health")  # the bootstrap key needs no Redis: the health view explains the outage
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        own_redis.restart()
+        wait_until(lambda: tenant.get("/v1/jobs").status_code == 200, 30, "the key to work again", interval=0.5)
