@@ -102,6 +102,10 @@ def test_processes_match_the_procfile(compose: dict[str, Any]) -> None:
     published = {name: [p.split(":")[-1] for p in s.get("ports", [])] for name, s in services.items()}
     assert published["web"] == ["8354"] and published["flower"] == ["5555"] and published["exporter"] == ["9808"]
     assert published["prometheus"] == ["9090"] and published["grafana"] == ["3000"]
+    # every port on the host's loopback only: nothing is reachable from the network by default
+    for name, service in services.items():
+        for mapping in service.get("ports", []):
+            assert mapping.startswith("127.0.0.1:"), (name, mapping)
 
 
 def test_prometheus_config_scrapes_compose_services(compose: dict[str, Any]) -> None:
