@@ -47,6 +47,12 @@ Workers
 ``make_stack`` (function scope)
     A factory for stacks with extra settings, e.g. ``make_stack(TTS_FAULT_INJECTION="permanent")``,
     each on a fresh database; all are stopped after the test.
+
+Callback receivers
+------------------
+``receiver``
+    A real HTTP server on 127.0.0.1 (:class:`Receiver`) that records every POST as a
+    :class:`Hit` (path, headers, raw body); ``serve_receiver`` starts another one.
 """
 from __future__ import annotations
 
@@ -790,3 +796,111 @@ def hung_redis_url() -> Iterator[str]:
         for conn in held:
             conn.close()
         listener.close()
+
+
+# --- callback receivers ----------------------------------------------------------------------
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
+from dataclasses import field  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+#: Bytes the receiver's "huge" answer claims (and would send if the client kept reading).
+HUGE = 2 * 1024**3
+
+
+@dataclass
+class Hit:
+    """One POST a :class:`Receiver` got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        """The body, parsed."""
+        return json.loads(self.body)
+
+    def signed_with(self, secret: str) -> bool:
+        """The documented check: ``X-TTS-Signature: sha256=<hex HMAC-SHA256 of the raw body>``."""
+        expected = "sha256=" + hmac.new(secret.encode(), self.body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(self.headers.get("X-TTS-Signature", ""), expected)
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server on 127.0.0.1. ``/redirect`` answers 302 to ``location``; ``/huge`` answers
+    200 with a body of :data:`HUGE` bytes, written until the client hangs up; anything else 200."""
+
+    hits: list[Hit] = field(default_factory=list)
+    location: str = ""
+    huge_sent: int = 0
+    huge_done: threading.Event = field(default_factory=threading.Event)
+    port: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
+        """The URL of ``path`` on this receiver."""
+        return f"http://{host}:{self.port}{path}"
+
+    def posts(self, path: str | None = None) -> list[Hit]:
+        """The POSTs so far (to ``path`` only, query ignored, when given)."""
+        with self.lock:
+            return [hit for hit in self.hits if path is None or hit.path.split("?")[0] == path]
+
+
+def serve_receiver(state: Receiver) -> Iterator[Receiver]:
+    """Serve ``state`` on a free port of 127.0.0.1 until the generator is closed (a fixture's body)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with state.lock:
+                state.hits.append(Hit(self.path, dict(self.headers.items()), body))
+            path = self.path.split("?")[0]
+            if path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", state.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if path == "/huge":
+                self._huge()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def _huge(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(HUGE))
+            self.end_headers()
+            chunk = b"x" * 65536
+            try:
+                while state.huge_sent < HUGE:
+                    self.wfile.write(chunk)
+                    state.huge_sent += len(chunk)
+            except OSError:  # the client hung up: what the test is about
+                pass
+            finally:
+                state.huge_done.set()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.port = server.server_port
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A callback receiver on 127.0.0.1 (:class:`Receiver`), stopped after the test."""
+    yield from serve_receiver(Receiver())

@@ -6,22 +6,19 @@ the others show that without it nothing reaches a loopback receiver.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import shutil
 import ssl
 import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import missing
+from conftest import Hit, Receiver, missing, serve_receiver
 
 from scripts.embedded_redis import find_free_port
 from settings import Settings
@@ -33,105 +30,17 @@ pytestmark = pytest.mark.integration
 
 SECRET = "callback-test-secret"
 ALLOW_LOOPBACK = {"TTS_CALLBACK_ALLOWED_NETWORKS": "127.0.0.1/32", "TTS_WEBHOOK_SECRET": SECRET}
-#: Bytes the "huge" answer claims (and would send if the client kept reading).
-HUGE = 2 * 1024**3
-
-
-@dataclass
-class Hit:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """A real HTTP server on 127.0.0.1. ``/redirect`` answers 302 to ``location``; ``/huge`` answers
-    200 with a body of :data:`HUGE` bytes, written until the client hangs up; anything else 200."""
-
-    hits: list[Hit] = field(default_factory=list)
-    location: str = ""
-    huge_sent: int = 0
-    huge_done: threading.Event = field(default_factory=threading.Event)
-    port: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-    def posts(self, path: str | None = None) -> list[Hit]:
-        with self.lock:
-            return [hit for hit in self.hits if path is None or hit.path.split("?")[0] == path]
-
-
-def _serve(state: Receiver) -> Iterator[Receiver]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            with state.lock:
-                state.hits.append(Hit(self.path, dict(self.headers.items()), body))
-            path = self.path.split("?")[0]
-            if path == "/redirect":
-                self.send_response(302)
-                self.send_header("Location", state.location)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            if path == "/huge":
-                self._huge()
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def _huge(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(HUGE))
-            self.end_headers()
-            chunk = b"x" * 65536
-            try:
-                while state.huge_sent < HUGE:
-                    self.wfile.write(chunk)
-                    state.huge_sent += len(chunk)
-            except OSError:  # the client hung up: what the test is about
-                pass
-            finally:
-                state.huge_done.set()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.port = server.server_port
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    yield from _serve(Receiver())
 
 
 @pytest.fixture
 def elsewhere() -> Iterator[Receiver]:
     """A second receiver: where a redirect points."""
-    yield from _serve(Receiver())
+    yield from serve_receiver(Receiver())
 
 
 def signed(hit: Hit, secret: str = SECRET) -> bool:
-    """The documented check: ``X-TTS-Signature: sha256=<hex HMAC-SHA256 of the raw body>``."""
-    expected = "sha256=" + hmac.new(secret.encode(), hit.body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(hit.headers.get("X-TTS-Signature", ""), expected)
+    """The documented signature check, with this module's secret unless told otherwise."""
+    return hit.signed_with(secret)
 
 
 def text() -> str:
