@@ -138,7 +138,8 @@ class Settings:
 
     # --- testing only: never reachable from the API ---------------------------------------
     #: "transient:N" fails each job's first N attempts; "permanent" always fails;
-    #: "crash" kills the worker child (SIGKILL) on every attempt.
+    #: "crash" kills the worker child (SIGKILL) on every attempt; "crash_before_callback"
+    #: kills it right after a job's final transition, before its callback is queued.
     fault_injection: str = ""
 
     # --- monitoring --------------------------------------------------------------------

@@ -8,6 +8,12 @@ item starts and finishes through hooks (:func:`on_item_started`, :func:`on_items
 registered with :mod:`tasks.lifecycle`), so reading a batch's status costs one HGETALL
 and one SCARD however many inputs it has.
 
+A batch finishes once: the one transaction that sets its ``finished_at``
+(:func:`_mark_finished`) also puts its callback, if it has a ``callback_url``, in the
+callback outbox, so a process killed right after it still leaves the callback owed
+(``tasks.callbacks`` queues it, or the reconciler's sweep does through the requeuer
+registered here).
+
 An input that cannot succeed (empty text, unknown voice, bad speed...) is stored at
 submit time as a failed job carrying its error, and counted; it does not sink the
 batch. Only a malformed body, or a batch whose every input is bad, is refused.
@@ -160,14 +166,44 @@ def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
                 break
             except redis.WatchError:
                 continue
-    if total is not None and int(finished or 0) >= int(total) and rt.redis.hsetnx(key, "finished_at", str(now())):
+    if total is not None and int(finished or 0) >= int(total) and _mark_finished(rt, batch_id):
         log.info("batch %s finished", batch_id)
         _batch_finished(rt, batch_id)
 
 
-def _batch_finished(rt: Runtime, batch_id: str) -> None:
-    """Queue the batch's callback if it has one. The caller set ``finished_at`` with HSETNX, which
-    succeeds once per batch: that is what makes the callback once. Never raises."""
+def _mark_finished(rt: Runtime, batch_id: str) -> bool:
+    """Set the batch's ``finished_at``, once; True for the one call that set it.
+
+    A set-if-absent under WATCH rather than a bare HSETNX, so that the transaction that
+    sets it also puts the batch's callback (if it has a ``callback_url``) in the outbox
+    (``tasks.callbacks``): a process killed right after this leaves the callback owed,
+    and the reconciler's sweep queues it. An expired record is not recreated.
+    """
+    key = keys.batch(batch_id)
+    with rt.redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                present, done, url = pipe.hmget(key, ["total", "finished_at", "callback_url"])
+                if present is None or done is not None:
+                    pipe.unwatch()
+                    return False
+                at = now()
+                pipe.multi()
+                pipe.hset(key, "finished_at", str(at))
+                if url:
+                    pipe.zadd(keys.CALLBACK_OUTBOX, {callbacks.outbox_member("batch", batch_id): at})
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue
+
+
+@callbacks.outbox_kind("batch")
+def _batch_finished(rt: Runtime, batch_id: str) -> callbacks.Outcome | None:
+    """Queue the batch's callback if it has one; never raises. Called once, by whoever set its
+    ``finished_at`` (:func:`_mark_finished`), and by the outbox sweep for a batch whose callback
+    that caller never queued. None: nothing is owed (no such batch, or no ``callback_url``)."""
     try:
         pipe = rt.redis.pipeline(transaction=False)
         pipe.hgetall(keys.batch(batch_id))
@@ -175,10 +211,11 @@ def _batch_finished(rt: Runtime, batch_id: str) -> None:
         data, running = pipe.execute()
     except redis.RedisError as exc:
         log.warning("batch %s finished, but its callback could not be looked up: %s", batch_id, exc)
-        return
+        return callbacks.Outcome.LEFT
     batch = Batch.from_redis(batch_id, data, int(running)) if data else None
-    if batch is not None and batch.callback_url:
-        callbacks.queue_batch_callback(rt, batch_id, batch.callback_url, batch.key_id, batch.callback_summary())
+    if batch is None or not batch.callback_url or batch.finished_at is None:
+        return None
+    return callbacks.queue_batch_callback(rt, batch_id, batch.callback_url, batch.key_id, batch.callback_summary())
 
 
 # --- requests --------------------------------------------------------------------------------

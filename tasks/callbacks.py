@@ -8,18 +8,30 @@ is the user's page.
 
 Choices, and why:
 
-* **Exactly once per final state.** The job lifecycle runs its finished-hooks once per
-  final transition (``JobStore.transition`` is the lock: a final status is never
-  overwritten, a redelivered message finds the job finished and does nothing), and a
-  batch finishes at the one ``HSETNX`` of its ``finished_at`` (``tasks.batches``). On top
-  of that, the delivery id is derived from the record and its final state (a UUID5 of
-  kind, id, status and ``finished_at``), and queueing first compare-and-sets the record's
-  ``callback`` state to that id: a hook that ran twice for one final state queues
-  nothing the second time. A job replayed from the dead-letter queue that finishes again
-  is a new final state, so it gets a new callback with a new id.
-* **At most once across a crash.** The callback is queued just after the transition, not
-  inside it: a process killed between the two loses that one callback (its state then
-  shows ``pending`` with no attempt). Closing that needs an outbox swept by the reconciler.
+* **Queued exactly once per final state, crash or not: an outbox.** A job's final
+  transition (``JobStore.transition``, also ``JobStore.create`` for a cache hit) adds the
+  job id to ``tts:callbacks:outbox`` in its own MULTI, and a batch adds ``batch:<id>`` in
+  the transaction that sets its ``finished_at`` (``tasks.batches``): the final state and
+  the debt commit together. A finished-hook then queues the delivery task and only after
+  the publish succeeded takes the member out (:meth:`CallbackState.settle`, which also
+  records ``queued_at``, in one transaction). A process killed anywhere in between (a
+  worker child after the transition, an API process after a cache hit or a cancel) leaves
+  the member behind, and :func:`sweep_outbox`, run by every reconciler sweep
+  (``TTS_RECONCILE_INTERVAL``, one worker at a time under its lock), queues every member
+  older than a lease period (``TTS_LEASE_SECONDS``: by then a live process has long queued
+  it). A publish that fails leaves the member too, with the error in the state. The member
+  leaves only while the record still shows the final state it was queued for (same
+  ``finished_at``), so a replayed job that finished again keeps its new debt.
+* **At least once on the wire, with a stable id.** The delivery id is derived from the
+  record and its final state (a UUID5 of kind, id, status and ``finished_at``) and is the
+  Celery task id, so a callback queued twice (the sweep racing a hook that was merely
+  slow, or a crash after the publish and before the member left) carries the same
+  ``X-TTS-Delivery`` both times, and the receiver drops the repeat. Queueing
+  compare-and-sets the record's ``callback`` state to that id first, and the state
+  counts as queued once it has ``queued_at`` or any attempt: such a delivery is never
+  queued again (a hook that ran twice queues nothing the second time). A job replayed
+  from the dead-letter queue that finishes again is a new final state, so it gets a new
+  callback with a new id; a batch gets one callback ever (its ``finished_at`` is set once).
 * **Never fails a job or a submit.** Everything that runs in the lifecycle's hooks
   catches every error, logs it and records it in the callback state; the job's own
   status is already final by then.
@@ -48,6 +60,7 @@ Choices, and why:
 """
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import uuid
@@ -66,7 +79,7 @@ from . import keys, lifecycle, outbound
 from .celery_app import WEBHOOK_QUEUE, celery_app
 from .exceptions import CallbackDeliveryFailed, CallbackRefused, CallbacksUnavailable, JobNotFound
 from .job import Job, iso, now
-from .redis_values import text_or_none
+from .redis_values import members, text, text_or_none
 from .runtime import Runtime, get_runtime
 from .status import JobStatus
 from .tenants import OPEN_PRINCIPAL, KeyStore
@@ -78,8 +91,10 @@ __all__ = [
     "BATCH_EVENT",
     "CALLBACK_TASK",
     "JOB_EVENTS",
+    "OUTBOX_SWEEP_LIMIT",
     "STATE_FIELD",
     "CallbackState",
+    "Outcome",
     "batch_payload",
     "check_callback",
     "check_callback_url",
@@ -88,10 +103,14 @@ __all__ = [
     "delivery_id",
     "job_payload",
     "on_jobs_finished",
+    "outbox_kind",
+    "outbox_member",
     "queue_batch_callback",
     "queue_job_callback",
     "send",
     "signing_secret",
+    "sweep_outbox",
+    "was_queued",
 ]
 
 #: The delivery task (on the ``webhooks`` queue; the name matches no ``tts.*batch*`` route).
@@ -105,6 +124,8 @@ BATCH_EVENT = "batch.finished"
 USER_AGENT = "tts-batch-callback/1"
 #: Namespace of the delivery ids (UUID5): one id per record and final state.
 _DELIVERY_NAMESPACE = uuid.UUID("6f1c1f2e-5d0a-4c4b-9a57-2f3c8c1d7b10")
+#: Outbox members one sweep looks at, at most (oldest first).
+OUTBOX_SWEEP_LIMIT = 500
 
 
 # --- submit time ------------------------------------------------------------------------------
@@ -199,6 +220,11 @@ def batch_payload(summary: Mapping[str, Any], delivery: str) -> dict[str, Any]:
 
 
 # --- the delivery state in the record --------------------------------------------------------------
+def was_queued(state: Mapping[str, Any]) -> bool:
+    """True when the delivery ``state`` describes was queued: settled (``queued_at``), or its task already ran."""
+    return bool(state.get("queued_at")) or int(state.get("attempts") or 0) > 0 or state.get("status") != "pending"
+
+
 class CallbackState:
     """The ``callback`` field of one job or batch record, for one delivery (its id).
 
@@ -228,17 +254,30 @@ class CallbackState:
                 except redis.WatchError:
                     continue
 
-    def begin(self, url: str, event: str) -> bool:
-        """Record the delivery as ``pending``; False (nothing written) when the record already
-        names this delivery, or is gone."""
+    def begin(self, url: str, event: str, once: bool = False) -> bool:
+        """Claim the delivery before it is queued; True when it is to be queued now.
+
+        A record that names no delivery yet, or an older one, gets this one as ``pending``
+        with no attempt. A record that already names this one is queued again only if it
+        never was (:func:`was_queued`: its first claimant died before the publish, or the
+        publish failed), and is left as it is. False: already queued, or the record is
+        gone. ``once``: the record gets one callback ever (a batch), so a queued delivery
+        of any id ends it.
+        """
+        again = False
 
         def decide(current: dict[str, Any] | None) -> dict[str, Any] | None:
-            if current is not None and current.get("delivery_id") == self.delivery:
-                return None
+            nonlocal again
+            if current is not None and (once or current.get("delivery_id") == self.delivery):
+                if was_queued(current):
+                    return None
+                if current.get("delivery_id") == self.delivery:
+                    again = True
+                    return None
             return {"url": outbound.redact_query(url), "event": event, "delivery_id": self.delivery,
                     "status": "pending", "attempts": 0, "last_error": None}
 
-        return self._write(decide)
+        return self._write(decide) or again
 
     def update(self, **fields: Any) -> bool:
         """Change the recorded state while it is still this delivery's (a replay's newer one is left alone)."""
@@ -249,6 +288,36 @@ class CallbackState:
             return {**current, **fields}
 
         return self._write(decide)
+
+    def settle(self, member: str, finished_at: float | None = None) -> None:
+        """The delivery is queued (or needs no queueing): record ``queued_at`` and take ``member`` out of
+        the outbox, in one transaction.
+
+        ``finished_at``: the final state the delivery is about; when the record shows another
+        (a replayed job that finished again), the member is that newer state's debt and
+        stays. None: a record that finishes once (a batch). A record that is gone owes nothing.
+        """
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self.key)
+                    present, raw, done_at = pipe.hmget(self.key, ["id", STATE_FIELD, "finished_at"])
+                    done = float(text(done_at)) if done_at is not None else None
+                    if present is not None and finished_at is not None and done != finished_at:
+                        pipe.unwatch()
+                        return
+                    current = _load(raw) if present is not None else None
+                    pipe.multi()
+                    if current is not None and current.get("delivery_id") == self.delivery \
+                            and not current.get("queued_at"):
+                        stamp = iso(now())
+                        pipe.hset(self.key, STATE_FIELD, json.dumps({**current, "queued_at": stamp,
+                                                                     "updated_at": stamp}))
+                    pipe.zrem(keys.CALLBACK_OUTBOX, member)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
 
     def get(self) -> dict[str, Any] | None:
         """The recorded state, or None."""
@@ -267,6 +336,42 @@ def _load(raw: Any) -> dict[str, Any] | None:
 
 
 # --- queueing ---------------------------------------------------------------------------------
+class Outcome(enum.Enum):
+    """What one attempt to queue a callback did."""
+
+    #: The delivery task was published (and the outbox member taken out).
+    QUEUED = "queued"
+    #: Nothing to queue: already queued, no callback owed, or the record is gone (the member is out).
+    SETTLED = "settled"
+    #: The job is unfinished again (replayed): the member waits for the final state it reaches next.
+    WAITING = "waiting"
+    #: The member stays in the outbox: the publish failed, or the record could not be read.
+    LEFT = "left"
+
+
+#: Re-queues an outbox member of some kind other than a job, given its id: the Outcome, or
+#: None when its record is gone or owes no callback (the member is then dropped).
+Requeue = Callable[[Runtime, str], Outcome | None]
+_requeuers: dict[str, Requeue] = {}
+
+
+def outbox_kind(kind: str) -> Callable[[Requeue], Requeue]:
+    """Register how :func:`sweep_outbox` re-queues members ``<kind>:<id>`` (a decorator).
+
+    The module that owns those records registers it (``tasks.batches`` for ``batch``),
+    as the lifecycle's hooks are registered: this module may not import it back.
+    """
+    def register(requeue: Requeue) -> Requeue:
+        _requeuers[kind] = requeue
+        return requeue
+    return register
+
+
+def outbox_member(kind: str, resource_id: str) -> str:
+    """The outbox member of a record's callback: a job's id, ``<kind>:<id>`` for anything else."""
+    return resource_id if kind == "job" else f"{kind}:{resource_id}"
+
+
 @lifecycle.on_finished
 def on_jobs_finished(rt: Runtime, jobs: Sequence[Job]) -> None:
     """The lifecycle's hook: queue the callback of each job that has a ``callback_url``."""
@@ -275,61 +380,116 @@ def on_jobs_finished(rt: Runtime, jobs: Sequence[Job]) -> None:
             queue_job_callback(rt, job)
 
 
-def queue_job_callback(rt: Runtime, job: Job) -> bool:
-    """Queue the callback of ``job``, which just reached its final status; True when queued.
+def queue_job_callback(rt: Runtime, job: Job) -> Outcome:
+    """Queue the callback of ``job``, which reached its final status. Never raises.
 
-    The payload is built from the stored record (fresh), with the status the job just
-    reached. Never raises: a failure is logged and, where possible, recorded.
+    The payload is built from the stored record (fresh), which must still show a final
+    status: a job replayed meanwhile owes the callback of the state it reaches next.
+    A failure is logged and, where possible, recorded in the state.
     """
+    return _queue_job(rt, job.id)
+
+
+def _queue_job(rt: Runtime, job_id: str) -> Outcome:
+    member = outbox_member("job", job_id)
     try:
         try:
-            record = rt.jobs.get(job.id)
+            record = rt.jobs.get(job_id)
         except JobNotFound:
-            return False
-        url = record.callback_url or job.callback_url
+            rt.redis.zrem(keys.CALLBACK_OUTBOX, member)  # expired: nothing is owed any more
+            return Outcome.SETTLED
+        if record.status not in JOB_EVENTS:
+            return Outcome.WAITING
+        url = record.callback_url
         if not url:
-            return False
-        delivery = delivery_id("job", job.id, job.status.value, record.finished_at)
-        subject = {"kind": "job", "id": job.id, "key_id": record.key_id}
-        return _queue(rt, keys.job(job.id), subject, url, job_payload(record, job.status, delivery))
+            rt.redis.zrem(keys.CALLBACK_OUTBOX, member)
+            return Outcome.SETTLED
+        delivery = delivery_id("job", job_id, record.status.value, record.finished_at)
+        subject = {"kind": "job", "id": job_id, "key_id": record.key_id}
+        return _queue(rt, keys.job(job_id), subject, url, job_payload(record, record.status, delivery),
+                      finished_at=record.finished_at)
     except Exception as exc:  # noqa: BLE001 - a callback never fails the job it is about
-        log.warning("callback of job %s not queued: %s: %s", job.id, type(exc).__name__, exc)
-        return False
+        log.warning("callback of job %s not queued: %s: %s", job_id, type(exc).__name__, exc)
+        return Outcome.LEFT
 
 
 def queue_batch_callback(rt: Runtime, batch_id: str, url: str, key_id: str | None,
-                         summary: Mapping[str, Any]) -> bool:
-    """Queue the callback of a batch that just finished; True when queued. Never raises.
+                         summary: Mapping[str, Any]) -> Outcome:
+    """Queue the callback of a batch that finished. Never raises.
 
     ``summary``: the batch's id, status, tenant, counts and times, as the payload shows them.
     """
     try:
         delivery = delivery_id("batch", batch_id, str(summary.get("status")), summary.get("finished_at"))
         subject = {"kind": "batch", "id": batch_id, "key_id": key_id}
-        return _queue(rt, keys.batch(batch_id), subject, url, batch_payload(summary, delivery))
+        return _queue(rt, keys.batch(batch_id), subject, url, batch_payload(summary, delivery), once=True)
     except Exception as exc:  # noqa: BLE001 - a callback never fails the batch's last item
         log.warning("callback of batch %s not queued: %s: %s", batch_id, type(exc).__name__, exc)
-        return False
+        return Outcome.LEFT
 
 
-def _queue(rt: Runtime, key: str, subject: dict[str, Any], url: str, payload: dict[str, Any]) -> bool:
+def _queue(rt: Runtime, key: str, subject: dict[str, Any], url: str, payload: dict[str, Any], *,
+           finished_at: float | None = None, once: bool = False) -> Outcome:
+    """Claim, publish, settle: the member leaves the outbox only after the publish succeeded."""
+    member = outbox_member(str(subject["kind"]), str(subject["id"]))
     state = CallbackState(rt.redis, key, payload["id"])
-    if not state.begin(url, payload["event"]):
+    if not state.begin(url, payload["event"], once=once):
+        state.settle(member, finished_at)
         log.info("callback %s of %s %s not queued again (already queued, or the record is gone)",
                  payload["event"], subject["kind"], subject["id"])
-        return False
+        return Outcome.SETTLED
     correlation_id = payload.get("correlation_id")
     try:
         rt.celery.send_task(CALLBACK_TASK, args=[subject, url, payload], queue=WEBHOOK_QUEUE, task_id=payload["id"],
                             headers={"correlation_id": correlation_id} if correlation_id else None)
-    except Exception as exc:  # noqa: BLE001 - recorded and logged; the job's own status is final already
-        state.update(status="failed", last_error=f"the callback could not be queued: {type(exc).__name__}")
-        log.error("callback %s of %s %s could not be queued: %s", payload["event"], subject["kind"], subject["id"],
-                  exc)
-        return False
+    except Exception as exc:  # noqa: BLE001 - left in the outbox; the job's own status is final already
+        _record(state, last_error=f"the callback could not be queued yet ({type(exc).__name__}); "
+                                  "the reconciler queues it again")
+        log.error("callback %s of %s %s could not be queued (left in the outbox): %s", payload["event"],
+                  subject["kind"], subject["id"], exc)
+        return Outcome.LEFT
+    state.settle(member, finished_at)
     log.info("callback %s of %s %s queued for %s (delivery %s)", payload["event"], subject["kind"], subject["id"],
              outbound.redact_query(url), payload["id"])
-    return True
+    return Outcome.QUEUED
+
+
+# --- the sweep --------------------------------------------------------------------------------
+def sweep_outbox(rt: Runtime, grace: float | None = None, limit: int = OUTBOX_SWEEP_LIMIT) -> int:
+    """Queue the callbacks whose member has waited in the outbox longer than ``grace`` seconds
+    (a lease period by default); returns how many this sweep queued.
+
+    Run from every reconciler sweep (``tasks.reconciler``, one worker at a time). A member
+    that young may belong to a hook queueing it right now, and is left to it; an older one
+    was left by a process that died, or by a publish that failed. The oldest ``limit``
+    members are looked at; the sweep stops at the first that stays (the broker is probably
+    down: the next sweep tries again), so it never holds the reconciler for long. A member
+    whose job is unfinished again (replayed) moves to the back, for its next final state.
+    """
+    wait = float(rt.settings.lease_seconds) if grace is None else grace
+    due = members(rt.redis.zrangebyscore(keys.CALLBACK_OUTBOX, "-inf", now() - wait, start=0, num=limit))
+    queued = 0
+    for member in due:
+        kind, sep, resource_id = member.partition(":")
+        outcome: Outcome | None
+        if not sep:
+            outcome = _queue_job(rt, member)
+        elif kind in _requeuers:
+            outcome = _requeuers[kind](rt, resource_id)
+        else:
+            log.warning("callback outbox: nothing in this process queues %r (no requeuer for %r)", member, kind)
+            outcome = Outcome.WAITING
+        if outcome is None:
+            rt.redis.zrem(keys.CALLBACK_OUTBOX, member)
+        elif outcome is Outcome.QUEUED:
+            queued += 1
+        elif outcome is Outcome.WAITING:
+            rt.redis.zadd(keys.CALLBACK_OUTBOX, {member: now()}, xx=True)  # to the back; XX: never re-adds one
+        elif outcome is Outcome.LEFT:
+            break
+    if queued:
+        log.warning("callback outbox: queued %d callback(s) that their process never queued", queued)
+    return queued
 
 
 # --- delivery ---------------------------------------------------------------------------------

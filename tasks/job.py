@@ -3,6 +3,12 @@
 A job is a Redis hash (``tts:job:{id}``) holding the request, status, timings and
 outcome; its audio and attempt history sit beside it. All three expire
 ``TTS_RESULT_TTL`` seconds after the job was last written.
+
+Work that must follow a write even if the writing process dies right after it (a job's
+callback) is not queued inside the store: the caller names an ``outbox`` member, which
+:meth:`JobStore.create` and :meth:`JobStore.transition` add to ``tts:callbacks:outbox``
+in the same MULTI as the record, so the record and the debt it creates commit together or
+not at all. The store knows nothing of what the member means; ``tasks.callbacks`` drains it.
 """
 from __future__ import annotations
 
@@ -209,14 +215,19 @@ class JobStore:
         self.redis = client
         self.ttl = ttl
 
-    def create(self, job: Job, audio: bytes | None = None) -> Job:
-        """Store a new job (and, for a cache hit, its audio) and index it for listing, globally and by tenant."""
+    def create(self, job: Job, audio: bytes | None = None, outbox: str | None = None) -> Job:
+        """Store a new job (and, for a cache hit, its audio) and index it for listing, globally and by tenant.
+
+        ``outbox``: a member added to the outbox in the same transaction (see the module docstring).
+        """
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job(job.id), mapping=job.to_redis())
         pipe.expire(keys.job(job.id), self.ttl)
         if audio is not None:
             pipe.set(keys.job_audio(job.id), audio, ex=self.ttl)
         self._index(pipe, [job])
+        if outbox is not None:
+            pipe.zadd(keys.CALLBACK_OUTBOX, {outbox: now()})
         pipe.execute()
         return job
 
@@ -307,14 +318,16 @@ class JobStore:
         pipe.execute()
 
     def transition(self, job_id: str, expected: set[JobStatus], *, task_id_is: str | None = None,
-                   history: dict[str, Any] | None = None, **changes: Any) -> bool:
+                   history: dict[str, Any] | None = None, outbox: str | None = None, **changes: Any) -> bool:
         """Apply ``changes`` only if the job's status is one of ``expected`` (optimistic lock).
 
         ``task_id_is``: also require that the record still names this delivery (the
         reconciler's guard against a worker that picked the job up meanwhile);
         ``history``: an entry appended in the same transaction, so the record and its
-        history never disagree. A job that reaches a final status leaves the index of
-        unfinished jobs in the same transaction.
+        history never disagree; ``outbox``: a member added to the outbox in the same
+        transaction, so a process killed right after the transition still leaves the work
+        it owes behind (module docstring). A job that reaches a final status leaves the
+        index of unfinished jobs in the same transaction.
         """
         key = keys.job(job_id)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -346,6 +359,8 @@ class JobStore:
                     if history is not None:
                         pipe.rpush(keys.job_history(job_id), json.dumps(history))
                         pipe.expire(keys.job_history(job_id), self.ttl)
+                    if outbox is not None:
+                        pipe.zadd(keys.CALLBACK_OUTBOX, {outbox: now()})
                     new_status = changes.get("status")
                     tenant_active = keys.tenant_active(text_or_none(owner) or DEFAULT_TENANT)
                     if new_status is not None and JobStatus(new_status).finished:

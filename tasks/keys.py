@@ -32,6 +32,8 @@ key                             what
 ``tts:tenant:{t}:jobs``         sorted set: the tenant's job ids by creation time, for its listing
 ``tts:tenant:{t}:batches``      sorted set: the tenant's batch ids by creation time
 ``tts:tenant:{t}:active``       sorted set: the tenant's unfinished job ids (its ``max_queued`` quota)
+``tts:callbacks:outbox``        sorted set: callbacks owed but not queued yet (a job id, or ``batch:{id}``) by
+                                the time their final state committed; swept by the reconciler
 ``tts:limits:*``                the rate limiter's windows (the ``limits`` library's own keys)
 ``tts:metrics:*``               counters, histograms and history samples (monitoring/)
 ==============================  ======================================================
@@ -51,6 +53,8 @@ RECONCILE_LOCK = PREFIX + "reconcile:lock"
 RECONCILE_SUSPECTS = PREFIX + "reconcile:suspects"
 API_KEYS = PREFIX + "apikeys"
 API_KEYS_LIVE = PREFIX + "apikeys:live"
+#: Callbacks owed (a job id, or ``batch:{id}``) whose delivery task is not queued yet (``tasks.callbacks``).
+CALLBACK_OUTBOX = PREFIX + "callbacks:outbox"
 #: Prefix of the rate limiter's keys (``limits`` adds its own ``LIMITS:`` part after it).
 LIMITS_PREFIX = PREFIX + "limits"
 

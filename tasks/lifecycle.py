@@ -23,6 +23,12 @@ Every transition goes through :meth:`JobStore.transition`, a guarded compare-and
 a final status is never overwritten, and a redelivered message for a finished job
 does nothing.
 
+The finished-hooks run after the final transition, in the same process: one killed in
+between never runs them. So a job with a ``callback_url`` also enters the callback
+outbox in its final transition itself (:func:`outbox_of`); ``tasks.callbacks`` queues the
+callback from a hook and takes the member out, and the reconciler's sweep queues what a
+dead process left there.
+
 Other concepts learn about jobs through hooks, not imports back into the tasks: a
 batch counts its items with :func:`on_started` and :func:`on_finished` hooks
 (``tasks.batches`` registers them), so this module imports nothing that imports it.
@@ -73,9 +79,11 @@ __all__ = [
     "dead_letter",
     "fail_or_retry",
     "inject_fault",
+    "inject_fault_after_finish",
     "load_task_job",
     "on_finished",
     "on_started",
+    "outbox_of",
     "retry_after_time_limit",
     "succeed",
 ]
@@ -156,6 +164,24 @@ def inject_fault(rt: Runtime, job: Job, attempt: int) -> None:
     if kind == "crash" and (count == 0 or attempt <= count):
         log.warning("fault injection: killing worker process %d for job %s", os.getpid(), job.id)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def inject_fault_after_finish(rt: Runtime, job: Job) -> None:
+    """The test-only ``crash_before_callback`` fault: SIGKILL this worker process right after
+    ``job``'s final transition committed and before any finished-hook ran (its callback is in
+    the outbox, not queued). Called by :func:`succeed` only, which runs in a worker, never in the API.
+    """
+    if rt.settings.fault[0] == "crash_before_callback":
+        log.warning("fault injection: killing worker process %d after job %s finished, before its hooks",
+                    os.getpid(), job.id)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def outbox_of(job: Job) -> str | None:
+    """The outbox member a job's final transition (or a record stored final: a cache hit) adds:
+    its id when a callback is owed (``callback_url`` set), else None. ``tasks.callbacks`` takes it
+    out once the callback is queued."""
+    return job.id if job.callback_url else None
 
 
 @dataclass
@@ -277,13 +303,14 @@ def succeed(rt: Runtime, job: Job, result: engine.SynthesisResult, started: floa
     entry = {"attempt": job.attempts, "started_at": started, "finished_at": finished_at, "outcome": "succeeded",
              "worker": HOSTNAME}
     changed = rt.jobs.transition(
-        job.id, {JobStatus.RUNNING}, task_id_is=job.task_id, history=entry, status=JobStatus.SUCCEEDED,
-        finished_at=finished_at,
+        job.id, {JobStatus.RUNNING}, task_id_is=job.task_id, history=entry, outbox=outbox_of(job),
+        status=JobStatus.SUCCEEDED, finished_at=finished_at,
         audio_bytes=len(result.audio), duration=duration, output_sample_rate=result.sample_rate,
         media_type=result.media_type, synthesis_seconds=round(result.synthesis_seconds, 3),
         error=None, error_type=None, error_code=None,
     )
     if changed:
+        inject_fault_after_finish(rt, job)
         job.status, job.finished_at, job.duration = JobStatus.SUCCEEDED, finished_at, duration
         bookkeeping("job_succeeded", rt.metrics.job_succeeded, job.voice, SYNTHESIS_QUEUE,
                      result.synthesis_seconds, finished_at - job.created_at, result.characters, result.duration)
@@ -385,7 +412,7 @@ def dead_letter(rt: Runtime, job: Job, exc_type: str, message: str, trace: str =
     """Mark a job failed for good, keep a dead-letter record and alert once."""
     finished_at = now()
     changed = rt.jobs.transition(
-        job.id, set(UNFINISHED), status=JobStatus.FAILED, finished_at=finished_at,
+        job.id, set(UNFINISHED), outbox=outbox_of(job), status=JobStatus.FAILED, finished_at=finished_at,
         error=message, error_type=exc_type, error_code=code or "synthesis_failed", next_retry_at=None,
     )
     if not changed:
@@ -407,15 +434,16 @@ def dead_letter(rt: Runtime, job: Job, exc_type: str, message: str, trace: str =
 def cancel_jobs(rt: Runtime, jobs: Sequence[Job]) -> list[Job]:
     """Cancel the unfinished ones of ``jobs``; returns those this call cancelled.
 
-    One guarded transition per job, then one revoke broadcast, one metrics update per
-    voice and one round of finished-hooks for all of them.
+    One guarded transition per job (each job needs its ``callback_url``: the transition
+    puts an owed callback in the outbox), then one revoke broadcast, one metrics update
+    per voice and one round of finished-hooks for all of them.
     """
     cancelled: list[Job] = []
     for job in jobs:
         at = now()
         if rt.jobs.transition(job.id, set(UNFINISHED), status=JobStatus.CANCELLED, finished_at=at, next_retry_at=None,
                               history={"attempt": job.attempts, "outcome": "cancelled", "at": at,
-                                       "was": job.status.value}):
+                                       "was": job.status.value}, outbox=outbox_of(job)):
             job.status = JobStatus.CANCELLED
             cancelled.append(job)
     task_ids = [job.task_id for job in cancelled if job.task_id]

@@ -192,7 +192,7 @@ class JobService:
         job.media_type = engine.FORMATS[job.format].media_type
         job.output_sample_rate = meta.get("sample_rate")
         job.duration = meta.get("duration")
-        self.rt.jobs.create(job, audio=audio)
+        self.rt.jobs.create(job, audio=audio, outbox=lifecycle.outbox_of(job))  # a callback owed survives a crash
         lifecycle.bookkeeping("job_submitted", self.rt.metrics.job_submitted, job.voice, SYNTHESIS_QUEUE,
                               cache_hit=True)
         log.info("job %s served from the cache", job.id)

@@ -194,3 +194,53 @@ def test_redis_restart_loses_no_accepted_job_and_workers_reconnect(make_stack, o
     assert after.status_code == 202
     assert stack.wait_for(after.get_json()["id"], timeout=120)["status"] == "succeeded"
     assert stack.workers[0].proc.poll() is None
+
+
+#: A stack whose workers may deliver callbacks to the test's receiver on 127.0.0.1, with a short
+#: lease: an outbox entry older than a lease period is the reconciler's to queue.
+CALLBACK_SECRET = "fault-callback-secret"
+CALLBACKS = {"TTS_CALLBACK_ALLOWED_NETWORKS": "127.0.0.1/32", "TTS_WEBHOOK_SECRET": CALLBACK_SECRET,
+             "TTS_LEASE_SECONDS": "5"}
+
+
+@pytest.mark.parametrize("recovery", ["a fresh worker", "the surviving main process"])
+def test_a_child_killed_between_the_final_transition_and_the_callback_still_delivers_it(make_stack, receiver,
+                                                                                        recovery):
+    stack = make_stack(start=False, **CALLBACKS)
+    fresh = recovery == "a fresh worker"
+    # crash_before_callback: the child SIGKILLs itself right after the job's final transition
+    # committed, before any finished-hook could queue the callback. With a fresh worker to
+    # come, this one never sweeps (an hour between sweeps), so nothing can cover for it.
+    doomed = stack.start_worker(TTS_FAULT_INJECTION="crash_before_callback",
+                                TTS_RECONCILE_INTERVAL="3600" if fresh else "1")
+    r = stack.client.post("/v1/jobs", json={"text": unique("Call me when it is done."), "voice": "heart",
+                                            "callback_url": receiver.url("/hook?token=t")})
+    assert r.status_code == 202, r.get_json()
+    job_id = r.get_json()["id"]
+    assert stack.wait_for(job_id)["status"] == "succeeded"
+    stack.wait_until(lambda: f"after job {job_id} finished, before its hooks" in doomed.log_tail(400), 30,
+                     "the child killing itself after the final transition")
+    if fresh:
+        # The requeued message finds the job finished and does nothing: the callback is only owed
+        stack.wait_idle()
+        assert stack.redis.zscore("tts:callbacks:outbox", job_id) is not None
+        assert stack.client.get(f"/v1/jobs/{job_id}").get_json()["callback"] == {
+            "url": receiver.url("/hook?…"), "status": "pending", "attempts": 0, "last_error": None}
+        assert receiver.posts() == []
+        doomed.kill()  # and the rest of that worker with it
+        stack.start_worker(TTS_RECONCILE_INTERVAL="1")
+    state = stack.wait_until(lambda: (c := stack.client.get(f"/v1/jobs/{job_id}").get_json()["callback"])
+                             .get("status") == "delivered" and c, 90, "the callback delivered")
+    stack.wait_idle()  # nothing queued or waiting for a retry: no further POST can come
+    hits = receiver.posts()
+    assert hits, "delivered, yet the receiver got nothing"
+    assert {hit.headers["X-TTS-Delivery"] for hit in hits} == {state["delivery_id"]}  # one id, however many POSTs
+    assert all(hit.signed_with(CALLBACK_SECRET) and hit.path == "/hook?token=t" for hit in hits)
+    assert {(hit.json["event"], hit.json["job"]["id"], hit.json["job"]["status"]) for hit in hits} == {
+        ("job.succeeded", job_id, "succeeded")}
+    assert state["attempts"] >= 1 and state["queued_at"] and state["last_error"] is None
+    assert stack.redis.zscore("tts:callbacks:outbox", job_id) is None
+    logs = "\n".join(worker.log_tail(400) for worker in stack.workers)
+    assert "callback outbox: queued 1 callback(s) that their process never queued" in logs
+    done = stack.client.get(f"/v1/jobs/{job_id}").get_json()
+    assert [entry["outcome"] for entry in done["history"]].count("succeeded") == 1  # the job itself finished once

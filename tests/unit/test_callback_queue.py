@@ -1,5 +1,6 @@
 """Per-job and per-batch callbacks on fakeredis and kombu's in-memory broker: secrets, payloads,
-the delivery state in the record, and queueing exactly once per final state."""
+the delivery state in the record, queueing exactly once per final state, and the outbox that
+keeps a callback owed across a process that dies before queueing it."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,12 @@ import pytest
 from unit_helpers import drain, memory_app
 
 from settings import Settings
-from tasks import callbacks, keys, lifecycle
+from tasks import batches, callbacks, keys, lifecycle
 from tasks.batches import Batch, on_items_finished
 from tasks.callbacks import (
     CALLBACK_TASK,
     CallbackState,
+    Outcome,
     check_callback_url,
     check_signing_secret,
     deliver_callback,
@@ -25,6 +27,7 @@ from tasks.callbacks import (
     queue_batch_callback,
     queue_job_callback,
     signing_secret,
+    sweep_outbox,
 )
 from tasks.celery_app import WEBHOOK_QUEUE, celery_app
 from tasks.exceptions import CallbackRefused, CallbacksUnavailable
@@ -53,18 +56,25 @@ def rt() -> Iterator[Runtime]:
     drain(app, WEBHOOK_QUEUE)
 
 
-def stored_job(rt: Runtime, status: JobStatus = JobStatus.SUCCEEDED, **fields: Any) -> Job:
+def stored_job(rt: Runtime, status: JobStatus = JobStatus.SUCCEEDED, outbox: bool = False, **fields: Any) -> Job:
+    """A job record; ``outbox``: stored with its outbox member, as a final transition leaves it."""
     created = now()
     fields.setdefault("callback_url", URL)
+    fields.setdefault("finished_at", created + 1.5)
     job = Job(id=fields.pop("id", f"job{len(rt.redis.keys('tts:job:*'))}"), text=TEXT, voice="heart", status=status,
-              created_at=created, queued_at=created, started_at=created, finished_at=created + 1.5, attempts=1,
-              correlation_id="req-7", duration=2.5, **fields)
-    rt.jobs.create(job)
+              created_at=created, queued_at=created, started_at=created, attempts=1, correlation_id="req-7",
+              duration=2.5, **fields)
+    rt.jobs.create(job, outbox=job.id if outbox else None)
     return job
 
 
 def queued(rt: Runtime) -> list[dict[str, Any]]:
     return [m for m in drain(rt.celery, WEBHOOK_QUEUE) if m["task"] == CALLBACK_TASK]
+
+
+def outbox(rt: Runtime) -> list[str]:
+    """The outbox's members, oldest first."""
+    return [m.decode() for m in rt.redis.zrange(keys.CALLBACK_OUTBOX, 0, -1)]
 
 
 # --- secrets ------------------------------------------------------------------------------------
@@ -149,18 +159,18 @@ def test_a_finished_job_queues_one_callback_and_records_it_pending(rt: Runtime) 
 
 def test_the_same_final_state_is_never_queued_twice(rt: Runtime) -> None:
     job = stored_job(rt)
-    assert queue_job_callback(rt, job) is True
-    assert queue_job_callback(rt, job) is False
+    assert queue_job_callback(rt, job) is Outcome.QUEUED
+    assert queue_job_callback(rt, job) is Outcome.SETTLED
     on_jobs_finished(rt, [job])
     assert len(queued(rt)) == 1
 
 
 def test_a_new_final_state_after_a_replay_is_a_new_callback(rt: Runtime) -> None:
     job = stored_job(rt, JobStatus.FAILED, error_code="synthesis_failed")
-    assert queue_job_callback(rt, job)
+    assert queue_job_callback(rt, job) is Outcome.QUEUED
     rt.jobs.update(job.id, status=JobStatus.SUCCEEDED, finished_at=now() + 60)
     job.status = JobStatus.SUCCEEDED
-    assert queue_job_callback(rt, job)
+    assert queue_job_callback(rt, job) is Outcome.QUEUED
     first, second = queued(rt)
     assert first["args"][2]["event"] == "job.failed" and second["args"][2]["event"] == "job.succeeded"
     assert first["id"] != second["id"]
@@ -175,7 +185,7 @@ def test_jobs_without_a_callback_url_or_unfinished_queue_nothing(rt: Runtime) ->
 
 def test_an_expired_record_is_neither_queued_nor_recreated(rt: Runtime) -> None:
     ghost = Job(id="gone", text=TEXT, voice="heart", status=JobStatus.SUCCEEDED, callback_url=URL)
-    assert queue_job_callback(rt, ghost) is False
+    assert queue_job_callback(rt, ghost) is Outcome.SETTLED
     assert not rt.redis.exists(keys.job("gone"))
     assert CallbackState(rt.redis, keys.job("gone"), "d").update(status="delivered") is False
     assert not rt.redis.exists(keys.job("gone"))
@@ -188,12 +198,18 @@ class BrokenBroker:
         raise kombu.exceptions.OperationalError("Error 111 connecting to the broker")
 
 
-def test_a_broker_failure_is_recorded_and_never_raised(rt: Runtime) -> None:
-    job = stored_job(rt)
-    rt.celery = BrokenBroker()
-    assert queue_job_callback(rt, job) is False
+def test_a_broker_failure_is_recorded_never_raised_and_left_in_the_outbox(rt: Runtime) -> None:
+    job = stored_job(rt, outbox=True)
+    app, rt.celery = rt.celery, BrokenBroker()
+    assert queue_job_callback(rt, job) is Outcome.LEFT
     state = rt.jobs.get(job.id).callback
-    assert state is not None and state["status"] == "failed" and "could not be queued" in state["last_error"]
+    assert state is not None and state["status"] == "pending" and state["attempts"] == 0
+    assert "could not be queued" in state["last_error"] and "queued_at" not in state
+    assert outbox(rt) == [job.id]  # still owed
+    rt.celery = app  # the broker is back: the sweep queues it, with the id claimed before
+    assert sweep_outbox(rt, grace=0) == 1
+    (message,) = queued(rt)
+    assert message["id"] == state["delivery_id"] and outbox(rt) == []
 
 
 def test_the_state_only_changes_for_its_own_delivery(rt: Runtime) -> None:
@@ -223,7 +239,7 @@ def test_a_batch_callback_is_queued_once_when_its_last_item_finishes(rt: Runtime
     assert payload["event"] == "batch.finished"
     assert payload["batch"]["status"] == "succeeded" and payload["batch"]["counts"]["succeeded"] == 2
     assert payload["batch"]["tenant"] == "acme"
-    assert queue_batch_callback(rt, batch_id, URL, None, payload["batch"] | {"links": None}) is False  # same state
+    assert queue_batch_callback(rt, batch_id, URL, None, payload["batch"] | {"links": None}) is Outcome.SETTLED
     data = rt.redis.hgetall(keys.batch(batch_id))
     shown = Batch.from_redis(batch_id, data).public()["callback"]
     assert shown["status"] == "pending" and shown["delivery_id"] == payload["id"]
@@ -270,3 +286,133 @@ def test_the_task_lands_on_the_webhooks_queue() -> None:
     # queued with an explicit queue (test above); no route of celery_app sends it elsewhere by name
     assert celery_app.amqp.router.route({"queue": WEBHOOK_QUEUE}, CALLBACK_TASK)["queue"].name == WEBHOOK_QUEUE
     assert callbacks.deliver_callback.max_retries + 1 == callbacks.delivery_attempts(Settings())
+
+
+# --- the outbox: a callback stays owed until its delivery task is queued --------------------------
+@pytest.fixture
+def no_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lifecycle's finished-hooks never run: a process killed right after a final transition."""
+    monkeypatch.setattr(lifecycle, "_finished_hooks", [])
+
+
+def test_the_final_transition_puts_the_callback_in_the_outbox_in_its_own_transaction(rt: Runtime,
+                                                                                    no_hooks: None) -> None:
+    job = stored_job(rt, JobStatus.RUNNING, finished_at=None)
+    plain = stored_job(rt, JobStatus.RUNNING, finished_at=None, callback_url=None)
+    assert lifecycle.cancel_jobs(rt, [job, plain]) == [job, plain]
+    assert outbox(rt) == [job.id]  # and nothing for the job that asked for no callback
+    assert queued(rt) == [] and rt.jobs.get(job.id).callback is None  # the hook never ran
+    assert sweep_outbox(rt, grace=60) == 0 and outbox(rt) == [job.id]  # too young: a live hook may be at it
+    assert sweep_outbox(rt, grace=0) == 1
+    (message,) = queued(rt)
+    record = rt.jobs.get(job.id)
+    assert message["args"][2]["event"] == "job.cancelled"
+    assert message["id"] == callbacks.delivery_id("job", job.id, "cancelled", record.finished_at)  # the hook's id
+    assert record.callback is not None and record.callback["queued_at"] and record.callback["status"] == "pending"
+    assert outbox(rt) == []
+    assert sweep_outbox(rt, grace=0) == 0 and queued(rt) == []
+
+
+def test_a_hook_that_queues_takes_the_member_out(rt: Runtime) -> None:
+    job = stored_job(rt, JobStatus.RUNNING, finished_at=None)
+    lifecycle.cancel_jobs(rt, [job])
+    assert len(queued(rt)) == 1 and outbox(rt) == []
+    assert rt.jobs.get(job.id).callback["queued_at"]
+
+
+def test_a_crash_after_the_publish_queues_it_again_with_the_same_id(rt: Runtime) -> None:
+    job = stored_job(rt, outbox=True)
+    state = CallbackState(rt.redis, keys.job(job.id), callbacks.delivery_id("job", job.id, "succeeded",
+                                                                             job.finished_at))
+    assert state.begin(URL, "job.succeeded")  # claimed, published, and the process died before settling
+    assert sweep_outbox(rt, grace=0) == 1  # never marked queued: sent again, under the id receivers dedup by
+    (message,) = queued(rt)
+    assert message["id"] == state.delivery and outbox(rt) == []
+
+
+def test_a_delivery_whose_task_already_ran_is_not_queued_again(rt: Runtime) -> None:
+    job = stored_job(rt, outbox=True)
+    delivery = callbacks.delivery_id("job", job.id, "succeeded", job.finished_at)
+    state = CallbackState(rt.redis, keys.job(job.id), delivery)
+    assert state.begin(URL, "job.succeeded")
+    assert state.update(status="delivered", attempts=1)  # the task ran before the member was settled
+    assert sweep_outbox(rt, grace=0) == 0
+    assert queued(rt) == [] and outbox(rt) == []
+    assert rt.jobs.get(job.id).callback["status"] == "delivered"
+
+
+def test_an_expired_record_leaves_the_outbox_without_a_callback(rt: Runtime) -> None:
+    rt.redis.zadd(keys.CALLBACK_OUTBOX, {"gone": now() - 120, "batch:gone": now() - 120})
+    assert sweep_outbox(rt, grace=0) == 0
+    assert queued(rt) == [] and outbox(rt) == []
+    assert not rt.redis.exists(keys.job("gone"), keys.batch("gone"))
+
+
+def test_a_replayed_job_keeps_its_member_for_its_next_final_state(rt: Runtime) -> None:
+    job = stored_job(rt, JobStatus.QUEUED, finished_at=None)  # failed, crashed before its hook, then replayed
+    rt.redis.zadd(keys.CALLBACK_OUTBOX, {job.id: now() - 120})
+    before = now()
+    assert sweep_outbox(rt, grace=10) == 0
+    assert queued(rt) == [] and outbox(rt) == [job.id]  # not dropped ...
+    assert rt.redis.zscore(keys.CALLBACK_OUTBOX, job.id) >= before  # ... but moved to the back
+    assert sweep_outbox(rt, grace=10) == 0  # and not looked at again for a while
+    finished_at = now()
+    assert rt.jobs.transition(job.id, {JobStatus.QUEUED}, outbox=job.id, status=JobStatus.SUCCEEDED,
+                              finished_at=finished_at)
+    assert sweep_outbox(rt, grace=0) == 1
+    (message,) = queued(rt)
+    assert message["id"] == callbacks.delivery_id("job", job.id, "succeeded", finished_at)
+
+
+def test_settling_an_older_final_state_leaves_the_newer_ones_member(rt: Runtime) -> None:
+    job = stored_job(rt, JobStatus.FAILED, outbox=True)
+    old = CallbackState(rt.redis, keys.job(job.id), callbacks.delivery_id("job", job.id, "failed", job.finished_at))
+    assert old.begin(URL, "job.failed")
+    # replayed and finished again before the first hook settled: the member is the new state's debt now
+    rt.jobs.update(job.id, status=JobStatus.SUCCEEDED, finished_at=job.finished_at + 60)
+    old.settle(job.id, job.finished_at)
+    assert outbox(rt) == [job.id]
+    assert sweep_outbox(rt, grace=0) == 1
+    assert queued(rt)[0]["args"][2]["event"] == "job.succeeded" and outbox(rt) == []
+
+
+def test_the_sweep_stops_at_the_first_callback_it_cannot_queue(rt: Runtime) -> None:
+    jobs = [stored_job(rt, outbox=True) for _ in range(3)]
+    app, rt.celery = rt.celery, BrokenBroker()
+    assert sweep_outbox(rt, grace=0) == 0
+    assert outbox(rt) == [job.id for job in jobs]
+    claimed = [rt.jobs.get(job.id).callback for job in jobs]
+    assert claimed[0] is not None and all(state is None for state in claimed[1:])  # one try, not three
+    rt.celery = app
+    assert sweep_outbox(rt, grace=0) == 3 and outbox(rt) == []
+    assert len({message["id"] for message in queued(rt)}) == 3
+
+
+def test_a_batch_finishes_and_owes_its_callback_in_one_transaction(rt: Runtime,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    batch_id = "batch2"
+    (item,) = [stored_job(rt, JobStatus.QUEUED, callback_url=None, batch_id=batch_id, batch_index=0)]
+    rt.redis.hset(keys.batch(batch_id), mapping={"id": batch_id, "total": 1, "created_at": now(), "finished": 0,
+                                                 "callback_url": URL})
+    # the process dies right after the transaction that set finished_at: the batch's own hook never queues
+    monkeypatch.setattr(batches, "_batch_finished", lambda rt, batch_id: None)
+    rt.jobs.update(item.id, status=JobStatus.SUCCEEDED)
+    item.status, item.duration = JobStatus.SUCCEEDED, 1.0
+    on_items_finished(rt, [item])
+    assert rt.redis.hget(keys.batch(batch_id), "finished_at") is not None
+    assert outbox(rt) == [f"batch:{batch_id}"] and queued(rt) == []
+    assert sweep_outbox(rt, grace=0) == 1  # through the requeuer tasks.batches registered
+    (message,) = queued(rt)
+    assert message["args"][0] == {"kind": "batch", "id": batch_id, "key_id": None}
+    assert message["args"][2]["batch"]["status"] == "succeeded" and outbox(rt) == []
+    on_items_finished(rt, [item])  # a redelivered finish: the batch does not finish (nor owe) twice
+    assert outbox(rt) == [] and sweep_outbox(rt, grace=0) == 0
+
+
+def test_a_batch_without_a_callback_owes_nothing(rt: Runtime) -> None:
+    batch_id = "batch3"
+    item = stored_job(rt, JobStatus.QUEUED, callback_url=None, batch_id=batch_id, batch_index=0)
+    rt.redis.hset(keys.batch(batch_id), mapping={"id": batch_id, "total": 1, "created_at": now(), "finished": 0})
+    item.status = JobStatus.SUCCEEDED
+    on_items_finished(rt, [item])
+    assert rt.redis.hget(keys.batch(batch_id), "finished_at") is not None and outbox(rt) == []

@@ -236,6 +236,16 @@ def test_submit_is_served_from_the_cache_at_once(svc, rt, app, finished_calls):
     assert finished_calls == [[(job.id, JobStatus.SUCCEEDED, None)]]
 
 
+def test_a_cache_hit_that_owes_a_callback_is_stored_with_it_in_the_outbox(svc, rt, app, finished_calls):
+    # finished_calls: no callback hook runs, as if the API died right after storing the job
+    rt.settings = rt.settings.replace(webhook_secret="operator-secret")
+    rt.cache.put(svc.prepare(request())[1], AUDIO, META)
+    owed, _ = svc.submit(request(callback_url="https://hooks.example.com/tts"))
+    plain, _ = svc.submit(request())
+    assert rt.jobs.get(owed.id).status is rt.jobs.get(plain.id).status is JobStatus.SUCCEEDED
+    assert rt.redis.zrange(keys.CALLBACK_OUTBOX, 0, -1) == [owed.id.encode()]
+
+
 # --- idempotency ------------------------------------------------------------------------------------
 def test_same_key_and_body_returns_the_same_job_and_publishes_nothing_more(svc, rt, app):
     first, created = svc.submit(request(), idempotency_key="idem-1")

@@ -14,6 +14,8 @@ from unit_helpers import drain, memory_app
 
 from settings import Settings
 from tasks import keys, lease, reconciler
+from tasks.callbacks import CALLBACK_TASK
+from tasks.celery_app import WEBHOOK_QUEUE
 from tasks.job import Job, now
 from tasks.runtime import Runtime
 from tasks.status import JobStatus
@@ -118,3 +120,13 @@ def test_only_one_worker_sweeps_per_interval(rt):
     assert reconciler.sweep_if_due(rt, "worker-a") is not None
     assert reconciler.sweep_if_due(rt, "worker-b") is None
     assert rt.redis.get(keys.RECONCILE_LOCK) == b"worker-a"
+
+
+def test_a_sweep_queues_the_callbacks_a_dead_process_left_in_the_outbox(rt):
+    for job_id in ("owed", "young"):
+        make_job(rt, JobStatus.SUCCEEDED, 120, job_id, finished_at=now() - 60, callback_url="https://hooks.example/")
+    rt.redis.zadd(keys.CALLBACK_OUTBOX, {"owed": now() - LEASE - 1, "young": now() - 1})  # young: its hook may be at it
+    reconciler.sweep(rt)
+    (message,) = [m for m in drain(rt.celery, WEBHOOK_QUEUE) if m["task"] == CALLBACK_TASK]
+    assert message["args"][0]["id"] == "owed"
+    assert rt.redis.zrange(keys.CALLBACK_OUTBOX, 0, -1) == [b"young"]
