@@ -42,6 +42,7 @@ from .exceptions import InvalidRequest, KeyNotFound
 from .redis_values import text_or_none
 
 __all__ = [
+    "DEFAULT_SCOPES",
     "DEFAULT_TENANT",
     "OPEN_PRINCIPAL",
     "ApiKey",

@@ -257,3 +257,35 @@ def test_with_redis_down_a_closed_api_stays_closed_and_answers_fast(make_stack: 
         assert health.status_code == 503 and health.json()["status"] == "unhealthy"
         own_redis.restart()
         wait_until(lambda: tenant.get("/v1/jobs").status_code == 200, 30, "the key to work again", interval=0.5)
+
+
+def test_admins_manage_keys_over_http_and_tenants_cannot(tenants: Tenants) -> None:
+    admin, alpha, nobody = tenants.admin, tenants.alpha, tenants.anonymous
+    for method, path in (("GET", "/v1/keys"), ("POST", "/v1/keys"), ("DELETE", "/v1/keys/0123456789ab")):
+        r = alpha.call(method, path, json={"tenant": "alpha", "scopes": ["admin"]})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", (method, path)
+        assert nobody.call(method, path, json={"tenant": "x"}).status_code == 401
+    made = admin.post("/v1/keys", json={"tenant": "delta", "scopes": ["read"], "rate": "3/s", "max_queued": 9})
+    assert made.status_code == 201, made.text
+    body = made.json()
+    assert body["tenant"] == "delta" and body["scopes"] == ["read"] and body["rate"] == "3/second"
+    assert body["key"].startswith("tts_") and body["callback_secret"]
+    delta = Client(admin.base, body["key"])
+    assert delta.get("/v1/jobs").json()["jobs"] == []
+    listed = admin.get("/v1/keys").json()["keys"]
+    assert body["id"] in [k["id"] for k in listed] and body["key"] not in json.dumps(listed)
+    assert admin.delete(f"/v1/keys/{body['id']}").json()["revoked_at"] is not None
+    assert delta.get("/v1/jobs").status_code == 401
+    refused_as_missing(admin.delete("/v1/keys/not-an-id"), "key_not_found")
+    for bad in ({"tenant": "Bad"}, {"tenant": "ok", "scopes": ["root"]}, {"tenant": "ok", "rate": "fast"},
+                {"tenant": "ok", "max_queued": 0}, {"tenant": "ok", "extra": 1}, {"scopes": ["read"]}):
+        r = admin.post("/v1/keys", json=bad)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", (bad, r.text)
+
+
+def test_an_open_api_does_not_let_anyone_make_the_first_key(make_stack: Any) -> None:
+    stack = make_stack(start=False)
+    with stack.serve() as base:
+        r = requests.post(f"{base}/v1/keys", json={"tenant": "mine", "scopes": ["admin"]}, timeout=TIMEOUT)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "keys_not_configured"
+        assert requests.get(f"{base}/v1/jobs", timeout=TIMEOUT).status_code == 200  # still open
