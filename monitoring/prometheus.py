@@ -57,6 +57,7 @@ COUNTER_HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     names.TASKS_FAILED: ("Celery tasks that failed.", ("name", "queue")),
     names.TASKS_RETRIED: ("Celery tasks that were retried.", ("name", "queue")),
     DELIVERIES_METRIC: ("Webhook delivery attempts by event and outcome.", ("event", "outcome")),
+    names.CALLBACK_DELIVERIES: ("Callback delivery attempts by event and outcome.", ("event", "outcome")),
 }
 #: Help text and label names of the histograms the recorder writes.
 HISTOGRAM_HELP: dict[str, tuple[str, tuple[str, ...]]] = {

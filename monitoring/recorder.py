@@ -66,6 +66,9 @@ CACHE_MISSES = "tts_cache_misses_total"
 TASKS_SUCCEEDED = "celery_task_succeeded_total"
 TASKS_FAILED = "celery_task_failed_total"
 TASKS_RETRIED = "celery_task_retried_total"
+#: Per-job and per-batch callback delivery attempts by ``event`` and ``outcome`` (delivered, retried,
+#: failed, refused), written by ``tasks.callbacks``.
+CALLBACK_DELIVERIES = "tts_callback_deliveries_total"
 QUEUE_WAIT = "tts_queue_wait_seconds"
 SYNTHESIS = "tts_synthesis_seconds"
 JOB_DURATION = "tts_job_duration_seconds"

@@ -55,6 +55,9 @@ Choices, and why:
   its query redacted, the event, the delivery id, ``status`` (``pending``, ``delivered``,
   ``failed``, ``refused``), ``attempts``, ``last_error``, ``next_attempt_at`` and
   ``updated_at``, shown by ``GET /v1/jobs/{id}`` and ``GET /v1/batches/{id}``.
+* **Counted**: ``tts_callback_deliveries_total{event,outcome}`` counts each attempt's
+  outcome (``delivered``, ``retried``, ``failed``, ``refused``), as
+  ``tts_webhook_deliveries_total`` does for the operator webhooks.
 * **No job text in a payload**, nor an error message (an engine message may quote the
   text): ids, statuses, codes, counts, times and links.
 """
@@ -72,6 +75,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from monitoring.correlation import bind
+from monitoring.recorder import CALLBACK_DELIVERIES
 from monitoring.webhooks import encode, request_headers
 from settings import Settings, get_settings
 
@@ -544,30 +548,43 @@ def deliver_callback(self: Task, subject: dict[str, Any], url: str, payload: dic
         if secret is None:
             error = "nothing to sign it with (the key that submitted it was revoked, or TTS_WEBHOOK_SECRET is unset)"
             _record(state, status="failed", attempts=attempt, last_error=error, next_attempt_at=None)
+            _count(rt, event, "failed")
             log.warning("callback %s of %s %s not sent: %s", event, kind, resource_id, error)
             return "failed"
         try:
             response = send(url, payload, secret, settings)
         except CallbackRefused as exc:
             _record(state, status="refused", attempts=attempt, last_error=str(exc), next_attempt_at=None)
+            _count(rt, event, "refused")
             log.warning("callback %s of %s %s refused by the SSRF guard: %s", event, kind, resource_id, exc)
             return "refused"
         except (CallbackDeliveryFailed, SoftTimeLimitExceeded) as exc:
             error = str(exc) if isinstance(exc, CallbackDeliveryFailed) else "the attempt outlasted its time limit"
             if retries >= max_retries:
                 _record(state, status="failed", attempts=attempt, last_error=error, next_attempt_at=None)
+                _count(rt, event, "failed")
                 log.warning("callback %s of %s %s given up after %d attempts: %s", event, kind, resource_id, attempt,
                             error)
                 return "failed"
             delay = backoff_seconds(retries, cap=backoff_cap(settings))
             _record(state, status="pending", attempts=attempt, last_error=error, next_attempt_at=iso(now() + delay))
+            _count(rt, event, "retried")
             log.info("callback %s of %s %s attempt %d failed: %s; retrying in %.1f s", event, kind, resource_id,
                      attempt, error, delay)
             raise self.retry(exc=exc, countdown=delay, max_retries=max_retries) from exc
         _record(state, status="delivered", attempts=attempt, last_error=None, next_attempt_at=None)
+        _count(rt, event, "delivered")
         log.info("callback %s of %s %s delivered to %s: HTTP %d in %.0f ms", event, kind, resource_id,
                  outbound.redact_query(url), response.status, response.elapsed * 1000)
         return "delivered"
+
+
+def _count(rt: Runtime, event: Any, outcome: str) -> None:
+    """One attempt's outcome in ``tts_callback_deliveries_total`` (never raises: metrics never break delivery)."""
+    try:
+        rt.metrics.count(CALLBACK_DELIVERIES, 1.0, event=str(event), outcome=outcome)
+    except Exception as exc:  # noqa: BLE001 - a metric is not worth a failed delivery
+        log.debug("callback metric not recorded: %s", exc)
 
 
 def _record(state: CallbackState, **fields: Any) -> None:

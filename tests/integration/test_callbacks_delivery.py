@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from conftest import Hit, Receiver, missing, serve_receiver
 
+from monitoring.recorder import CALLBACK_DELIVERIES, MetricsRecorder
 from scripts.embedded_redis import find_free_port
 from settings import Settings
 from tasks import outbound
@@ -50,6 +51,11 @@ def text() -> str:
 
 def callback_of(stack: Any, job_id: str) -> dict[str, Any]:
     return stack.client.get(f"/v1/jobs/{job_id}").get_json().get("callback") or {}
+
+
+def deliveries(stack: Any, outcome: str) -> float:
+    """``tts_callback_deliveries_total`` of one outcome, as the workers recorded it."""
+    return MetricsRecorder(stack.redis).counter_total(CALLBACK_DELIVERIES, outcome=outcome)
 
 
 def wait_callback(stack: Any, job_id: str, status: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -84,6 +90,7 @@ def test_a_succeeded_job_gets_exactly_one_signed_callback(make_stack, receiver: 
     assert body["job"]["links"] == {"self": f"/v1/jobs/{job_id}", "audio": f"/v1/jobs/{job_id}/audio"}
     assert spoken.encode() not in hit.body and b"Callback check" not in hit.body  # never the text
     assert state["attempts"] == 1 and state["last_error"] is None and state["event"] == "job.succeeded"
+    assert deliveries(stack, "delivered") == 1 and deliveries(stack, "retried") == 0
 
 
 def test_a_job_that_fails_for_good_gets_exactly_one_callback(make_stack, receiver: Receiver) -> None:
@@ -143,6 +150,7 @@ def test_a_redirect_is_not_followed_and_the_delivery_is_retried(make_stack, rece
     assert len(receiver.posts("/redirect")) >= 2
     assert {hit.headers["X-TTS-Delivery"] for hit in receiver.posts()} == {state["delivery_id"]}
     assert elsewhere.hits == []  # never followed
+    assert deliveries(stack, "retried") >= 1 and deliveries(stack, "delivered") == 0
     assert stack.client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
 
 

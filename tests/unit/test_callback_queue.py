@@ -12,6 +12,7 @@ import kombu.exceptions
 import pytest
 from unit_helpers import drain, memory_app
 
+from monitoring.recorder import CALLBACK_DELIVERIES
 from settings import Settings
 from tasks import batches, callbacks, keys, lifecycle
 from tasks.batches import Batch, on_items_finished
@@ -286,6 +287,16 @@ def test_the_task_lands_on_the_webhooks_queue() -> None:
     # queued with an explicit queue (test above); no route of celery_app sends it elsewhere by name
     assert celery_app.amqp.router.route({"queue": WEBHOOK_QUEUE}, CALLBACK_TASK)["queue"].name == WEBHOOK_QUEUE
     assert callbacks.deliver_callback.max_retries + 1 == callbacks.delivery_attempts(Settings())
+
+
+def test_each_attempt_is_counted_by_outcome(eager: Runtime) -> None:
+    job = stored_job(eager)
+    assert queue_job_callback(eager, job) is Outcome.QUEUED
+    (message,) = queued(eager)
+    subject, _, payload = message["args"]
+    deliver_callback.apply(args=[subject, "http://169.254.169.254/", payload])
+    assert eager.metrics.counter_total(CALLBACK_DELIVERIES, outcome="refused", event="job.succeeded") == 1
+    assert eager.metrics.counter_total(CALLBACK_DELIVERIES, outcome="delivered") == 0
 
 
 # --- the outbox: a callback stays owed until its delivery task is queued --------------------------

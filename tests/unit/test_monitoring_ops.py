@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.prometheus import render
-from monitoring.recorder import MetricsRecorder
+from monitoring.recorder import CALLBACK_DELIVERIES, MetricsRecorder
 from monitoring.webhooks import DELIVERIES_METRIC
 from monitoring.workers import WorkerRegistry
 
@@ -37,6 +37,7 @@ def exposed_names() -> set[str]:
     rec.task_failed("t", "q")
     rec.task_retried("t", "q")
     rec.count(DELIVERIES_METRIC, 1.0, event="job.failed", outcome="delivered")
+    rec.count(CALLBACK_DELIVERIES, 1.0, event="job.succeeded", outcome="delivered")
     WorkerRegistry(client).heartbeat("w", 0, 1)
     body, _ = render(client, ["synthesis"])
     names = set()
@@ -52,6 +53,7 @@ def referenced(text: str) -> set[str]:
 
 def test_dashboard_and_rules_only_use_exposed_metrics() -> None:
     names = exposed_names()
+    assert {"tts_webhook_deliveries_total", "tts_callback_deliveries_total"} <= names
     dashboard = json.loads((OPS / "grafana" / "tts-batch-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert exprs
