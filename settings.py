@@ -9,6 +9,7 @@ Defaults are documented beside each field and in ``docs/operations.md``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -279,6 +280,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "TTS_WEBHOOK_URLS is set but TTS_WEBHOOK_SECRET is empty: webhook deliveries are always signed. "
             "Set TTS_WEBHOOK_SECRET to a long random string (python -c 'import secrets; "
             "print(secrets.token_hex(32))') and give it to the receivers, or unset TTS_WEBHOOK_URLS")
+    for entry in settings.callback_allowed_networks:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:  # an entry that allowed nothing would fail every callback it was meant for
+            raise SettingsError(f"TTS_CALLBACK_ALLOWED_NETWORKS: {entry!r} is not a network (a CIDR such as "
+                                f"10.20.0.0/16 or fd12:3456::/48, comma-separated): {exc}") from None
     if settings.webhook_max_attempts < 1:
         raise SettingsError("TTS_WEBHOOK_MAX_ATTEMPTS must be at least 1")
     for name in ("stream_max_clients", "stream_max_seconds", "batch_stream_max_clients"):

@@ -28,7 +28,8 @@ reaches whatever the worker's network reaches. So every outgoing request here:
 
 The operator can let some networks through although they are private
 (``TTS_CALLBACK_ALLOWED_NETWORKS``, CIDRs, e.g. a receiver on the same VPC): an address
-inside one of them passes. An entry that is not a valid CIDR allows nothing (logged).
+inside one of them passes. An entry that is not a valid CIDR allows nothing (logged); the
+settings refuse one at start (``settings.load_settings``), so that is only a second guard.
 
 Refusals raise :class:`~tasks.exceptions.CallbackRefused` (an ``InvalidRequest``: a
 400 when it happens at submit; at delivery the caller gives up at once, since asking

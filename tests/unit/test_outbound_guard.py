@@ -10,6 +10,7 @@ import ipaddress
 
 import pytest
 
+from settings import SettingsError, load_settings
 from tasks import outbound
 from tasks.exceptions import CallbackDeliveryFailed, CallbackRefused, InvalidRequest
 from tasks.outbound import allowed_networks, blocked_reason, parse_url, redact_query, resolve
@@ -95,6 +96,22 @@ def test_the_allow_list_lets_its_networks_through_and_nothing_else() -> None:
 def test_a_bad_allow_list_entry_allows_nothing() -> None:
     assert allowed_networks(("not-a-network", "300.1.2.3/8")) == ()
     assert "loopback" in refusal("http://127.0.0.1/", ("not-a-network",))
+
+
+@pytest.mark.parametrize("bad", ["not-a-network", "300.1.2.3/8", "10.0.0.0/33", "10.20.0.0/16/8", "fd12::/129"])
+def test_settings_refuse_an_allow_list_entry_that_is_no_network(bad: str) -> None:
+    # ... so a typo stops the process at start instead of silently allowing nothing
+    with pytest.raises(SettingsError) as info:
+        load_settings({"TTS_CALLBACK_ALLOWED_NETWORKS": f"127.0.0.1/32, {bad}"})
+    assert "TTS_CALLBACK_ALLOWED_NETWORKS" in str(info.value) and repr(bad) in str(info.value)
+
+
+def test_settings_take_networks_hosts_and_host_bits_in_the_allow_list() -> None:
+    entries = "10.20.0.0/16, 10.20.1.7/16, 192.0.2.5, fd12:3456::/48, ::1"
+    settings = load_settings({"TTS_CALLBACK_ALLOWED_NETWORKS": entries})
+    assert settings.callback_allowed_networks == ("10.20.0.0/16", "10.20.1.7/16", "192.0.2.5", "fd12:3456::/48", "::1")
+    assert len(allowed_networks(settings.callback_allowed_networks)) == 5
+    assert load_settings({"TTS_CALLBACK_ALLOWED_NETWORKS": ""}).callback_allowed_networks == ()
 
 
 def test_blocked_reason_names_each_range() -> None:
