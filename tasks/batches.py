@@ -41,12 +41,20 @@ import engine
 from engine.exceptions import EngineError
 
 from . import callbacks, keys, lifecycle
-from .exceptions import BatchNotFound, IdempotencyKeyInUse, InvalidBatch, InvalidRequest, PipelineError, TooManyInputs
+from .exceptions import (
+    BatchNotFound,
+    IdempotencyKeyInUse,
+    InvalidBatch,
+    InvalidRequest,
+    JobNotFound,
+    PipelineError,
+    TooManyInputs,
+)
 from .idempotency import ResourceKind, tenant_key
 from .job import PIPELINE_CHUNK, Job, iso, job_score, new_job_id, now
 from .job_request import parse_job_request
 from .outbound import public_callback
-from .redis_values import MAX_INDEX, HashMapping, scored_members, text, text_or_none
+from .redis_values import MAX_INDEX, HashMapping, members, scored_members, text, text_or_none
 from .runtime import Runtime
 from .service import JobService
 from .status import BatchStatus, JobStatus
@@ -74,6 +82,8 @@ MAX_GAP_MS = 60_000
 BATCH_CLAIM_GRACE_SECONDS = 120.0
 #: Item records read per pipeline when listing or zipping.
 READ_WINDOW = 500
+#: Uncounted items one reconciler sweep counts at most.
+UNCOUNTED_SWEEP_LIMIT = 1000
 #: Rejected inputs listed in an error body or a submit response, at most.
 MAX_LISTED_ERRORS = 1000
 _ITEM_FIELDS = ("status", "name", "attempts", "duration", "error_code", "error", "error_type", "characters",
@@ -115,6 +125,34 @@ def on_items_finished(rt: Runtime, jobs: Sequence[Job]) -> None:
         _count_finished(rt, group)
 
 
+def sweep_uncounted(rt: Runtime, grace: float | None = None, limit: int = UNCOUNTED_SWEEP_LIMIT) -> int:
+    """Count the finished batch items whose count never landed; returns how many were looked at.
+
+    A batch item enters ``tts:batches:uncounted`` in its final transition (``JobStore``) and
+    leaves it when :func:`_count_finished` counts it. One still there after ``grace`` seconds
+    (a lease period by default; a younger one may be being counted right now) was left by a
+    process killed between the two: it is counted here (counting is idempotent: the done hash
+    remembers what each item was counted as). Run from every reconciler sweep.
+    """
+    wait = float(rt.settings.lease_seconds) if grace is None else grace
+    due = members(rt.redis.zrangebyscore(keys.BATCH_UNCOUNTED, "-inf", now() - wait, start=0, num=limit))
+    for job_id in due:
+        try:
+            job = rt.jobs.get(job_id)
+        except JobNotFound:  # expired meanwhile: nothing left to count
+            rt.redis.zrem(keys.BATCH_UNCOUNTED, job_id)
+            continue
+        if not job.batch_id:
+            rt.redis.zrem(keys.BATCH_UNCOUNTED, job_id)
+            continue
+        log.warning("batch %s: counting item %s, finished but never counted (its process died)", job.batch_id,
+                    job_id)
+        on_items_finished(rt, [job])
+        if not job.status.finished:  # replayed since: its next final transition adds it again
+            rt.redis.zrem(keys.BATCH_UNCOUNTED, job_id)
+    return len(due)
+
+
 def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
     """Count finished items of one batch.
 
@@ -138,6 +176,7 @@ def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
                            if old is None or text(old) != values[job_id]}
                 if not changed:
                     pipe.unwatch()
+                    rt.redis.zrem(keys.BATCH_UNCOUNTED, *values)
                     return
                 pipe.multi()
                 deltas: Counter[str] = Counter()
@@ -159,6 +198,7 @@ def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
                     pipe.hincrbyfloat(key, "audio_seconds", round(audio, 3))
                 pipe.hset(done_key, mapping={job_id: values[job_id] for job_id in changed})
                 pipe.srem(keys.batch_running(batch_id), *changed)
+                pipe.zrem(keys.BATCH_UNCOUNTED, *values)
                 for name in (key, keys.batch_items(batch_id), done_key, keys.batch_running(batch_id)):
                     pipe.expire(name, ttl)
                 pipe.hmget(key, ["finished", "total"])

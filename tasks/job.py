@@ -4,6 +4,11 @@ A job is a Redis hash (``tts:job:{id}``) holding the request, status, timings an
 outcome; its audio and attempt history sit beside it. All three expire
 ``TTS_RESULT_TTL`` seconds after the job was last written.
 
+A batch item that reaches a final status also enters ``tts:batches:uncounted`` in the same
+transaction: its batch counts it later, from a hook (``tasks.batches``), and takes it out
+then; a process killed in between leaves it there for the reconciler's sweep, so a batch
+never stays "running" for want of one count.
+
 Work that must follow a write even if the writing process dies right after it (a job's
 callback) is not queued inside the store: the caller names an ``outbox`` member, which
 :meth:`JobStore.create` and :meth:`JobStore.transition` add to ``tts:callbacks:outbox``
@@ -226,6 +231,8 @@ class JobStore:
         if audio is not None:
             pipe.set(keys.job_audio(job.id), audio, ex=self.ttl)
         self._index(pipe, [job])
+        if job.batch_id and job.status.finished:  # a batch item served from the cache: owed to the count
+            pipe.zadd(keys.BATCH_UNCOUNTED, {job.id: now()})
         if outbox is not None:
             pipe.zadd(keys.CALLBACK_OUTBOX, {outbox: now()})
         pipe.execute()
@@ -334,7 +341,8 @@ class JobStore:
             while True:
                 try:
                     pipe.watch(key)
-                    status, current_task, owner = pipe.hmget(key, ["status", "task_id", "tenant"])
+                    status, current_task, owner, batch_id = pipe.hmget(key, ["status", "task_id", "tenant",
+                                                                             "batch_id"])
                     if status is None or JobStatus(text(status)) not in expected:
                         pipe.unwatch()
                         return False
@@ -366,6 +374,8 @@ class JobStore:
                     if new_status is not None and JobStatus(new_status).finished:
                         pipe.zrem(keys.ACTIVE_JOBS, job_id)
                         pipe.zrem(tenant_active, job_id)
+                        if batch_id is not None:  # owed to its batch's count, whoever dies next
+                            pipe.zadd(keys.BATCH_UNCOUNTED, {job_id: now()})
                     elif new_status is not None:  # unfinished again (a replay) or still: keep it indexed
                         pipe.zadd(keys.ACTIVE_JOBS, {job_id: job_score(now())}, nx=True)
                         pipe.zadd(tenant_active, {job_id: job_score(now())}, nx=True)

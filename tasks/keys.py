@@ -35,6 +35,7 @@ key                             what
 ``tts:callbacks:outbox``        sorted set: callbacks owed but not queued yet (a job id, or ``batch:{id}``) by
                                 the time their final state committed; swept by the reconciler
 ``tts:limits:*``                the rate limiter's windows (the ``limits`` library's own keys)
+``tts:batches:uncounted``       sorted set: finished batch items not yet counted in their batch, by time (swept)
 ``tts:metrics:*``               counters, histograms and history samples (monitoring/)
 ==============================  ======================================================
 """
@@ -51,6 +52,7 @@ METRICS_PREFIX = PREFIX + "metrics:"
 ACTIVE_JOBS = PREFIX + "jobs:active"
 RECONCILE_LOCK = PREFIX + "reconcile:lock"
 RECONCILE_SUSPECTS = PREFIX + "reconcile:suspects"
+BATCH_UNCOUNTED = PREFIX + "batches:uncounted"
 API_KEYS = PREFIX + "apikeys"
 API_KEYS_LIVE = PREFIX + "apikeys:live"
 #: Callbacks owed (a job id, or ``batch:{id}``) whose delivery task is not queued yet (``tasks.callbacks``).

@@ -29,7 +29,9 @@ dead-lettered as ``worker_lost`` once it has used them up.
 
 Each sweep also empties the callback outbox (:func:`tasks.callbacks.sweep_outbox`): a
 callback whose final state committed but whose process died before queueing it is queued
-from here, a lease period after it was owed, so no process of its own is needed.
+from here, a lease period after it was owed, so no process of its own is needed. Likewise
+a batch item whose final state committed but whose count in its batch did not
+(:func:`tasks.batches.sweep_uncounted`): without it the batch would stay running for good.
 
 A fanned-out job's parts are not covered by rule 1 (their recovery is the part task's
 own redelivery); rule 3 needs the Redis broker (it reads kombu's lists), and is skipped
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 
 from monitoring.queues import UNACKED_KEY, priority_queue_names
 
-from . import callbacks, keys, lifecycle
+from . import batches, callbacks, keys, lifecycle
 from .celery_app import SYNTHESIS_QUEUES
 from .job import now
 from .redis_values import HashMapping, members, text, text_or_none
@@ -179,6 +181,7 @@ def sweep(rt: Runtime) -> SweepReport:
         pipe.hset(keys.RECONCILE_SUSPECTS, mapping=still_suspect)
     pipe.execute()
     callbacks.sweep_outbox(rt)
+    batches.sweep_uncounted(rt)
     if report.sent_again:
         log.warning("reconciler: sent %d job(s) again (%d lost workers, %d overdue retries, %d missing messages)",
                     report.sent_again, len(report.lost), len(report.overdue), len(report.unsent),

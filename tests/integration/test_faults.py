@@ -244,3 +244,32 @@ def test_a_child_killed_between_the_final_transition_and_the_callback_still_deli
     assert "callback outbox: queued 1 callback(s) that their process never queued" in logs
     done = stack.client.get(f"/v1/jobs/{job_id}").get_json()
     assert [entry["outcome"] for entry in done["history"]].count("succeeded") == 1  # the job itself finished once
+
+
+def test_a_batch_item_finished_by_a_killed_child_is_still_counted_and_the_batch_finishes(make_stack):
+    stack = make_stack(start=False)
+    # The child dies right after each item's final transition, before the hook that counts the
+    # item in its batch; this worker never sweeps, so nothing covers for it.
+    doomed = stack.start_worker(TTS_FAULT_INJECTION="crash_before_callback", TTS_RECONCILE_INTERVAL="3600")
+    r = stack.client.post("/v1/batches", json={"inputs": [{"text": unique("First item.")},
+                                                          {"text": unique("Second item.")}],
+                                               "defaults": {"voice": "joe", "format": "wav", "cache": False}})
+    assert r.status_code == 202, r.get_json()
+    batch_id = r.get_json()["id"]
+    items = [i["id"] for i in stack.client.get(f"/v1/batches/{batch_id}/items").get_json()["items"]]
+    for job_id in items:
+        assert stack.wait_for(job_id)["status"] == "succeeded"
+    stack.wait_until(lambda: all(f"after job {j} finished, before its hooks" in doomed.log_tail(400) for j in items),
+                     60, "the child killing itself after each item's final transition")
+    stack.wait_idle()
+    batch = stack.client.get(f"/v1/batches/{batch_id}").get_json()
+    assert batch["status"] == "running" and batch["counts"]["succeeded"] == 0  # both counts were lost with the child
+    assert {m.decode() for m in stack.redis.zrange("tts:batches:uncounted", 0, -1)} == set(items)
+    doomed.kill()
+    stack.start_worker(TTS_RECONCILE_INTERVAL="1", TTS_LEASE_SECONDS="3")
+    done = stack.wait_until(lambda: (b := stack.client.get(f"/v1/batches/{batch_id}").get_json())["status"]
+                            == "succeeded" and b, 60, "the batch counted and finished")
+    assert done["counts"]["succeeded"] == 2 and done["percent_done"] == 100.0 and done["finished_at"]
+    assert stack.redis.zcard("tts:batches:uncounted") == 0
+    logs = "\n".join(worker.log_tail(400) for worker in stack.workers)
+    assert logs.count("finished but never counted") == 2
