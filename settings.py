@@ -33,6 +33,8 @@ DEFAULT_OPENAI_VOICES: dict[str, str] = {
     "sage": "heart",
     "shimmer": "heart",
     "verse": "joe",
+    "marin": "heart",
+    "cedar": "joe",
 }
 
 

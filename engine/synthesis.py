@@ -19,15 +19,17 @@ import numpy as np
 
 from . import audio
 from .exceptions import EmptyTextError, OptionError
+from .stretch import MAX_SPEED, MIN_SPEED, MODEL_MAX_SPEED, MODEL_MIN_SPEED, split_speed, time_stretch
 from .text import check_readable, chunk_text, normalize
 from .voices import VoiceCatalog, VoiceInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AudioChunk", "SynthesisOptions", "SynthesisResult", "prepare", "stream", "stream_chunks", "synthesize"]
+__all__ = ["MAX_SPEED", "MIN_SPEED", "MODEL_MAX_SPEED", "MODEL_MIN_SPEED", "AudioChunk", "SynthesisOptions",
+           "SynthesisResult", "prepare", "stream", "stream_chunks", "synthesize"]
 
-MIN_SPEED = 0.5
-MAX_SPEED = 2.0
+#: MIN_SPEED..MAX_SPEED (0.25 to 4.0) is what a request may ask for; the voices speak
+#: MODEL_MIN_SPEED..MODEL_MAX_SPEED (0.5 to 2.0) themselves, and engine.stretch does the rest.
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,12 @@ def stream_chunks(chunks: Iterable[str], options: SynthesisOptions, catalog: Voi
     backend = catalog.backend(options.voice)
     seed = None if options.seed is None else options.seed + seed_offset
     rng = np.random.default_rng(seed)
-    speed = float(options.speed)
+    model_speed, tempo = split_speed(float(options.speed))
     for index, chunk in enumerate(chunks):
-        parts = list(backend.synthesize(chunk, speed, rng))
+        parts = list(backend.synthesize(chunk, model_speed, rng))
         samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        if tempo != 1.0:  # beyond the voice's own range: a pitch-preserving stretch of the sentence
+            samples = time_stretch(samples, backend.sample_rate, tempo)
         yield AudioChunk(index=index, text=chunk, samples=samples.astype(np.float32, copy=False),
                          sample_rate=backend.sample_rate)
 

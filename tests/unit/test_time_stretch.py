@@ -1,0 +1,58 @@
+"""engine.stretch: the speed split and ffmpeg's atempo chain, on a synthetic signal (no voice)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.exceptions import OptionError
+from engine.stretch import MAX_SPEED, MIN_SPEED, atempo_chain, split_speed, time_stretch
+
+RATE = 24000
+
+
+def tone(seconds: float, freq: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def dominant_frequency(x: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / RATE)[int(np.argmax(spectrum))])
+
+
+@pytest.mark.parametrize(("speed", "expected"), [
+    (1.0, (1.0, 1.0)), (0.5, (0.5, 1.0)), (2.0, (2.0, 1.0)), (1.3, (1.3, 1.0)),
+    (0.25, (1.0, 0.25)), (0.4, (1.0, 0.4)), (3.0, (1.0, 3.0)), (4.0, (1.0, 4.0)),
+])
+def test_split_speed(speed: float, expected: tuple[float, float]) -> None:
+    assert split_speed(speed) == expected
+
+
+@pytest.mark.parametrize("speed", [0.2, 4.01, 0.0, -1.0])
+def test_split_speed_refuses_out_of_range(speed: float) -> None:
+    with pytest.raises(OptionError):
+        split_speed(speed)
+
+
+def test_atempo_chain_stages_stay_in_range() -> None:
+    for factor in (0.25, 0.3, 0.5, 1.7, 2.0, 3.0, 4.0):
+        stages = [float(s.split("=")[1]) for s in atempo_chain(factor).split(",")]
+        assert all(0.5 <= s <= 2.0 for s in stages), (factor, stages)
+        assert np.prod(stages) == pytest.approx(factor, rel=1e-5)
+    assert atempo_chain(4.0).count("atempo") == 2
+    assert atempo_chain(0.25).count("atempo") == 2
+
+
+@pytest.mark.parametrize("factor", [MIN_SPEED, 0.5, 2.0, 3.0, MAX_SPEED])
+def test_time_stretch_changes_duration_not_pitch(factor: float) -> None:
+    x = tone(4.0)
+    y = time_stretch(x, RATE, factor)
+    assert y.dtype == np.float32
+    assert len(x) / len(y) == pytest.approx(factor, rel=0.02)
+    assert dominant_frequency(y) == pytest.approx(220.0, abs=3.0)
+
+
+def test_time_stretch_of_one_or_nothing_is_the_input() -> None:
+    x = tone(0.5)
+    assert time_stretch(x, RATE, 1.0) is x
+    assert time_stretch(np.zeros(0, np.float32), RATE, 2.0).size == 0
