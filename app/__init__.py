@@ -16,7 +16,7 @@ from settings import Settings, get_settings
 from tasks.runtime import Runtime
 from tasks.service import JobService
 
-from . import batches, dashboard, dlq, health, jobs, keys, metrics, openai_compat, voices
+from . import batches, dashboard, dlq, health, jobs, keys, metrics, openai_compat, people, voices
 from .auth import install_auth
 from .errors import register_error_handlers
 from .security import install_security_headers
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_auth(app)
     install_security_headers(app)
     install_stream_limits(app, settings)
-    for module in (jobs, batches, voices, dlq, keys, health, openai_compat, metrics, dashboard):
+    for module in (jobs, batches, voices, dlq, keys, health, openai_compat, metrics, dashboard, people):
         app.register_blueprint(module.bp)
     return app
 
