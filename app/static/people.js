@@ -145,7 +145,7 @@
       if (response.status === 401) {
         var refused = await errorOf(response);
         setKey(null);
-        await askForKey(key ? "That key was not accepted (" + refused.message + "). Check it and try again." : "");
+        await askForKey(key ? "That key was not accepted: " + refused.message + ". Check it and try again." : "");
         continue;
       }
       if ((response.status === 429 || response.status === 503) && attempt < MAX_RETRIES) {

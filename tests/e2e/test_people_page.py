@@ -43,7 +43,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 #: The three files of the visit: (file name in tmp_path, corpus file).
 FILES = (("welcome.txt", "letters/welcome.txt"), ("reminder.txt", "letters/reminder.txt"),
          ("briefing.md", "news/briefing.md"))
-SHOTS = ("app-start.png", "app-files.png", "app-progress.png", "app-done.png", "app-narrow.png")
 SUCCEEDED = '#result-items li[data-status="succeeded"]'
 
 
@@ -215,6 +214,8 @@ def test_a_person_drops_three_files_and_gets_audio(stack: Any, serve: Any, brows
 
     # A narrow screen: nothing wider than the phone.
     page.set_viewport_size({"width": 390, "height": 844})
+    # Two frames, so that the audio players have laid out their controls for the new width.
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     shoot(page, tmp_path, "app-narrow.png")
 
@@ -244,6 +245,7 @@ def test_with_keys_the_page_asks_for_one_and_refuses_a_wrong_one(make_stack: Any
         "() => document.getElementById('key-message').textContent.includes('not accepted')", timeout=30_000)
     assert "not valid" in page.inner_text("#key-message")  # the server's own reason
     assert page.evaluate("() => sessionStorage.getItem('tts-batch.api-key')") is None
+    shoot(page, tmp_path, "app-key.png")
 
     page.fill("#key-input", key)
     page.press("#key-input", "Enter")
