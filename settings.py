@@ -102,6 +102,8 @@ class Settings:
     callback_max_response_bytes: int = 65_536
     #: Concurrent streamed batch zips (``/v1/batches/<id>/result``) per API process; the next get 429.
     batch_stream_max_clients: int = 2
+    #: Concurrent SSE speech answers (``stream_format: "sse"``) per API process; the next get 429.
+    speech_stream_max_clients: int = 4
 
     # --- queue and worker --------------------------------------------------------------
     queue: str = "synthesis"
@@ -290,7 +292,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                                 f"10.20.0.0/16 or fd12:3456::/48, comma-separated): {exc}") from None
     if settings.webhook_max_attempts < 1:
         raise SettingsError("TTS_WEBHOOK_MAX_ATTEMPTS must be at least 1")
-    for name in ("stream_max_clients", "stream_max_seconds", "batch_stream_max_clients"):
+    for name in ("stream_max_clients", "stream_max_seconds", "batch_stream_max_clients", "speech_stream_max_clients"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{_env_name(name)} must be at least 1")
     maxmemory = redis_size_bytes(settings.embedded_redis_maxmemory)

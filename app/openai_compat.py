@@ -6,31 +6,43 @@ through the same cache and queue as ``POST /v1/jobs`` (no synthesis in the reque
 thread); the handler waits for the job, up to ``TTS_SPEECH_TIMEOUT`` seconds, and answers
 with the audio bytes. Past the timeout it answers 504 with the job id to poll.
 
+With ``stream_format: "sse"`` the answer is ``text/event-stream`` instead: the worker
+publishes each sentence's audio as it is made (``tasks.speech_stream``) and this handler
+relays it as ``speech.audio.delta`` events, then ``speech.audio.done`` with ``usage``
+(see :func:`_sse_events` for retries, failures, cache hits and fanned-out long texts).
+
 Errors keep this API's shape, ``{"error": {"code", "message", ...}}``; OpenAI clients
 read ``error.message`` from it just the same.
 """
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from redis import Redis
 
 from engine.audio import FORMATS
 from engine.exceptions import UnknownVoiceError
+from engine.streaming import SENTENCE_ALIGNED
 from engine.synthesis import MAX_SPEED, MIN_SPEED
 from engine.text import looks_like_markdown
 from settings import Settings
 from tasks.job import Job
 from tasks.job_request import JobRequest, parse_job_request
 from tasks.service import JobService
+from tasks.speech_stream import STREAM_FLAG, read_entries
 from tasks.status import JobStatus
 
 from .auth import current_principal
 from .errors import ApiError, error_response
 from .requests import json_body
+from .streams import held_response, stream_limits, too_many_streams
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +64,21 @@ OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 #: Local model names a client may send instead; any other name is accepted too.
 LOCAL_MODELS = ("tts-batch", "kokoro")
-#: OpenAI's speed range (the request schema); the engine itself speaks at MIN_SPEED..MAX_SPEED.
-OPENAI_MIN_SPEED = 0.25
-OPENAI_MAX_SPEED = 4.0
+#: OpenAI's speed range (the request schema); the engine speaks all of it (beyond 0.5..2.0 by a time stretch).
+OPENAI_MIN_SPEED = MIN_SPEED
+OPENAI_MAX_SPEED = MAX_SPEED
+#: ``stream_format`` values: the audio file itself, or server-sent events carrying it in pieces.
+STREAM_FORMATS = ("audio", "sse")
+#: Content-Type of each ``response_format`` as OpenAI's API answers it (the jobs API keeps
+#: engine.audio.FORMATS: ``audio/ogg`` for opus, ``application/octet-stream`` for pcm).
+OPENAI_MEDIA_TYPES = {"mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac", "flac": "audio/flac",
+                      "wav": "audio/wav", "pcm": "audio/pcm"}
+#: Bytes of stored audio per ``speech.audio.delta`` when a finished file is sent (cache hit, long text).
+STORED_DELTA_BYTES = 32 * 1024
+#: Milliseconds one XREAD waits for the next delta before the handler looks at the job again.
+STREAM_BLOCK_MS = 1000
+#: Seconds without an event after which an SSE comment keeps the connection (and its proxies) alive.
+KEEPALIVE_SECONDS = 10.0
 #: OpenAI's ``pcm`` is 24 kHz, 16-bit signed little-endian mono; every voice is resampled to it.
 PCM_SAMPLE_RATE = 24000
 _SPEECH_FIELDS = {"model", "input", "voice", "response_format", "speed", "instructions", "stream_format"}
@@ -63,10 +87,13 @@ _SPEECH_FIELDS = {"model", "input", "voice", "response_format", "speed", "instru
 class SpeechRequest:
     """A validated ``/v1/audio/speech`` request: the job to run and what the client asked for."""
 
-    def __init__(self, job: JobRequest, model: str | None, requested_voice: str) -> None:
+    def __init__(self, job: JobRequest, model: str | None, requested_voice: str,
+                 stream_format: str = "audio", instructions: str | None = None) -> None:
         self.job = job
         self.model = model
         self.requested_voice = requested_voice
+        self.stream_format = stream_format
+        self.instructions = instructions
 
 
 def _settings() -> Settings:
@@ -95,11 +122,6 @@ def _speed(body: Mapping[str, Any]) -> float:
     if not OPENAI_MIN_SPEED <= speed <= OPENAI_MAX_SPEED:
         raise ApiError(400, "invalid_speed", f"'speed' must be from {OPENAI_MIN_SPEED} to {OPENAI_MAX_SPEED}, "
                                              f"got {value!r}", param="speed")
-    if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise ApiError(400, "unsupported_speed",
-                       f"speed {value!r} is within OpenAI's range ({OPENAI_MIN_SPEED} to {OPENAI_MAX_SPEED}) "
-                       f"but this server's voices only speak at {MIN_SPEED} to {MAX_SPEED}; "
-                       f"send a speed in that range", param="speed")
     return speed
 
 
@@ -140,10 +162,10 @@ def parse_speech_request(body: Any, settings: Settings) -> SpeechRequest:
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise ApiError(400, "invalid_request", "'instructions' must be a string", param="instructions")
-    stream_format = body.get("stream_format")
-    if stream_format not in (None, "audio"):
+    stream_format = body.get("stream_format") or "audio"
+    if stream_format not in STREAM_FORMATS:
         raise ApiError(400, "unsupported_stream_format",
-                       f"stream_format {stream_format!r} is not supported; use 'audio' (the default)",
+                       f"'stream_format' must be one of {', '.join(STREAM_FORMATS)}, got {stream_format!r}",
                        param="stream_format")
     speed = _speed(body)
     requested_voice = _voice_name(body)
@@ -155,8 +177,10 @@ def parse_speech_request(body: Any, settings: Settings) -> SpeechRequest:
          "sample_rate": PCM_SAMPLE_RATE if fmt == "pcm" else None},
         max_chars=settings.max_text_chars)
     if instructions:
-        log.debug("speech request instructions ignored (local voices take none): %.80s", instructions)
-    return SpeechRequest(job, model, requested_voice)
+        # The local voices take no style prompt: accepted so OpenAI clients work, then not used.
+        log.info("speech request: instructions not applied (local voices take no style prompt): %.80s",
+                 instructions)
+    return SpeechRequest(job, model, requested_voice, stream_format=stream_format, instructions=instructions)
 
 
 def _check_voice(speech: SpeechRequest, settings: Settings) -> None:
@@ -174,7 +198,7 @@ def _check_voice(speech: SpeechRequest, settings: Settings) -> None:
 
 def _audio_response(job: Job, data: bytes) -> Response:
     fmt = FORMATS[job.format]
-    response = Response(data, mimetype=job.media_type or fmt.media_type)
+    response = Response(data, mimetype=OPENAI_MEDIA_TYPES.get(job.format, job.media_type or fmt.media_type))
     response.headers["Content-Disposition"] = f'inline; filename="speech.{fmt.extension}"'
     response.headers["X-Job-Id"] = job.id
     response.headers["X-Cache"] = "HIT" if job.cache_hit else "MISS"
@@ -189,6 +213,141 @@ def _poll_details(job_id: str) -> dict[str, str]:
     return {"job_id": job_id, "poll": f"/v1/jobs/{job_id}", "audio": f"/v1/jobs/{job_id}/audio"}
 
 
+# --- server-sent events ---------------------------------------------------------------------
+def _event(payload: Mapping[str, Any]) -> str:
+    """One SSE event: a ``data:`` line of JSON (OpenAI's speech events carry their type inside)."""
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _delta(audio: bytes) -> str:
+    return _event({"type": "speech.audio.delta", "audio": base64.b64encode(audio).decode("ascii")})
+
+
+def _done(characters: int) -> str:
+    # No tokenizer runs here: input_tokens counts the input's characters and no output tokens exist.
+    return _event({"type": "speech.audio.done",
+                   "usage": {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}})
+
+
+def _error(code: str, message: str, job_id: str, **details: Any) -> str:
+    """An in-stream error, OpenAI-style (``type: error`` with an ``error`` object); the stream ends after it."""
+    log.info("speech stream of job %s ends with %s: %s", job_id, code, message)
+    return _event({"type": "error", "error": {"code": code, "message": message, "param": None,
+                                              **_poll_details(job_id), **details}})
+
+
+def _stored_deltas(service: JobService, job_id: str) -> Iterator[str]:
+    """A finished job's whole file as deltas (a cache hit, or a fanned-out text stitched elsewhere)."""
+    _, data = service.audio(job_id)
+    for start in range(0, len(data), STORED_DELTA_BYTES):
+        yield _delta(data[start:start + STORED_DELTA_BYTES])
+
+
+def _final_error(service: JobService, job_id: str, status: JobStatus | None) -> str:
+    """The error event for a job that ended without audio (failed, cancelled, disappeared)."""
+    if status is None:
+        return _error("job_lost", f"job {job_id} disappeared before it finished (expired or deleted)", job_id)
+    job = service.get(job_id)
+    if status is JobStatus.CANCELLED:
+        return _error("job_cancelled", f"job {job_id} was cancelled before its audio was ready", job_id)
+    return _error(job.error_code or "synthesis_failed", f"synthesis failed: {job.error or 'unknown error'}", job_id)
+
+
+def _sse_events(service: JobService, redis: Redis, job: Job, timeout: float) -> Iterator[str]:
+    """The events of one streamed speech answer, relayed from the job's speech stream.
+
+    * Cache hit (the job finished at submit) or a fanned-out long text (its parts publish
+      nothing): the stored file, in deltas of :data:`STORED_DELTA_BYTES`, once it is there.
+    * Otherwise every delta of the attempt being followed, as the worker publishes it. A newer
+      attempt (a retry) replaces it when nothing was sent yet; for pcm and wav, whose deltas are
+      whole sentences, the newer attempt takes over at the first sentence not sent yet; for the
+      compressed formats the stream keeps the first attempt's bytes and, if that attempt never
+      ended, says ``stream_interrupted`` (the job's audio stays at ``/v1/jobs/{id}/audio``).
+    * ``speech.audio.done`` once the job succeeded and the followed attempt's end was read.
+    * An ``error`` event, then the end, when the job failed or was cancelled, or when
+      ``timeout`` seconds pass without a new delta (``speech_timeout``; the job keeps running).
+    """
+    characters = job.characters
+    if job.status.finished:
+        if job.status is JobStatus.SUCCEEDED:
+            yield from _stored_deltas(service, job.id)
+            yield _done(characters)
+        else:
+            yield _final_error(service, job.id, job.status)
+        return
+    aligned = job.format in SENTENCE_ALIGNED
+    followed: int | None = None
+    next_seq = 0
+    sent = False
+    ended = False
+    broken = False
+    last_id = "0-0"
+    idle_deadline = time.monotonic() + timeout
+    last_event = time.monotonic()
+    while True:
+        status = service.rt.jobs.status(job.id)
+        final = status is not None and status.finished
+        # After a final status every entry is already written: read what is left without blocking.
+        for entry in read_entries(redis, job.id, last_id, None if final else STREAM_BLOCK_MS):
+            last_id = entry.id
+            if followed is None or (entry.attempt > followed and (not sent or aligned)):
+                if followed is not None:
+                    log.info("speech stream of job %s: attempt %d takes over from attempt %d at sentence %d",
+                             job.id, entry.attempt, followed, next_seq)
+                followed, ended = entry.attempt, False
+            elif entry.attempt != followed:
+                broken = broken or entry.attempt > followed
+                continue
+            if entry.kind == "end":
+                ended = True
+            elif entry.audio and (not aligned or entry.seq >= next_seq):
+                yield _delta(entry.audio)
+                sent, next_seq = True, entry.seq + 1
+                idle_deadline = last_event = time.monotonic()
+                idle_deadline += timeout
+        if status is None or (final and status is not JobStatus.SUCCEEDED):
+            yield _final_error(service, job.id, status)
+            return
+        if final:
+            if ended:
+                yield _done(characters)
+            elif not sent:  # a fanned-out text: its audio was made by parts on other workers
+                yield from _stored_deltas(service, job.id)
+                yield _done(characters)
+            else:
+                reason = "a retry restarted the audio" if broken else "the stream lost entries"
+                yield _error("stream_interrupted", f"the streamed audio of job {job.id} is incomplete ({reason}); "
+                                                   f"download the whole file from /v1/jobs/{job.id}/audio", job.id)
+            return
+        now = time.monotonic()
+        if now > idle_deadline:
+            yield _error("speech_timeout", f"no audio for {timeout:g} s (job {job.id} is {status.value}); poll "
+                                           f"/v1/jobs/{job.id} and download /v1/jobs/{job.id}/audio when it has "
+                                           f"succeeded", job.id, job_status=status.value)
+            return
+        if now - last_event > KEEPALIVE_SECONDS:
+            last_event = now
+            yield ": keep-alive\n\n"
+
+
+def _speech_sse(service: JobService, speech_request: SpeechRequest, settings: Settings) -> Any:
+    """Queue a streamed speech job and answer with its events; 429 when every speech stream slot is taken."""
+    slots = stream_limits().speech
+    slot = slots.try_acquire()
+    if slot is None:
+        return too_many_streams(slots)
+    try:
+        job, _ = service.submit(speech_request.job, correlation_id=g.get("correlation_id"),
+                                owner=current_principal(), extra={STREAM_FLAG: "sse"})
+    except BaseException:
+        slot.release()
+        raise
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Job-Id": job.id,
+               "X-Cache": "HIT" if job.cache_hit else "MISS"}
+    return held_response(slot, _sse_events(service, service.rt.redis, job, settings.speech_timeout),
+                         mimetype="text/event-stream", headers=headers)
+
+
 # --- routes --------------------------------------------------------------------------------
 @bp.post("/audio/speech")
 def speech() -> Any:
@@ -197,6 +356,8 @@ def speech() -> Any:
     speech_request = parse_speech_request(json_body(request), settings)
     _check_voice(speech_request, settings)
     service = _service()
+    if speech_request.stream_format == "sse":
+        return _speech_sse(service, speech_request, settings)
     job, _ = service.submit(speech_request.job, correlation_id=g.get("correlation_id"), owner=current_principal())
     status = job.status if job.status.finished else service.wait(job.id, settings.speech_timeout)
     if status is None:

@@ -8,7 +8,9 @@ for submits and health checks. So every API process keeps a few *slots* per kind
 * ``metrics``: ``/api/metrics/stream``, at most ``TTS_STREAM_MAX_CLIENTS`` at once, each
   ending after ``TTS_STREAM_MAX_SECONDS`` (the client reconnects);
 * ``batch_zip``: ``/v1/batches/<id>/result``, the streamed zip, at most
-  ``TTS_BATCH_STREAM_MAX_CLIENTS`` at once.
+  ``TTS_BATCH_STREAM_MAX_CLIENTS`` at once;
+* ``speech``: ``POST /v1/audio/speech`` with ``stream_format: "sse"``, at most
+  ``TTS_SPEECH_STREAM_MAX_CLIENTS`` at once.
 
 A request that finds no free slot is answered at once with 429 ``too_many_streams`` and
 ``Retry-After``; nothing waits for a slot. A slot is given back when its stream ends, when
@@ -41,6 +43,8 @@ EXTENSION = "tts_streams"
 METRICS_RETRY_AFTER = 10
 #: ... and for one batch zip too many (downloads end sooner than streams).
 BATCH_ZIP_RETRY_AFTER = 5
+#: ... and for one streamed speech answer too many.
+SPEECH_RETRY_AFTER = 5
 
 
 class Slot:
@@ -102,12 +106,14 @@ class StreamLimits:
 
     metrics: StreamSlots
     batch_zip: StreamSlots
+    speech: StreamSlots
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamLimits:
         """The limits ``settings`` ask for."""
         return cls(metrics=StreamSlots("metrics stream", settings.stream_max_clients, METRICS_RETRY_AFTER),
-                   batch_zip=StreamSlots("batch zip", settings.batch_stream_max_clients, BATCH_ZIP_RETRY_AFTER))
+                   batch_zip=StreamSlots("batch zip", settings.batch_stream_max_clients, BATCH_ZIP_RETRY_AFTER),
+                   speech=StreamSlots("speech stream", settings.speech_stream_max_clients, SPEECH_RETRY_AFTER))
 
 
 def install_stream_limits(app: Flask, settings: Settings) -> None:

@@ -21,6 +21,8 @@ key                             what
 ``tts:job:{id}:parts``          hash: a fanned-out job's plan (part texts, rate, attempts per part)
 ``tts:job:{id}:part:{n}``       string: part n's audio (PCM or an encoded segment), until stitched
 ``tts:job:{id}:parts:done``     set: part numbers whose audio is stored
+``tts:job:{id}:speech``         stream: a streamed speech job's encoded audio deltas, tagged by attempt, for the
+                                API to relay as SSE (TTL ``TTS_SPEECH_TIMEOUT`` + 60 s, renewed by every entry)
 ``tts:batches``                 sorted set: batch ids by creation time
 ``tts:lease:{id}``              string: the running attempt's lease (task id, host, pid), renewed while it runs
 ``tts:jobs:active``             sorted set: unfinished job ids by creation time, for the reconciler
@@ -124,6 +126,11 @@ def job_part(job_id: str, index: int) -> str:
 def job_parts_done(job_id: str) -> str:
     """The set of a fanned-out job's part numbers whose audio is stored."""
     return f"{PREFIX}job:{job_id}:parts:done"
+
+
+def job_speech(job_id: str) -> str:
+    """The Redis stream of a streamed speech job's audio deltas (``tasks.speech_stream``)."""
+    return f"{PREFIX}job:{job_id}:speech"
 
 
 def lease(job_id: str) -> str:

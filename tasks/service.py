@@ -94,7 +94,8 @@ class JobService:
         )
 
     def submit(self, request: JobRequest, correlation_id: str | None = None,
-               idempotency_key: str | None = None, owner: Principal = OPEN_PRINCIPAL) -> tuple[Job, bool]:
+               idempotency_key: str | None = None, owner: Principal = OPEN_PRINCIPAL,
+               extra: dict[str, Any] | None = None) -> tuple[Job, bool]:
         """Accept a job for ``owner``: a cache hit finishes it at once, otherwise it is queued.
 
         Returns (job, created): ``created`` is False when an Idempotency-Key matched an
@@ -102,7 +103,8 @@ class JobService:
         releases its key. Admission (:mod:`tasks.admission`) is checked before anything is stored.
         """
         _, key = self.prepare(request)
-        job = self.build_job(request, correlation_id, owner, cache_key=key, idempotency_key=idempotency_key)
+        job = self.build_job(request, correlation_id, owner, cache_key=key, idempotency_key=idempotency_key,
+                             extra=dict(extra or {}))
         claim = tenant_key(owner.tenant, idempotency_key) if idempotency_key else None
         if claim:
             earlier = self._claim(claim, job, request)

@@ -15,7 +15,7 @@ from celery.exceptions import Reject
 import engine
 from engine.synthesis import AudioChunk
 
-from . import lifecycle
+from . import lifecycle, speech_stream
 from .celery_app import celery_app
 from .fanout import fan_out, should_fan_out
 from .job import Job
@@ -32,14 +32,28 @@ CANCEL_CHECK_EVERY = 8
 
 
 def run_job(rt: Runtime, job: Job) -> engine.SynthesisResult:
-    """Synthesize a job's text with the engine, checking for cancellation every few sentences."""
+    """Synthesize a job's text with the engine, checking for cancellation every few sentences.
 
-    def check_cancelled(piece: AudioChunk) -> None:
+    A streamed speech job (``tasks.speech_stream``) also publishes each sentence's audio as
+    it is made, tagged with this attempt, and marks the attempt's end before it succeeds.
+    """
+    publisher = speech_stream.open_publisher(rt, job)
+
+    def on_chunk(piece: AudioChunk) -> None:
+        if publisher is not None:
+            publisher.write(piece)
         if piece.index % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 and \
                 rt.jobs.get(job.id).status is JobStatus.CANCELLED:
             raise lifecycle.JobCancelled(job.id)
 
-    return engine.synthesize(job.text, job.options(), rt.catalog, on_chunk=check_cancelled)
+    try:
+        result = engine.synthesize(job.text, job.options(), rt.catalog, on_chunk=on_chunk)
+        if publisher is not None:
+            publisher.finish()
+    finally:
+        if publisher is not None:
+            publisher.close()
+    return result
 
 
 @celery_app.task(bind=True, name=SYNTHESIZE_TASK, acks_late=True, reject_on_worker_lost=True, max_retries=None)
