@@ -271,3 +271,57 @@ def test_with_keys_the_page_asks_for_one_and_refuses_a_wrong_one(make_stack: Any
 
     # The only console errors are Chromium's notes about the 401s the page answered with a prompt.
     assert [e for e in seen["errors"] if "status of 401" not in e] == []
+
+
+def test_busy_answers_are_retried_and_refused_texts_say_why(make_stack: Any, serve: Any, browser_page: Any) -> None:
+    stack = make_stack(start=False)  # nothing here needs a worker: refusals happen at submit
+    page, seen = browser_page
+    api = serve(stack)
+    busy = {"left": 1}
+
+    def voices(route: Any) -> None:
+        """The first GET /v1/voices is a 429 with Retry-After: 1, as a rate limit answers."""
+        if busy["left"]:
+            busy["left"] -= 1
+            route.fulfill(status=429, headers={"Retry-After": "1", "Content-Type": "application/json"},
+                          body=json.dumps({"error": {"code": "rate_limited", "message": "too many requests"}}))
+        else:
+            route.continue_()
+
+    page.route("**/v1/voices", voices)
+    page.goto(api.base + "/app")
+    page.wait_for_selector("#notice.busy", timeout=10_000)
+    assert "busy, retrying in 1 s" in page.inner_text("#notice")
+    page.wait_for_selector('body[data-state="ready"]', timeout=30_000)
+    assert page.is_hidden("#notice") and busy["left"] == 0
+
+    # Every text refused: the batch is a 400 and the page names each text with the server's reason.
+    page.fill("#text-input", "你好，世界。")
+    page.fill("#text-name", "chinese")
+    page.click("#submit")
+    page.wait_for_function(
+        "() => document.getElementById('file-messages').textContent.includes('Nothing could be read aloud')",
+        timeout=30_000)
+    reasons = page.inner_text("#file-messages")
+    assert "chinese:" in reasons and "U+" in reasons, reasons
+    assert page.is_hidden("#results")
+    # The refused text stays listed, to be fixed or removed.
+    assert page.locator("#items li .name").all_inner_texts() == ["chinese"]
+    page.click('#items li[data-name="chinese"] button')
+    assert page.locator("#items li").count() == 0 and not page.is_enabled("#submit")
+
+    # One good and one refused: the batch is accepted and the refused one is listed with its reason.
+    page.fill("#text-input", "你好，世界。")
+    page.fill("#text-name", "chinese again")
+    page.click("#add-text")
+    page.fill("#text-input", f"This one can be read. Number {uuid.uuid4().hex[:6]}.")
+    page.click("#submit")
+    page.wait_for_selector('body[data-state="working"]', timeout=30_000)
+    page.wait_for_function("() => document.getElementById('rejected').textContent.includes('was refused')",
+                           timeout=30_000)
+    assert "chinese again was refused" in page.inner_text("#rejected")
+    page.wait_for_selector('#result-items li[data-index="0"][data-status="failed"]', timeout=30_000)
+    assert "U+" in page.inner_text('#result-items li[data-index="0"] .error')
+    page.wait_for_selector('#result-items li[data-index="1"][data-status="queued"]', timeout=30_000)
+
+    assert [e for e in seen["errors"] if "status of 429" not in e and "status of 400" not in e] == []
