@@ -397,11 +397,12 @@
       updateSubmit();
       el.submitStatus.textContent = "";
       var reasons = (error.details && error.details.errors) || [];
-      if (reasons.length) {
+      if (reasons.length && error.code === "invalid_batch") {
         fileMessage("Nothing could be read aloud:");
-        reasons.forEach(function (r) {
-          fileMessage((submitted[r.index] ? submitted[r.index].name : "Text " + (r.index + 1)) + ": " +
-            ((r.error && r.error.message) || "refused"));
+        reasons.forEach(function (r) {  // invalid_batch: {index, error}; a refused body: {param, message}
+          var why = (r.error && r.error.message) || r.message || "refused";
+          if (typeof r.index !== "number") { fileMessage(why); return; }
+          fileMessage((submitted[r.index] ? submitted[r.index].name : "Text " + (r.index + 1)) + ": " + why);
         });
       } else {
         fileMessage("Not sent: " + error.message);
