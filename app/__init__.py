@@ -10,14 +10,16 @@ import time
 from typing import Any
 
 from flask import Flask, g, request
+from flask_openapi3 import APIBlueprint
 
 from monitoring.correlation import REQUEST_ID_HEADER, bind, valid_request_id
 from settings import Settings, get_settings
 from tasks.runtime import Runtime
 from tasks.service import JobService
 
-from . import batches, dashboard, dlq, health, jobs, keys, metrics, openai_compat, people, voices
+from . import api_docs, batches, dashboard, dlq, health, jobs, keys, metrics, openai_compat, people, voices
 from .auth import install_auth
+from .contract import ServiceApi
 from .errors import register_error_handlers
 from .security import install_security_headers
 from .streams import install_stream_limits
@@ -30,7 +32,7 @@ __all__ = ["create_app"]
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for ``settings`` (the process settings by default)."""
     settings = settings or get_settings()
-    app = Flask(__name__)
+    app = ServiceApi(__name__)
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["MAX_CONTENT_LENGTH"] = max(16 * 1024 * 1024, settings.max_text_chars * 8)
@@ -44,10 +46,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     _install_correlation(app)
     register_error_handlers(app)
     install_auth(app)
+    app.check_json_bodies()
     install_security_headers(app)
     install_stream_limits(app, settings)
-    for module in (jobs, batches, voices, dlq, keys, health, openai_compat, metrics, dashboard, people):
-        app.register_blueprint(module.bp)
+    for module in (jobs, batches, voices, dlq, keys, health, openai_compat, metrics, dashboard, people, api_docs):
+        if isinstance(module.bp, APIBlueprint):
+            app.register_api(module.bp)
+        else:
+            app.register_blueprint(module.bp)
     return app
 
 

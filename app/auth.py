@@ -49,8 +49,8 @@ REDIS_RETRY_SECONDS = 5.0
 
 #: Paths anyone may call, keys or not: the probes a load balancer uses, static files and the
 #: page for people (``/app``, which asks for a key itself when the API answers 401).
-OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/health/voices", "/app"})
-OPEN_PREFIXES = ("/static/", "/dashboard/static/", "/app/static/")
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/health/voices", "/app", "/openapi.json", "/docs"})
+OPEN_PREFIXES = ("/static/", "/dashboard/static/", "/app/static/", "/docs/")
 #: Prefixes that need ``admin`` whatever the method.
 ADMIN_PREFIXES = ("/v1/dlq", "/v1/keys", "/dashboard", "/metrics", "/api/", "/health")
 #: Prefixes where GET needs ``read`` and any other method ``submit``.

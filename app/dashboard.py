@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, render_template, request
+from flask import render_template
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import Field
 
-from .errors import ApiError
+from .contract import SECURITY, answer, error_responses
+from .schemas import QueryModel
 
-bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/dashboard/static")
+bp = APIBlueprint("dashboard", __name__, template_folder="templates", static_folder="static",
+                  static_url_path="/dashboard/static", abp_security=SECURITY,
+                  abp_tags=[Tag(name="pages", description="pages for browsers")])
 
 DEFAULT_REFRESH_SECONDS = 2
 MIN_REFRESH_SECONDS, MAX_REFRESH_SECONDS = 1, 60
@@ -22,18 +26,17 @@ MIN_REFRESH_SECONDS, MAX_REFRESH_SECONDS = 1, 60
 HISTORY_HOURS = 1
 
 
-@bp.get("/dashboard")
-def dashboard() -> Any:
+class DashboardQuery(QueryModel):
+    """How often the page updates."""
+
+    refresh: int = Field(DEFAULT_REFRESH_SECONDS, ge=MIN_REFRESH_SECONDS, le=MAX_REFRESH_SECONDS,
+                         description="seconds between updates")
+
+
+@bp.get("/dashboard", operation_id="get_dashboard", summary="The operators' dashboard",
+        responses={200: answer(None, "the page", media={"text/html": {"schema": {"type": "string"}}}),
+                   **error_responses(400, 401, 403, 429)})
+def dashboard(query: DashboardQuery) -> Any:
     """The dashboard page (``?refresh=`` seconds between updates, 1..60)."""
-    raw = request.args.get("refresh")
-    refresh = DEFAULT_REFRESH_SECONDS
-    if raw is not None and raw.strip():
-        try:
-            refresh = int(raw)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_parameter", f"query parameter 'refresh' must be an integer, got {raw!r}") from exc
-        if not MIN_REFRESH_SECONDS <= refresh <= MAX_REFRESH_SECONDS:
-            raise ApiError(400, "invalid_parameter",
-                           f"query parameter 'refresh' must be between {MIN_REFRESH_SECONDS} and {MAX_REFRESH_SECONDS}")
-    response = render_template("dashboard.html", refresh=refresh, history_hours=HISTORY_HOURS)
+    response = render_template("dashboard.html", refresh=query.refresh, history_hours=HISTORY_HOURS)
     return response, 200, {"Cache-Control": "no-store", "Content-Type": "text/html; charset=utf-8"}

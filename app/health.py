@@ -39,7 +39,8 @@ from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Flask, current_app, jsonify
+from flask_openapi3 import APIBlueprint, Tag
 
 from engine import VoiceCatalog
 from monitoring import health as checks
@@ -49,9 +50,23 @@ from monitoring.workers import WorkerRegistry
 from settings import Settings
 from tasks.celery_app import QUEUES
 
+from .contract import SECURITY, answer, error_responses, report_with_error
+from .schemas import AnyBody
+
 log = logging.getLogger(__name__)
 
-bp = Blueprint("health", __name__)
+bp = APIBlueprint("health", __name__, abp_tags=[Tag(name="health", description="probes and component checks")])
+
+_RETRY = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+
+def _health_responses(what: str, admin: bool) -> dict[Any, Any]:
+    """200 and 503 with the same body (the 503 adds ``error``), plus the key errors of admin views."""
+    return {200: answer(AnyBody, what),
+            503: answer(None, what + ", with error: the service cannot take jobs", headers=_RETRY,
+                        media=report_with_error(AnyBody)),
+            **(error_responses(401, 403, 429) if admin else {})}
+
 
 #: Seconds any one check may take before it counts as ``unhealthy`` ("timed out").
 CHECK_TIMEOUT = 1.0
@@ -319,7 +334,8 @@ def _overview(status: str, components: dict[str, Any], settings: Any, started: f
     }
 
 
-@bp.get("/health/live")
+@bp.get("/health/live", operation_id="health_live", summary="Liveness",
+        responses=_health_responses("this process answers and Redis answers PING", admin=False))
 def health_live() -> Any:
     """Liveness: this process answers and Redis answers PING (bounded); 200, or 503 with ``error``."""
     runtime, _, started = _context()
@@ -331,7 +347,8 @@ def health_live() -> Any:
     return _respond_probe(body, results, "live")
 
 
-@bp.get("/health/ready")
+@bp.get("/health/ready", operation_id="health_ready", summary="Readiness",
+        responses=_health_responses("Redis takes a write and a worker heartbeat is live", admin=False))
 def health_ready() -> Any:
     """Readiness: Redis takes a real write (a key with a short TTL) and a worker heartbeat is
     live, both checked at once and bounded; 200, or 503 with ``failed``, ``error`` and Retry-After."""
@@ -348,7 +365,8 @@ def health_ready() -> Any:
     return _respond_probe(body, results, "ready")
 
 
-@bp.get("/health")
+@bp.get("/health", operation_id="get_health", security=SECURITY, summary="Health summary",
+        responses=_health_responses("status, readiness, components, warnings", admin=True))
 def health() -> Any:
     """The readiness summary: status, ``ready``, one line per component, warnings and a
     performance summary; 503 when a :data:`BLOCKING` component is unhealthy."""
@@ -364,7 +382,8 @@ def health() -> Any:
     return _respond_components(body, status, components)
 
 
-@bp.get("/health/components")
+@bp.get("/health/components", operation_id="get_health_components", security=SECURITY, summary="Component checks",
+        responses=_health_responses("redis, broker, workers, engine, cache and disk", admin=True))
 def health_components() -> Any:
     """Every component check in full: redis, broker, workers, engine, cache, disk."""
     runtime, settings, _ = _context()
@@ -375,7 +394,8 @@ def health_components() -> Any:
     return _respond_components(body, status, components)
 
 
-@bp.get("/health/detailed")
+@bp.get("/health/detailed", operation_id="get_health_detailed", security=SECURITY, summary="Detailed health",
+        responses=_health_responses("every check with its numbers, workers, queues, the machine", admin=True))
 def health_detailed() -> Any:
     """Everything: full checks, warnings, performance, workers and queues, the machine, tunable settings."""
     runtime, settings, started = _context()
@@ -416,7 +436,8 @@ def health_detailed() -> Any:
     return _respond_components(body, status, components)
 
 
-@bp.get("/health/voices")
+@bp.get("/health/voices", operation_id="get_health_voices", summary="Voice files",
+        responses=_health_responses("every voice with whether its model files are here", admin=False))
 def health_voices() -> Any:
     """Every voice with its family, sample rate and whether its model files are present."""
     runtime, settings, _ = _context()

@@ -4,20 +4,32 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask import Response, current_app, g, jsonify, request, url_for
+from flask_openapi3 import APIBlueprint, Tag
 
 from engine import FORMATS
-from tasks.exceptions import JobNotFound
 from tasks.job import Job
-from tasks.job_request import parse_job_request
+from tasks.job_request import JobInput
 from tasks.service import JobService
-from tasks.status import JobStatus
 
 from .auth import current_principal
-from .errors import ApiError
-from .requests import MAX_LIMIT, accepted_response, attachment, checked_id, idempotency_key, int_arg, json_body
+from .contract import SECURITY, answer, binary, error_responses, link
+from .requests import accepted_response, attachment
+from .schemas import DeletedBody, IdempotencyHeader, JobBody, JobListBody, JobListQuery, JobPath
 
-bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs", description="single jobs")],
+                  abp_security=SECURITY)
+
+#: Where an accepted job can be followed (the spec's links drive schemathesis's stateful tests too).
+JOB_LINKS = {
+    "GetJob": link("get_job", "poll the job", job_id="$response.body#/id"),
+    "GetJobAudio": link("get_job_audio", "download its audio", job_id="$response.body#/id"),
+    "CancelJob": link("cancel_job", "cancel it", job_id="$response.body#/id"),
+    "DeleteJob": link("delete_job", "delete it", job_id="$response.body#/id"),
+}
+#: The media type of every format a job's audio can have.
+AUDIO_MEDIA_TYPES = tuple(dict.fromkeys(fmt.media_type for fmt in FORMATS.values()))
+_SUBMITTED_HEADERS = {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}
 
 
 def service() -> JobService:
@@ -45,45 +57,49 @@ def job_body(job: Job, history: list[dict[str, Any]] | None = None) -> dict[str,
     return body
 
 
-@bp.post("")
-def submit() -> Any:
-    """Accept a synthesis job: 202 queued, or 200 when served from the cache at once."""
+@bp.post("", operation_id="submit_job", summary="Submit a synthesis job",
+         responses={
+             202: answer(JobBody, "queued; poll links.self", links=JOB_LINKS, headers=_SUBMITTED_HEADERS),
+             200: answer(JobBody, "served from the cache at once, or an Idempotency-Key replay (Idempotent-Replayed)",
+                         links=JOB_LINKS, headers=_SUBMITTED_HEADERS),
+             **error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503)})
+def submit(body: JobInput, header: IdempotencyHeader) -> Any:
+    """Accept a synthesis job: 202 queued, or 200 when served from the cache at once.
+
+    Send ``Idempotency-Key`` to make a retry safe: the same key and body give back the same job.
+    """
     settings = current_app.extensions["tts"]["settings"]
-    job_request = parse_job_request(json_body(request), defaults={"voice": settings.default_voice,
-                                                                  "format": settings.default_format},
-                                    max_chars=settings.max_text_chars)
+    job_request = body.resolve({"voice": settings.default_voice, "format": settings.default_format})
     job, created = service().submit(job_request, correlation_id=g.get("correlation_id"),
-                                    idempotency_key=idempotency_key(request), owner=current_principal())
+                                    idempotency_key=header.idempotency_key, owner=current_principal())
     return accepted_response(job_body(job), url_for("jobs.get_job", job_id=job.id), created, job.status.finished)
 
 
-@bp.get("")
-def list_jobs() -> Any:
-    """Jobs newest first: ``?status=&limit=&cursor=``."""
-    status = request.args.get("status") or None
-    if status is not None and status not in {s.value for s in JobStatus}:
-        raise ApiError(400, "invalid_parameter",
-                       f"status must be one of {', '.join(s.value for s in JobStatus)}, got {status!r}")
-    limit = int_arg(request, "limit", 50, low=1, high=MAX_LIMIT)
-    cursor = int_arg(request, "cursor", None, low=0)
-    jobs, next_cursor = service().list(status=status, limit=limit or 50, cursor=cursor, tenant=tenant())
+@bp.get("", operation_id="list_jobs", summary="List jobs",
+        responses={200: answer(JobListBody, "jobs newest first"), **error_responses(400, 401, 403, 429, 503)})
+def list_jobs(query: JobListQuery) -> Any:
+    """Jobs newest first: ``?status=&limit=&cursor=`` (the tenant's own)."""
+    jobs, next_cursor = service().list(status=query.status, limit=query.limit, cursor=query.cursor, tenant=tenant())
     return jsonify({"jobs": [job_body(j) for j in jobs],
                     "next_cursor": str(next_cursor) if next_cursor is not None else None})
 
 
-@bp.get("/<job_id>")
-def get_job(job_id: str) -> Any:
+@bp.get("/<job_id>", operation_id="get_job", summary="A job's status",
+        responses={200: answer(JobBody, "the job"), **error_responses(401, 403, 404, 429, 503)})
+def get_job(path: JobPath) -> Any:
     """A job's status, attempts, times, audio facts and error."""
-    job_id = checked_id(job_id, JobNotFound)
     svc = service()
-    job = svc.get(job_id, tenant())
-    return jsonify(job_body(job, history=svc.rt.jobs.history(job_id)))
+    job = svc.get(path.job_id, tenant())
+    return jsonify(job_body(job, history=svc.rt.jobs.history(path.job_id)))
 
 
-@bp.get("/<job_id>/audio")
-def get_audio(job_id: str) -> Any:
-    """The audio bytes of a succeeded job (409 while unfinished)."""
-    job, data = service().audio(checked_id(job_id, JobNotFound), tenant())
+@bp.get("/<job_id>/audio", operation_id="get_job_audio", summary="A job's audio",
+        responses={200: answer(None, "the audio file", media=binary(*AUDIO_MEDIA_TYPES)),
+                   304: {"description": "not modified (If-None-Match)"},
+                   **error_responses(401, 403, 404, 409, 410, 429, 503)})
+def get_audio(path: JobPath) -> Any:
+    """The audio bytes of a succeeded job (409 while unfinished, 410 once expired or deleted)."""
+    job, data = service().audio(path.job_id, tenant())
     etag = hashlib.sha256(data).hexdigest()[:32]
     if request.if_none_match.contains(etag):
         return Response(status=304, headers={"ETag": f'"{etag}"'})
@@ -95,8 +111,18 @@ def get_audio(job_id: str) -> Any:
     return response
 
 
-@bp.delete("/<job_id>")
-def cancel(job_id: str) -> Any:
-    """Cancel a queued job, revoke a running one, or delete a finished one's audio."""
-    job = service().cancel(checked_id(job_id, JobNotFound), tenant())
-    return jsonify(job_body(job))
+@bp.post("/<job_id>/cancel", operation_id="cancel_job", summary="Cancel a job",
+         responses={200: answer(JobBody, "the job after cancelling (a finished job as it was)"),
+                    **error_responses(401, 403, 404, 429, 503)})
+def cancel(path: JobPath) -> Any:
+    """Cancel a queued job or revoke a running one; a finished job keeps its status and audio."""
+    return jsonify(job_body(service().cancel(path.job_id, tenant())))
+
+
+@bp.delete("/<job_id>", operation_id="delete_job", summary="Delete a job",
+           responses={200: answer(DeletedBody, "deleted: it is 404 from now on"),
+                      **error_responses(401, 403, 404, 429, 503)})
+def delete(path: JobPath) -> Any:
+    """Delete a job: cancel it if unfinished and drop its audio; every read of it is 404 from then on."""
+    job = service().delete(path.job_id, tenant())
+    return jsonify({"id": job.id, "object": "job", "deleted": True})

@@ -8,19 +8,22 @@ key is made with the CLI, on the Redis side.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import jsonify
+from flask_openapi3 import APIBlueprint, Tag
 
-from tasks.exceptions import InvalidRequest, KeyNotFound
 from tasks.tenants import DEFAULT_SCOPES, parse_scopes
 
 from .auth import current_principal, key_store
+from .contract import SECURITY, answer, error_responses
 from .errors import ApiError
-from .requests import json_body
+from .schemas import AnyBody, KeyPath, KeyRequest
 
-bp = Blueprint("keys", __name__, url_prefix="/v1/keys")
+bp = APIBlueprint("keys", __name__, url_prefix="/v1/keys", abp_security=SECURITY,
+                  abp_tags=[Tag(name="keys", description="API keys of tenants (admin)")])
+
+_ERRORS = (401, 403, 429, 503)
 
 
 @bp.before_request
@@ -30,54 +33,30 @@ def _needs_a_real_key() -> None:
                        "no API key exists yet: make the first one with 'tts-batch keys create --tenant NAME "
                        "--scopes admin' on the Redis side, then manage keys here with it")
 
-_FIELDS = {"tenant", "scopes", "rate", "max_queued", "chars_per_day"}
-#: What a key id looks like (``tasks.tenants``: 12 hex characters).
-_KEY_ID = re.compile(r"[0-9a-f]{12}")
 
-
-def _optional_count(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**53:
-        raise InvalidRequest(f"'{name}' must be a whole number from 1 to 2**53, got {value!r}", param=name)
-    return value
-
-
-@bp.post("")
-def create_key() -> Any:
+@bp.post("", operation_id="create_key", summary="Make an API key",
+         responses={201: answer(AnyBody, "the key (shown this once) and its callback secret"),
+                    **error_responses(400, 415, *_ERRORS)})
+def create_key(body: KeyRequest) -> Any:
     """Make a key: 201 with the key (shown this once) and its callback secret."""
-    body = json_body(request)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object with 'tenant'")
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(_FIELDS))}")
-    tenant, scopes, rate = body.get("tenant"), body.get("scopes"), body.get("rate")
-    if not isinstance(tenant, str):
-        raise InvalidRequest("'tenant' is required: a lower-case name", param="tenant")
-    if scopes is not None and (not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes)):
-        raise InvalidRequest("'scopes' must be a list such as [\"submit\", \"read\"]", param="scopes")
-    if rate is not None and not isinstance(rate, str):
-        raise InvalidRequest("'rate' must be a string such as \"10/s\"", param="rate")
-    record, key = key_store().create(tenant, parse_scopes(scopes) if scopes is not None else DEFAULT_SCOPES,
-                                     rate=rate, max_queued=_optional_count(body, "max_queued"),
-                                     chars_per_day=_optional_count(body, "chars_per_day"))
+    scopes = parse_scopes(body.scopes) if body.scopes is not None else DEFAULT_SCOPES
+    record, key = key_store().create(body.tenant, scopes, rate=body.rate, max_queued=body.max_queued,
+                                     chars_per_day=body.chars_per_day)
     response = jsonify({**record.public(), "key": key, "callback_secret": record.callback_secret})
     response.status_code = 201
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-@bp.get("")
+@bp.get("", operation_id="list_keys", summary="List API keys",
+        responses={200: answer(AnyBody, "{keys: [...]}, without the keys themselves"), **error_responses(*_ERRORS)})
 def list_keys() -> Any:
     """Every key (revoked ones too), oldest first, without the keys."""
     return jsonify({"keys": [record.public() for record in key_store().list()]})
 
 
-@bp.delete("/<key_id>")
-def revoke_key(key_id: str) -> Any:
+@bp.delete("/<key_id>", operation_id="revoke_key", summary="Revoke an API key",
+           responses={200: answer(AnyBody, "the revoked key"), **error_responses(404, *_ERRORS)})
+def revoke_key(path: KeyPath) -> Any:
     """Revoke a key: it stops working with the next request."""
-    if not _KEY_ID.fullmatch(key_id):
-        raise KeyNotFound(key_id)
-    return jsonify(key_store().revoke(key_id).public())
+    return jsonify(key_store().revoke(path.key_id).public())

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Response, current_app, jsonify, request
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from monitoring import queues as broker
 from monitoring import system
@@ -47,12 +49,14 @@ from monitoring.workers import WorkerRegistry
 from settings import Settings
 from tasks.celery_app import QUEUES
 
-from .errors import ApiError
+from .contract import SECURITY, SSE_EVENT, answer, error_responses, report_with_error
+from .schemas import AnyBody, QueryModel, omit_default
 from .streams import held_response, stream_limits, too_many_streams
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("metrics", __name__)
+bp = APIBlueprint("metrics", __name__, abp_security=SECURITY,
+                  abp_tags=[Tag(name="metrics", description="numbers for operators (admin)")])
 
 #: Dead-letter records shown as "recent failures".
 RECENT_FAILURES = 10
@@ -176,8 +180,12 @@ def metrics_document(runtime: Any, settings: Settings, started: float) -> dict[s
     }
 
 
-@bp.get("/metrics")
-@bp.get("/metrics/json")
+_ERRORS = (401, 403, 429, 503)
+
+
+@bp.get("/metrics/json", operation_id="get_metrics_json", summary="The metrics digest",
+        responses={200: answer(AnyBody, "jobs, throughput, latency, cache, queues, workers, failures, machine"),
+                   **error_responses(*_ERRORS)})
 def metrics_json() -> Any:
     """Jobs, throughput, latency percentiles, cache, queues, workers, failures and the machine."""
     runtime, settings, started = _context()
@@ -186,7 +194,18 @@ def metrics_json() -> Any:
     return response
 
 
-@bp.get("/metrics/prometheus")
+@bp.get("/metrics", operation_id="get_metrics", summary="The metrics digest (as /metrics/json)",
+        responses={200: answer(AnyBody, "the same as /metrics/json"), **error_responses(*_ERRORS)})
+def metrics() -> Any:
+    """The same digest as ``/metrics/json``."""
+    return metrics_json()
+
+
+@bp.get("/metrics/prometheus", operation_id="get_metrics_prometheus", summary="Prometheus exposition",
+        responses={200: answer(None, "text exposition 0.0.4, or OpenMetrics when Accept asks for it",
+                               media={"text/plain": {"schema": {"type": "string"}},
+                                      "application/openmetrics-text": {"schema": {"type": "string"}}}),
+                   **error_responses(*_ERRORS)})
 def metrics_prometheus() -> Any:
     """The Prometheus exposition (text 0.0.4, or OpenMetrics when ``Accept`` asks for it)."""
     runtime, _, _ = _context()
@@ -198,7 +217,12 @@ def metrics_prometheus() -> Any:
 # --- status summary and history ------------------------------------------------------------------
 
 
-@bp.get("/api/status/summary")
+@bp.get("/api/status/summary", operation_id="get_status_summary", summary="A compact status",
+        responses={200: answer(AnyBody, "status of Redis, broker and workers and the headline numbers"),
+                   503: answer(None, "Redis or the broker is unreachable (the same body, with error)",
+                               headers={"Retry-After": {"schema": {"type": "integer"}}},
+                               media=report_with_error(AnyBody)),
+                   **error_responses(401, 403, 429)})
 def status_summary() -> Any:
     """Status of Redis, broker and workers plus the headline numbers; 503 when Redis is down."""
     runtime, settings, started = _context()
@@ -257,26 +281,29 @@ def status_summary() -> Any:
     return response
 
 
-def _number_arg(name: str, default: float, low: float, high: float, integer: bool = False) -> float:
-    raw = request.args.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError as exc:
-        kind = "an integer" if integer else "a number"
-        raise ApiError(400, "invalid_parameter", f"query parameter {name!r} must be {kind}, got {raw!r}") from exc
-    if not math.isfinite(value) or value < low or value > high:
-        raise ApiError(400, "invalid_parameter",
-                       f"query parameter {name!r} must be between {low:g} and {high:g}, got {raw!r}")
-    return value
+class HistoryQuery(QueryModel):
+    """How far back the history goes."""
+
+    hours: int = Field(24, ge=MIN_HOURS, le=MAX_HOURS, description="hours of samples, oldest first")
 
 
-@bp.get("/api/metrics/history")
-def metrics_history() -> Any:
+class StreamQuery(QueryModel):
+    """How often the stream sends, and for how long."""
+
+    interval: float = Field(STREAM_DEFAULT_INTERVAL, ge=STREAM_MIN_INTERVAL, le=STREAM_MAX_INTERVAL,
+                            allow_inf_nan=False, description="seconds between events")
+    max_events: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = Field(
+        None, json_schema_extra=omit_default,
+        description="events before the stream ends (at most TTS_STREAM_MAX_SECONDS' worth)")
+
+
+@bp.get("/api/metrics/history", operation_id="get_metrics_history", summary="Metrics history",
+        responses={200: answer(AnyBody, "samples oldest first, with per-second rates"),
+                   **error_responses(400, *_ERRORS)})
+def metrics_history(query: HistoryQuery) -> Any:
     """Samples of the last ``hours`` (1..168, default 24), oldest first, with per-second rates."""
     runtime, settings, _ = _context()
-    hours = int(_number_arg("hours", 24, MIN_HOURS, MAX_HOURS, integer=True))
+    hours = query.hours
     history = MetricsHistory(runtime.redis, max_samples=settings.metrics_history_max)
     samples = with_rates(history.since(hours * 3600.0, limit=settings.metrics_history_max))
     response = jsonify({
@@ -331,16 +358,18 @@ def metrics_events(runtime: Any, settings: Settings, started: float, interval: f
         yield _sse(document, event_id=number)
 
 
-@bp.get("/api/metrics/stream")
-def metrics_stream() -> Any:
+@bp.get("/api/metrics/stream", operation_id="get_metrics_stream", summary="Live metrics (Server-Sent Events)",
+        responses={200: answer(None, "one data: {json} digest per interval", media={"text/event-stream": {"schema": SSE_EVENT}}),
+                   **error_responses(400, *_ERRORS)})
+def metrics_stream(query: StreamQuery) -> Any:
     """Server-Sent Events: the ``/metrics/json`` digest every ``?interval=`` seconds, ending after
     ``?max_events=`` (default and most: ``TTS_STREAM_MAX_SECONDS``' worth) so no server thread is
     held for long; 429 ``too_many_streams`` when this process already serves
     ``TTS_STREAM_MAX_CLIENTS`` streams."""
     runtime, settings, started = _context()
-    interval = _number_arg("interval", STREAM_DEFAULT_INTERVAL, STREAM_MIN_INTERVAL, STREAM_MAX_INTERVAL)
+    interval = query.interval
     most_events = max(1, int(settings.stream_max_seconds // interval))
-    max_events = int(_number_arg("max_events", most_events, 1, most_events, integer=True))
+    max_events = most_events if query.max_events is None else min(query.max_events, most_events)
     slots = stream_limits().metrics
     slot = slots.try_acquire()
     if slot is None:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Response, current_app, g, jsonify
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 from redis import Redis
 
 from engine.audio import FORMATS
@@ -34,24 +36,27 @@ from engine.synthesis import MAX_SPEED, MIN_SPEED
 from engine.text import looks_like_markdown
 from settings import Settings
 from tasks.job import Job
-from tasks.job_request import JobRequest, parse_job_request
+from tasks.job_request import JobRequest
 from tasks.service import JobService
 from tasks.speech_stream import STREAM_FLAG, read_entries
 from tasks.status import JobStatus
 
 from .auth import current_principal
+from .contract import SECURITY, SSE_EVENT, answer, binary, error_responses
 from .errors import ApiError, error_response
-from .requests import json_body
+from .schemas import AnyBody
 from .streams import held_response, stream_limits, too_many_streams
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("openai_compat", __name__, url_prefix="/v1")
+bp = APIBlueprint("openai_compat", __name__, url_prefix="/v1", abp_security=SECURITY,
+                  abp_tags=[Tag(name="openai", description="OpenAI-compatible speech and models")])
 
 __all__ = [
     "LOCAL_MODELS",
     "OPENAI_FORMATS",
     "OPENAI_MODELS",
+    "SpeechBody",
     "SpeechRequest",
     "bp",
     "parse_speech_request",
@@ -81,7 +86,52 @@ STREAM_BLOCK_MS = 1000
 KEEPALIVE_SECONDS = 10.0
 #: OpenAI's ``pcm`` is 24 kHz, 16-bit signed little-endian mono; every voice is resampled to it.
 PCM_SAMPLE_RATE = 24000
-_SPEECH_FIELDS = {"model", "input", "voice", "response_format", "speed", "instructions", "stream_format"}
+#: The longest voice name or id a request may send.
+MAX_VOICE_CHARS = 200
+
+VoiceName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_VOICE_CHARS, pattern=r"\S",
+                                       description="an OpenAI voice name (alloy, ... marin, cedar) or a local "
+                                                   "voice id (GET /v1/audio/voices)")]
+
+
+class VoiceId(BaseModel):
+    """A voice given as an object, as newer OpenAI clients send custom voices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: VoiceName
+
+
+class SpeechBody(BaseModel):
+    """OpenAI's ``audio.speech.create`` request, every field of its published schema."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: StrictStr | None = Field(None, max_length=200, description="tts-1, tts-1-hd, gpt-4o-mini-tts or any "
+                                                                      "name: accepted, not used for routing")
+    input: StrictStr = Field(description="the text to speak (at most TTS_MAX_TEXT_CHARS characters)",
+                             json_schema_extra={"minLength": 1, "pattern": r"\S"})
+    voice: VoiceName | VoiceId
+    instructions: StrictStr | None = Field(None, description="accepted for OpenAI clients and not used: the "
+                                                             "local voices take no style prompt")
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | None = Field(
+        None, description="default mp3; pcm is 24 kHz 16-bit little-endian mono")
+    speed: Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED, allow_inf_nan=False, strict=True)] | None = Field(
+        None, description=f"{MIN_SPEED} to {MAX_SPEED}; beyond the voice's own range by a time stretch")
+    stream_format: Literal["audio", "sse"] | None = Field(None, description="audio (default): the file; sse: "
+                                                                            "speech.audio.delta events")
+
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("empty_input", "must not be blank: send the text to speak")
+        return value
+
+    @property
+    def voice_name(self) -> str:
+        """The voice as sent, a name or an object's id."""
+        return self.voice.id if isinstance(self.voice, VoiceId) else self.voice
 
 
 class SpeechRequest:
@@ -106,81 +156,29 @@ def _service() -> JobService:
 
 # --- validation ----------------------------------------------------------------------------
 def resolve_voice(voice: str, mapping: Mapping[str, str]) -> str:
-    """The local voice id for ``voice``: an OpenAI name through ``mapping``, else ``voice`` itself."""
+    """The local voice id for ``voice``: an OpenAI name through ``mapping``, else ``voice`` itself.
+
+    Names are matched as written (OpenAI's are lower-case), as the document's list says.
+    """
     name = voice.strip()
-    return mapping.get(name.lower(), name)
+    return mapping.get(name, name)
 
 
-def _speed(body: Mapping[str, Any]) -> float:
-    value = body.get("speed", 1.0)
-    if value is None:
-        return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ApiError(400, "invalid_speed", f"'speed' must be a number from {OPENAI_MIN_SPEED} to "
-                                             f"{OPENAI_MAX_SPEED}, got {value!r}", param="speed")
-    speed = float(value)
-    if not OPENAI_MIN_SPEED <= speed <= OPENAI_MAX_SPEED:
-        raise ApiError(400, "invalid_speed", f"'speed' must be from {OPENAI_MIN_SPEED} to {OPENAI_MAX_SPEED}, "
-                                             f"got {value!r}", param="speed")
-    return speed
-
-
-def _voice_name(body: Mapping[str, Any]) -> str:
-    voice = body.get("voice")
-    if isinstance(voice, Mapping):  # newer OpenAI clients may send {"id": "..."} for custom voices
-        voice = voice.get("id")
-    if not isinstance(voice, str) or not voice.strip():
-        raise ApiError(400, "invalid_voice", "'voice' is required: an OpenAI voice name (e.g. 'alloy') or a "
-                                             "local voice id (see GET /v1/audio/voices)", param="voice")
-    return voice
-
-
-def parse_speech_request(body: Any, settings: Settings) -> SpeechRequest:
-    """Check an OpenAI speech request body and turn it into a job request (voice not yet checked)."""
-    if not isinstance(body, Mapping):
-        raise ApiError(400, "invalid_request", "the request body must be a JSON object")
-    unknown = sorted(set(body) - _SPEECH_FIELDS)
-    if unknown:
-        raise ApiError(400, "invalid_request", f"unknown field(s): {', '.join(unknown)}; "
-                                               f"allowed: {', '.join(sorted(_SPEECH_FIELDS))}")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ApiError(400, "invalid_request", "'model' must be a string, e.g. 'tts-1'", param="model")
-    text = body.get("input")
-    if text is None:
-        raise ApiError(400, "invalid_request", "'input' is required: the text to speak", param="input")
-    if not isinstance(text, str):
-        raise ApiError(400, "invalid_request", "'input' must be a string", param="input")
-    if not text.strip():
-        raise ApiError(400, "empty_input", "'input' is empty: send the text to speak", param="input")
-    fmt = body.get("response_format") or "mp3"
-    if not isinstance(fmt, str) or fmt.strip().lower() not in OPENAI_FORMATS:
-        raise ApiError(400, "invalid_response_format",
-                       f"'response_format' must be one of {', '.join(OPENAI_FORMATS)}, got {fmt!r}",
-                       param="response_format")
-    fmt = fmt.strip().lower()
-    instructions = body.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise ApiError(400, "invalid_request", "'instructions' must be a string", param="instructions")
-    stream_format = body.get("stream_format") or "audio"
-    if stream_format not in STREAM_FORMATS:
-        raise ApiError(400, "unsupported_stream_format",
-                       f"'stream_format' must be one of {', '.join(STREAM_FORMATS)}, got {stream_format!r}",
-                       param="stream_format")
-    speed = _speed(body)
-    requested_voice = _voice_name(body)
+def parse_speech_request(body: SpeechBody, settings: Settings) -> SpeechRequest:
+    """Turn a validated speech request into a job request (the voice is checked by :func:`_check_voice`)."""
+    fmt = body.response_format or "mp3"
+    requested_voice = body.voice_name
     voice = resolve_voice(requested_voice, settings.openai_voices)
-    job = parse_job_request(
-        {"text": text, "voice": voice, "format": fmt, "speed": speed,
-         # Chat clients send model replies full of Markdown: strip markup rather than read it aloud.
-         "markdown": looks_like_markdown(text),
-         "sample_rate": PCM_SAMPLE_RATE if fmt == "pcm" else None},
-        max_chars=settings.max_text_chars)
-    if instructions:
+    job = JobRequest(
+        text=body.input, voice=voice.strip(), format=fmt, speed=1.0 if body.speed is None else float(body.speed),
+        # Chat clients send model replies full of Markdown: strip markup rather than read it aloud.
+        markdown=looks_like_markdown(body.input), sample_rate=PCM_SAMPLE_RATE if fmt == "pcm" else None)
+    if body.instructions:
         # The local voices take no style prompt: accepted so OpenAI clients work, then not used.
         log.info("speech request: instructions not applied (local voices take no style prompt): %.80s",
-                 instructions)
-    return SpeechRequest(job, model, requested_voice, stream_format=stream_format, instructions=instructions)
+                 body.instructions)
+    return SpeechRequest(job, body.model, requested_voice, stream_format=body.stream_format or "audio",
+                         instructions=body.instructions)
 
 
 def _check_voice(speech: SpeechRequest, settings: Settings) -> None:
@@ -349,11 +347,22 @@ def _speech_sse(service: JobService, speech_request: SpeechRequest, settings: Se
 
 
 # --- routes --------------------------------------------------------------------------------
-@bp.post("/audio/speech")
-def speech() -> Any:
+_SPEECH_HEADERS = {
+    "X-Job-Id": {"description": "the job behind the answer", "schema": {"type": "string"}},
+    "X-Cache": {"description": "HIT when the audio came from the cache", "schema": {"type": "string"}},
+}
+
+
+@bp.post("/audio/speech", operation_id="create_speech", summary="OpenAI's audio.speech.create",
+         responses={200: answer(None, "the audio (stream_format audio), or speech.audio.delta events (sse)",
+                                headers=_SPEECH_HEADERS,
+                                media={**binary(*dict.fromkeys(OPENAI_MEDIA_TYPES.values())),
+                                       "text/event-stream": {"schema": SSE_EVENT}}),
+                    **error_responses(400, 401, 403, 409, 413, 415, 429, 502, 503, 504)})
+def speech(body: SpeechBody) -> Any:
     """OpenAI's ``audio.speech.create``: queue the text, wait for the job, answer with the audio bytes."""
     settings = _settings()
-    speech_request = parse_speech_request(json_body(request), settings)
+    speech_request = parse_speech_request(body, settings)
     _check_voice(speech_request, settings)
     service = _service()
     if speech_request.stream_format == "sse":
@@ -391,28 +400,41 @@ def _model_ids() -> tuple[str, ...]:
     return OPENAI_MODELS + LOCAL_MODELS
 
 
-@bp.get("/models")
+class ModelPath(BaseModel):
+    """A model's name."""
+
+    model_id: str = Field(min_length=1, max_length=200, description="tts-1, tts-1-hd, gpt-4o-mini-tts, ...")
+
+
+_READ_ERRORS = (401, 403, 429)
+
+
+@bp.get("/models", operation_id="list_models", summary="OpenAI's model list",
+        responses={200: answer(AnyBody, "{object: list, data: [models]}"), **error_responses(*_READ_ERRORS)})
 def list_models() -> Any:
     """OpenAI's model list: the speech models this server answers to."""
     created = int(current_app.extensions["tts"]["started"])
     return jsonify({"object": "list", "data": [_model(m, created) for m in _model_ids()]})
 
 
-@bp.get("/models/<path:model_id>")
-def get_model(model_id: str) -> Any:
+@bp.get("/models/<path:model_id>", operation_id="get_model", summary="One model (models.retrieve)",
+        responses={200: answer(AnyBody, "the model"), **error_responses(404, *_READ_ERRORS)})
+def get_model(path: ModelPath) -> Any:
     """One model (OpenAI's ``models.retrieve``)."""
-    if model_id not in _model_ids():
-        raise ApiError(404, "model_not_found", f"no model {model_id!r}; models: {', '.join(_model_ids())}")
-    return jsonify(_model(model_id, int(current_app.extensions["tts"]["started"])))
+    if path.model_id not in _model_ids():
+        raise ApiError(404, "model_not_found", f"no model {path.model_id!r}; models: {', '.join(_model_ids())}")
+    return jsonify(_model(path.model_id, int(current_app.extensions["tts"]["started"])))
 
 
-@bp.get("/audio/models")
+@bp.get("/audio/models", operation_id="list_audio_models", summary="Speech models as OpenWebUI reads them",
+        responses={200: answer(AnyBody, "{models: [{id, name}]}"), **error_responses(*_READ_ERRORS)})
 def audio_models() -> Any:
     """The speech models in the shape OpenWebUI reads (``{"models": [{"id"}]}``)."""
     return jsonify({"models": [{"id": m, "name": m} for m in _model_ids()]})
 
 
-@bp.get("/audio/voices")
+@bp.get("/audio/voices", operation_id="list_audio_voices", summary="OpenAI voice names and local voices",
+        responses={200: answer(AnyBody, "{voices: [...], openai_voices, blends}"), **error_responses(*_READ_ERRORS)})
 def audio_voices() -> Any:
     """OpenAI voice names with the local voice each maps to, then every local voice.
 

@@ -1,14 +1,14 @@
-"""Reading request bodies, query strings and ids, with errors that say what was wrong.
+"""Reading a JSON body before its model sees it, with errors that say what was wrong (415, 400, 413).
 
-Also the one place a download's ``Content-Disposition`` is built (:func:`attachment`).
+Also the one place a download's ``Content-Disposition`` is built (:func:`attachment`), and the
+answer to an accepted submit (:func:`accepted_response`). Query strings, paths and headers are
+read by their models (``app.schemas``).
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
 import unicodedata
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -17,22 +17,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import quote_header_value
 
 from tasks.batch_result import safe_name
-from tasks.redis_values import MAX_INDEX
 
 from .errors import ApiError
 
 log = logging.getLogger(__name__)
 
-MAX_LIMIT = 1000
-
 #: The deepest a JSON body may nest arrays and objects (a job is 1 deep, a batch 3).
 MAX_JSON_DEPTH = 64
-
-#: The largest integer query argument: what Redis takes as an index, offset or score (signed 64-bit).
-MAX_QUERY_INT = MAX_INDEX
-
-#: What a job or batch id looks like: a uuid4 in hex (``tasks.job.new_job_id``, ``BatchService``).
-ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 #: RFC 5987 ``attr-char`` besides letters and digits: what ``filename*`` leaves unencoded
 #: (the set werkzeug's ``send_file`` uses).
@@ -90,42 +81,6 @@ def nesting_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def _shown(raw: str, most: int = 40) -> str:
-    """``raw`` quoted for a message, shortened when long."""
-    return repr(raw) if len(raw) <= most else repr(raw[:most]) + f"... ({len(raw)} characters)"
-
-
-def int_arg(request: Request, name: str, default: int | None, low: int = 0, high: int | None = None) -> int | None:
-    """An integer query parameter within [low, high] (``high`` at most :data:`MAX_QUERY_INT`)."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    upper = MAX_QUERY_INT if high is None else min(high, MAX_QUERY_INT)
-    out_of_range = ApiError(400, "invalid_parameter", f"query parameter {name!r} must be between {low} and {upper}")
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        if re.fullmatch(r"\s*[+-]?\d+\s*", raw):  # more digits than int() reads: far out of range
-            raise out_of_range from exc
-        raise ApiError(400, "invalid_parameter",
-                       f"query parameter {name!r} must be an integer, got {_shown(raw)}") from exc
-    if value < low or value > upper:
-        raise out_of_range
-    return value
-
-
-def checked_id(value: str, not_found: Callable[[str], Exception]) -> str:
-    """``value`` when it has the shape of a job or batch id (:data:`ID_PATTERN`), else ``not_found(value)``.
-
-    Every route taking an id calls this before the id reaches a Redis key, so ``<id>:audio``
-    or ``<id>:items`` cannot land on another key: an id of any other shape names nothing and
-    is answered as an unknown id is (``JobNotFound``, ``BatchNotFound``, ``DeadLetterNotFound``: 404).
-    """
-    if ID_PATTERN.fullmatch(value) is None:
-        raise not_found(value)
-    return value
-
-
 def attachment(name: str | None, extension: str, default: str) -> str:
     """The ``Content-Disposition`` of a download named ``name`` (``default`` when nothing usable is left).
 
@@ -148,17 +103,6 @@ def _with_extension(base: str, extension: str) -> str:
     if base.lower().endswith("." + extension.lower()):
         return base
     return f"{base}.{extension}"
-
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-
-def idempotency_key(request: Request) -> str | None:
-    """The request's ``Idempotency-Key`` (None without one); 400 when it is blank or too long."""
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and (not key.strip() or len(key) > 255):
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
-    return key
 
 
 def accepted_response(body: Any, location: str, created: bool, finished: bool) -> Response:

@@ -21,21 +21,29 @@ from typing import Any
 
 from flask import Flask
 
-__all__ = ["CONTENT_SECURITY_POLICY", "HTML_HEADERS", "install_security_headers"]
+__all__ = ["CONTENT_SECURITY_POLICY", "HTML_HEADERS", "install_security_headers", "page_policy"]
 
-#: The policy of every HTML page: this origin only, no inline code, no plugins, no framing.
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data:",
-    "connect-src 'self'",
-    "font-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-))
+def page_policy(style_src: str = "'self'") -> str:
+    """A page's Content-Security-Policy: this origin only, no inline code, no plugins, no framing.
+
+    ``style_src`` widens the styles of one page that needs it (``/docs``: Swagger UI).
+    """
+    return "; ".join((
+        "default-src 'self'",
+        "script-src 'self'",
+        f"style-src {style_src}",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ))
+
+
+#: The policy of every HTML page.
+CONTENT_SECURITY_POLICY = page_policy()
 
 #: Headers of every HTML response.
 HTML_HEADERS = {

@@ -3,12 +3,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import current_app, jsonify
+from flask_openapi3 import APIBlueprint, Tag
 
-bp = Blueprint("voices", __name__, url_prefix="/v1/voices")
+from engine.exceptions import UnknownVoiceError
+
+from .contract import SECURITY, answer, error_responses
+from .errors import ApiError
+from .schemas import AnyBody, VoicePath
+
+bp = APIBlueprint("voices", __name__, url_prefix="/v1/voices", abp_security=SECURITY,
+                  abp_tags=[Tag(name="voices", description="what the service can speak with")])
 
 
-@bp.get("")
+@bp.get("", operation_id="list_voices", summary="List voices",
+        responses={200: answer(AnyBody, "{voices: [...], blends}"), **error_responses(401, 403, 429)})
 def list_voices() -> Any:
     """Every voice with its language, gender, sample rate, family and licence."""
     catalog = current_app.extensions["tts"]["runtime"].catalog
@@ -16,8 +25,13 @@ def list_voices() -> Any:
                     "blends": "Kokoro voices blend as 'a+b' or 'a*0.7+b*0.3'"})
 
 
-@bp.get("/<voice_id>")
-def get_voice(voice_id: str) -> Any:
-    """One voice (or a Kokoro blend)."""
+@bp.get("/<voice_id>", operation_id="get_voice", summary="One voice or blend",
+        responses={200: answer(AnyBody, "the voice"), **error_responses(400, 401, 403, 404, 429)})
+def get_voice(path: VoicePath) -> Any:
+    """One voice (or a Kokoro blend): 404 ``voice_not_found`` naming the valid ones; 400 for a bad blend."""
     catalog = current_app.extensions["tts"]["runtime"].catalog
-    return jsonify(catalog.info(voice_id).to_dict())
+    try:
+        info = catalog.info(path.voice_id)
+    except UnknownVoiceError as exc:  # in a path it names a resource that is not there
+        raise ApiError(404, "voice_not_found", str(exc), valid_voices=exc.valid) from exc
+    return jsonify(info.to_dict())

@@ -105,9 +105,9 @@ def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _run_job(service, text: str, voice: str, fmt: str, timeout: float = 900.0):  # type: ignore[no-untyped-def]
-    from tasks.job_request import parse_job_request
+    from tasks.job_request import JobInput
 
-    job, _ = service.submit(parse_job_request({"text": text, "voice": voice, "format": fmt, "cache": False}))
+    job, _ = service.submit(JobInput.model_validate({"text": text, "voice": voice, "format": fmt, "cache": False}).resolve())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = service.get(job.id)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 import uuid
 from collections import Counter
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 import engine
 from engine.exceptions import EngineError
@@ -45,14 +45,13 @@ from .exceptions import (
     BatchNotFound,
     IdempotencyKeyInUse,
     InvalidBatch,
-    InvalidRequest,
     JobNotFound,
     PipelineError,
     TooManyInputs,
 )
 from .idempotency import ResourceKind, tenant_key
 from .job import PIPELINE_CHUNK, Job, iso, job_score, new_job_id, now
-from .job_request import parse_job_request
+from .job_request import CallbackUrl, JobInput, JobRequest, SpeechOptions
 from .outbound import public_callback
 from .redis_values import MAX_INDEX, HashMapping, members, scored_members, text, text_or_none
 from .runtime import Runtime
@@ -70,12 +69,8 @@ __all__ = [
     "on_item_finished",
     "on_item_started",
     "on_items_finished",
-    "parse_batch_request",
 ]
 
-_BATCH_FIELDS = {"inputs", "defaults", "concatenate", "gap_ms", "callback_url"}
-#: Fields ``defaults`` may set (``text`` and ``name`` belong to each input).
-_DEFAULT_FIELDS = {"voice", "format", "speed", "sample_rate", "seed", "cache", "markdown"}
 MAX_GAP_MS = 60_000
 #: A batch claim younger than this may belong to a submit still checking and storing 10,000
 #: inputs (about 12 s measured): not taken over.
@@ -259,64 +254,32 @@ def _batch_finished(rt: Runtime, batch_id: str) -> callbacks.Outcome | None:
 
 
 # --- requests --------------------------------------------------------------------------------
-@dataclass
-class BatchRequest:
-    """A checked batch body: raw inputs (each checked on its own later), defaults and options."""
+class BatchRequest(BaseModel):
+    """Many inputs at once (``POST /v1/batches``): each is a job; ``defaults`` fill what an input leaves out.
 
-    inputs: list[Any]
-    defaults: dict[str, Any]
-    concatenate: bool = False
-    gap_ms: int = 0
-    #: Where to POST a signed notice when the whole batch has finished (checked by ``tasks.callbacks``).
-    callback_url: str | None = None
+    The model checks every input's shape: an input of the wrong type refuses the whole
+    batch (400 naming ``inputs[i].field``), as it is the sender's bug. What depends on the
+    service (an unknown voice, a text too long or with nothing to speak) rejects only that
+    input, which the answer lists under ``rejected``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[JobInput] = Field(min_length=1, description="the inputs, at most TTS_MAX_BATCH_INPUTS")
+    defaults: SpeechOptions | None = Field(None, description="voice, format, speed ... for every input")
+    concatenate: StrictBool = Field(False, description="true: the result is one concatenated file")
+    gap_ms: StrictInt = Field(0, ge=0, le=MAX_GAP_MS, description="milliseconds of silence between items "
+                                                                 "when concatenated")
+    callback_url: CallbackUrl | None = None
 
     def fingerprint(self) -> str:
         """A hash of the request, to tell an idempotent retry from a different request."""
-        body = json.dumps([self.inputs, self.defaults, self.concatenate, self.gap_ms, self.callback_url],
-                          sort_keys=True,
-                          ensure_ascii=False, default=str)
-        return hashlib.sha256(body.encode()).hexdigest()
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
-
-def parse_batch_request(body: Any, max_inputs: int, default_voice: str, default_format: str) -> BatchRequest:
-    """Check a batch body's shape: InvalidRequest when malformed, TooManyInputs over ``max_inputs``."""
-    if not isinstance(body, Mapping):
-        raise InvalidRequest("the request body must be a JSON object with 'inputs'")
-    unknown = sorted(set(body) - _BATCH_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(_BATCH_FIELDS))}")
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list):
-        raise InvalidRequest("'inputs' is required: a list of objects such as {\"text\": \"...\"}")
-    if not inputs:
-        raise InvalidRequest("'inputs' is empty")
-    if len(inputs) > max_inputs:
-        raise TooManyInputs(len(inputs), max_inputs)
-    defaults = body.get("defaults")
-    if defaults is None:
-        defaults = {}
-    if not isinstance(defaults, Mapping):
-        raise InvalidRequest("'defaults' must be an object (voice, format, speed, ...)")
-    unknown = sorted(set(defaults) - _DEFAULT_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field(s) in 'defaults': {', '.join(unknown)}; "
-                             f"allowed: {', '.join(sorted(_DEFAULT_FIELDS))}")
-    concatenate = body.get("concatenate", False)
-    if not isinstance(concatenate, bool):
-        raise InvalidRequest("'concatenate' must be true or false")
-    gap_ms = body.get("gap_ms", 0)
-    if gap_ms is None:
-        gap_ms = 0
-    if (isinstance(gap_ms, bool) or not isinstance(gap_ms, (int, float)) or not math.isfinite(gap_ms)
-            or not float(gap_ms).is_integer() or not 0 <= gap_ms <= MAX_GAP_MS):
-        raise InvalidRequest(f"'gap_ms' must be a whole number of milliseconds from 0 to {MAX_GAP_MS}, got {gap_ms!r}")
-    callback_url = body.get("callback_url")
-    if callback_url is not None and not isinstance(callback_url, str):
-        raise InvalidRequest("'callback_url' must be a string (an https:// or http:// URL)", param="callback_url")
-    merged = {"voice": default_voice, "format": default_format,
-              **{k: v for k, v in defaults.items() if v is not None}}
-    return BatchRequest(inputs=inputs, defaults=merged, concatenate=concatenate, gap_ms=int(gap_ms),
-                        callback_url=callback_url)
+    def merged_defaults(self, default_voice: str, default_format: str) -> dict[str, Any]:
+        """The batch's defaults over the service's."""
+        given = self.defaults.given() if self.defaults is not None else {}
+        return {"voice": default_voice, "format": default_format, **given}
 
 
 # --- the batch record ---------------------------------------------------------------------------
@@ -541,7 +504,11 @@ class BatchService:
         tenant for the same request, the earlier batch comes back with ``created`` False and nothing is
         queued. Admission (:mod:`tasks.admission`) is checked with the batch's size before anything is stored.
         """
-        self._check_defaults(request.defaults)
+        settings = self.rt.settings
+        if len(request.inputs) > settings.max_batch_inputs:
+            raise TooManyInputs(len(request.inputs), settings.max_batch_inputs)
+        defaults = request.merged_defaults(settings.default_voice, settings.default_format)
+        self._check_defaults(defaults)
         callbacks.check_callback(self.rt, request.callback_url, owner.key_id)
         batch_id = uuid.uuid4().hex
         claims = self.jobs.idempotency
@@ -551,7 +518,7 @@ class BatchService:
             if earlier is not None:
                 return earlier, [], False
         try:
-            batch, rejected = self._create(request, batch_id, correlation_id, owner)
+            batch, rejected = self._create(request, defaults, batch_id, correlation_id, owner)
         except BaseException:
             if claim:  # nothing was accepted: the key is free for a retry
                 claims.release(ResourceKind.BATCH, claim, batch_id)
@@ -568,6 +535,11 @@ class BatchService:
             try:
                 return self.get(existing, tenant)
             except BatchNotFound:  # claimed by a submit that died before storing its batch, or still storing it
+                if self.rt.redis.hexists(keys.batch(existing), "deleted_at"):
+                    # Its owner deleted it: the key names nothing now, and is free for this request.
+                    if claims.take_over(ResourceKind.BATCH, key, existing, batch_id, fingerprint, older_than=0):
+                        return None
+                    continue  # another submit took it over first: look again
                 if claims.take_over(ResourceKind.BATCH, key, existing, batch_id, fingerprint,
                                     older_than=BATCH_CLAIM_GRACE_SECONDS):
                     return None
@@ -576,24 +548,21 @@ class BatchService:
                     raise IdempotencyKeyInUse(key, kind="batch") from None
                 # the batch appeared meanwhile, or another submit moved the claim: look again
 
-    def _create(self, request: BatchRequest, batch_id: str, correlation_id: str | None,
+    def _create(self, request: BatchRequest, defaults: dict[str, Any], batch_id: str, correlation_id: str | None,
                 owner: Principal) -> tuple[Batch, list[Rejection]]:
-        settings = self.rt.settings
         created = now()
         versions: dict[str, str] = {}
         good: list[Job] = []
         rejected: list[Rejection] = []
         rejected_jobs: list[Job] = []
-        for index, raw in enumerate(request.inputs):
+        for index, job_input in enumerate(request.inputs):
+            job_request = job_input.resolve(defaults)
             try:
-                if not isinstance(raw, Mapping):
-                    raise InvalidRequest(f"each input must be an object with 'text', got {type(raw).__name__}")
-                job_request = parse_job_request(raw, defaults=request.defaults, max_chars=settings.max_text_chars)
                 _, key = self.jobs.prepare(job_request, versions)
                 good.append(self.jobs.build_job(job_request, correlation_id, owner, cache_key=key, batch_id=batch_id,
                                                 batch_index=index))
             except (PipelineError, EngineError) as exc:
-                job = self._rejected_job(raw, request.defaults, exc, batch_id, index, correlation_id, created)
+                job = self._rejected_job(job_request, exc, batch_id, index, correlation_id, created)
                 job.tenant, job.key_id = owner.tenant, None if owner.open_mode else owner.key_id
                 rejected_jobs.append(job)
                 rejected.append(Rejection(index=index, job_id=job.id, code=job.error_code or "invalid_request",
@@ -609,8 +578,8 @@ class BatchService:
             items[job.batch_index or 0] = job.id
         batch = Batch(
             id=batch_id, total=len(items), created_at=created,
-            format=engine.audio.validate_format(str(request.defaults.get("format"))).name,
-            concatenate=request.concatenate, gap_ms=request.gap_ms, defaults=request.defaults,
+            format=engine.audio.validate_format(str(defaults.get("format"))).name,
+            concatenate=request.concatenate, gap_ms=request.gap_ms, defaults=defaults,
             characters=characters, rejected=len(rejected_jobs),
             failed=len(rejected_jobs), finished=len(rejected_jobs), correlation_id=correlation_id,
             tenant=owner.tenant, key_id=None if owner.open_mode else owner.key_id, callback_url=request.callback_url,
@@ -632,32 +601,21 @@ class BatchService:
     def _check_defaults(self, defaults: Mapping[str, Any]) -> None:
         """Bad defaults are the request's fault, not each input's: refuse the whole batch."""
         try:
-            request = parse_job_request({"text": "check"}, defaults=defaults)
-            request.options().validate(self.rt.catalog)
+            JobInput.model_validate({"text": "check"}).resolve(defaults).options().validate(self.rt.catalog)
         except (PipelineError, EngineError) as exc:
             exc.args = (f"defaults: {exc}",)
             raise
 
-    def _rejected_job(self, raw: Any, defaults: Mapping[str, Any], exc: Exception, batch_id: str, index: int,
+    def _rejected_job(self, request: JobRequest, exc: Exception, batch_id: str, index: int,
                       correlation_id: str | None, created: float) -> Job:
-        body = raw if isinstance(raw, Mapping) else {}
-        merged = {**defaults, **{k: v for k, v in body.items() if v is not None}}
-
-        def text_field(name: str, default: str = "") -> str:
-            value = merged.get(name, default)
-            return _storable(value) if isinstance(value, str) else default
-
-        speed = merged.get("speed", 1.0)
-        name = body.get("name")
-        text = text_field("text")
         return Job(
-            id=new_job_id(), text=text, voice=text_field("voice"), format=text_field("format", "mp3"),
-            speed=_recorded_speed(speed),
-            status=JobStatus.FAILED, characters=len(text), max_attempts=self.rt.settings.max_attempts,
+            id=new_job_id(), text=_storable(request.text), voice=_storable(request.voice), format=request.format,
+            speed=request.speed, status=JobStatus.FAILED, characters=len(request.text),
+            max_attempts=self.rt.settings.max_attempts,
             created_at=created + index * 1e-6, finished_at=created,  # distinct listing scores
             error_code=getattr(exc, "code", None) or "invalid_request",
             error=str(exc) or type(exc).__name__, error_type=type(exc).__name__, correlation_id=correlation_id,
-            batch_id=batch_id, batch_index=index, name=_storable(name) if isinstance(name, str) else None,
+            batch_id=batch_id, batch_index=index, name=_storable(request.name) if request.name else None,
         )
 
     def _store_batch(self, batch: Batch, item_ids: list[str], rejected: list[Job]) -> None:
@@ -712,7 +670,7 @@ class BatchService:
 
     # --- read --------------------------------------------------------------------------
     def get(self, batch_id: str, tenant: str | None = None) -> Batch:
-        """The batch, or BatchNotFound; with ``tenant``, another tenant's batch is BatchNotFound too."""
+        """The batch, or BatchNotFound; with ``tenant``, another tenant's batch (or a deleted one) is BatchNotFound too."""
         pipe = self.rt.redis.pipeline(transaction=False)
         pipe.hgetall(keys.batch(batch_id))
         pipe.scard(keys.batch_running(batch_id))
@@ -720,7 +678,7 @@ class BatchService:
         if not data:
             raise BatchNotFound(batch_id)
         batch = Batch.from_redis(batch_id, data, int(running))
-        if tenant is not None and batch.tenant != tenant:
+        if tenant is not None and (batch.tenant != tenant or b"deleted_at" in data):
             raise BatchNotFound(batch_id)
         return batch
 
@@ -789,9 +747,8 @@ class BatchService:
 
         Per item this is what ``JobService.cancel`` does to an unfinished job (the same
         guarded status transition, revoke, metrics and batch count), done in bulk: one
-        revoke broadcast and one counting pipeline for the whole batch. Unlike a
-        ``DELETE /v1/jobs/{id}`` of a finished job, no audio is deleted, even for an
-        item that finishes while the batch is being cancelled.
+        revoke broadcast and one counting pipeline for the whole batch. No audio is
+        deleted, even for an item that finishes while the batch is being cancelled.
         """
         batch = self.get(batch_id, tenant)
         if batch.done:
@@ -805,6 +762,32 @@ class BatchService:
         log.info("batch %s cancelled: %d unfinished items cancelled", batch_id, len(cancelled))
         return self.get(batch_id)
 
+    def delete(self, batch_id: str, tenant: str | None = None) -> Batch:
+        """Delete a batch (``tenant``'s only): cancel what is unfinished, then hide it and its items.
+
+        Each item's job is deleted as ``JobService.delete`` deletes one (audio dropped, record
+        marked ``deleted_at``, out of the tenant's list), a window of items per pipeline; the
+        batch record is marked the same way and leaves the tenant's batch list. Every
+        tenant-scoped read of the batch or of an item answers 404 from then on.
+        """
+        batch = self.cancel(batch_id, tenant)
+        deleted_at = str(now())
+        job_ids = [item.job_id for item in self.iter_items(batch_id)]
+        for start in range(0, len(job_ids), READ_WINDOW):
+            pipe = self.rt.redis.pipeline(transaction=False)
+            for job_id in job_ids[start:start + READ_WINDOW]:
+                pipe.delete(keys.job_audio(job_id))
+                pipe.hset(keys.job(job_id), "deleted_at", deleted_at)
+                pipe.expire(keys.job(job_id), self.rt.jobs.ttl)  # as JobStore.update does
+            pipe.zrem(keys.tenant_jobs(batch.tenant), *job_ids[start:start + READ_WINDOW])
+            pipe.execute()
+        pipe = self.rt.redis.pipeline(transaction=True)
+        pipe.hset(keys.batch(batch_id), "deleted_at", deleted_at)
+        pipe.zrem(keys.tenant_batches(batch.tenant), batch_id)
+        pipe.execute()
+        log.info("batch %s deleted with its %d items", batch_id, len(job_ids))
+        return batch
+
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -813,16 +796,6 @@ def _storable(value: str) -> str:
     """A rejected input's text or name as it can be stored: a lone surrogate (which UTF-8
     cannot encode, and the reason it was refused) becomes U+FFFD."""
     return _LONE_SURROGATE.sub("\ufffd", value)
-
-
-def _recorded_speed(value: Any) -> float:
-    """The speed a rejected input's record shows: the requested one when it is a usable number, else 1.0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 1.0
-    try:
-        return float(value) if math.isfinite(value) else 1.0
-    except OverflowError:  # an integer too large for a float
-        return 1.0
 
 
 def format_extension(fmt: str | None) -> str:

@@ -114,6 +114,9 @@ class Job:
     callback_url: str | None = None
     #: Its callback's delivery state (``tasks.callbacks``: status, attempts, last error), JSON in the record.
     callback: dict[str, Any] | None = None
+    #: When its owner deleted it (``DELETE /v1/jobs/{id}``): the API answers 404 for it from then
+    #: on, while the record stays for a worker still running it until the record expires.
+    deleted_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # --- (de)serialisation ------------------------------------------------------------------

@@ -25,10 +25,10 @@ from .admission import Admission
 from .cache import cache_key
 from .callbacks import check_callback
 from .celery_app import BULK_QUEUE, SYNTHESIS_QUEUE
-from .exceptions import AudioGone, IdempotencyKeyInUse, JobNotFinished, JobNotFound
+from .exceptions import AudioGone, IdempotencyKeyInUse, JobNotFinished, JobNotFound, TextTooLong
 from .idempotency import IdempotencyKeys, ResourceKind, tenant_key
 from .job import Job, new_job_id, now
-from .job_request import JobRequest
+from .job_request import JobRequest, check_name
 from .publish import SYNTHESIZE_TASK, enqueue, send_tasks
 from .runtime import Runtime
 from .status import JobStatus
@@ -64,6 +64,13 @@ class JobService:
 
         ``versions``: a voice id -> model version memo, so a batch looks each voice up once.
         """
+        limit = self.rt.settings.max_text_chars
+        if len(request.text) > limit:
+            raise TextTooLong(len(request.text), limit)
+        if not request.text.strip():
+            raise EmptyTextError("'text' is empty")
+        if request.name is not None:
+            check_name(request.name)
         options = request.options()
         info = options.validate(self.rt.catalog)
         normalized = normalize(request.text, markdown=request.markdown)
@@ -128,7 +135,14 @@ class JobService:
             if existing is None:
                 return None
             try:
-                return self.rt.jobs.get(existing)
+                earlier = self.rt.jobs.get(existing)
+                if earlier.deleted_at is None:
+                    return earlier
+                # Its owner deleted it: the key names nothing now, and is free for this request.
+                if self.idempotency.take_over(ResourceKind.JOB, key, existing, job.id, fingerprint, older_than=0):
+                    log.info("Idempotency-Key %r pointed at deleted job %s; now job %s", key, existing, job.id)
+                    return None
+                continue  # another submit took it over first: look again
             except JobNotFound:  # claimed by a submit that died before storing its job, or still storing it
                 if self.idempotency.take_over(ResourceKind.JOB, key, existing, job.id, fingerprint,
                                               older_than=CLAIM_GRACE_SECONDS):
@@ -220,9 +234,9 @@ class JobService:
 
     # --- read ----------------------------------------------------------------------------
     def get(self, job_id: str, tenant: str | None = None) -> Job:
-        """The job, or JobNotFound; with ``tenant``, another tenant's job is JobNotFound too."""
+        """The job, or JobNotFound; with ``tenant``, another tenant's job (or a deleted one) is JobNotFound too."""
         job = self.rt.jobs.get(job_id)
-        if tenant is not None and job.tenant != tenant:
+        if tenant is not None and (job.tenant != tenant or job.deleted_at is not None):
             raise JobNotFound(job_id)
         return job
 
@@ -270,14 +284,26 @@ class JobService:
 
     # --- change --------------------------------------------------------------------------
     def cancel(self, job_id: str, tenant: str | None = None) -> Job:
-        """Cancel a queued job, revoke a running one, or delete a finished one's audio (``tenant``'s only)."""
+        """Cancel a queued job or revoke a running one (``tenant``'s only); a finished job stays as it is."""
         job = self.get(job_id, tenant)
-        if job.status.finished:
-            self.rt.jobs.delete_audio(job_id)
-            self.rt.jobs.update(job_id, extra={**job.extra, "audio_deleted": True})
-            return self.rt.jobs.get(job_id)
-        if self.cancel_many([job]):
+        if not job.status.finished and self.cancel_many([job]):
             log.info("job %s cancelled (was %s)", job_id, job.status.value)
+        return self.rt.jobs.get(job_id)
+
+    def delete(self, job_id: str, tenant: str | None = None) -> Job:
+        """Delete a job (``tenant``'s only): cancel it if unfinished, drop its audio, hide it from then on.
+
+        The record is kept, marked ``deleted_at``, until it expires: a worker running the job
+        reads it to see the cancellation. Every tenant-scoped read answers 404 for it, and it
+        leaves the tenant's list. Returns the record as it was left.
+        """
+        job = self.get(job_id, tenant)
+        if not job.status.finished and self.cancel_many([job]):
+            log.info("job %s cancelled (was %s) to be deleted", job_id, job.status.value)
+        self.rt.jobs.delete_audio(job_id)
+        self.rt.jobs.update(job_id, deleted_at=now())
+        self.rt.redis.zrem(keys.tenant_jobs(job.tenant), job_id)
+        log.info("job %s deleted", job_id)
         return self.rt.jobs.get(job_id)
 
     def cancel_many(self, jobs: Sequence[Job]) -> builtins.list[Job]:  # ``list`` here is the method above

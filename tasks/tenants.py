@@ -45,6 +45,8 @@ __all__ = [
     "DEFAULT_SCOPES",
     "DEFAULT_TENANT",
     "OPEN_PRINCIPAL",
+    "RATE_PATTERN",
+    "TENANT_PATTERN",
     "ApiKey",
     "KeyStore",
     "Principal",
@@ -63,6 +65,9 @@ TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
 KEY_PREFIX = "tts_"
 _KEY_PATTERN = re.compile(r"tts_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
+
+#: A rate as the HTTP API takes it (the CLI's :func:`parse_rate` also reads ``5 per second``).
+RATE_PATTERN = r"^[1-9][0-9]{0,8}/(s|sec|second|m|min|minute|h|hour|d|day)$"
 
 _UNITS = {"s": "second", "sec": "second", "second": "second", "m": "minute", "min": "minute",
           "minute": "minute", "h": "hour", "hour": "hour", "d": "day", "day": "day"}

@@ -142,7 +142,7 @@ class ApiClient:
         return response.content
 
     def cancel(self, job_id: str) -> None:
-        """DELETE /v1/jobs/{id}, best effort (used when giving up on a job)."""
+        """DELETE /v1/jobs/{id}: cancel and delete, best effort (used when giving up on a job)."""
         try:
             self.session.delete(f"{self.base}/v1/jobs/{job_id}", timeout=(2.0, 5.0))
         except requests.RequestException as exc:

@@ -134,7 +134,7 @@ def test_non_utf8_file_exits_2(tmp_path: Path, corpus: Corpus) -> None:
 
 @pytest.mark.parametrize("args,needle", [
     (("say", "", "-o", "x.wav"), "empty"),
-    (("say", "Hi", "--speed", "3", "-o", "x.wav"), "speed"),
+    (("say", "Hi", "--speed", "5", "-o", "x.wav"), "speed"),
     (("say", "Hi", "--speed", "nan", "-o", "x.wav"), "speed"),
     (("say", "Hi", "--format", "ogg", "-o", "x.wav"), "valid formats"),
     (("say", "Hi", "-o", "x.xyz"), "--format"),

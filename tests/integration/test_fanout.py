@@ -128,7 +128,7 @@ def test_cancelling_a_fanned_out_job_stops_its_parts(stack, corpus):
         time.sleep(0.1)
     else:
         pytest.fail("the job never fanned out")
-    r = client.delete(f"/v1/jobs/{job_id}")
+    r = client.post(f"/v1/jobs/{job_id}/cancel")
     assert r.status_code == 200 and r.get_json()["status"] == "cancelled"
     # Parts still queued drop out as they are picked up; the running ones stop within 8 sentences.
     stack.wait_for(job_id)

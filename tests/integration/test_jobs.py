@@ -110,7 +110,7 @@ def test_idempotency_key(stack):
     assert c.get_json()["error"]["code"] == "idempotency_key_reused"
 
 
-def test_cancel_queued_job_and_delete_finished_audio(stack):
+def test_cancel_a_queued_job_and_delete_a_finished_one(stack):
     client = stack.client
     # Fill both worker processes with long jobs so the next one is still queued when cancelled
     # (under TTS_CHUNK_FANOUT_CHARS, so each stays one task on one process).
@@ -119,22 +119,30 @@ def test_cancel_queued_job_and_delete_finished_audio(stack):
     blockers = [submit(client, text=unique(chapter), voice="joe", format="wav", cache=False).get_json()["id"]
                 for _ in range(2)]
     victim = submit(client, text=unique("Cancel me before I run."), voice="heart", cache=False).get_json()["id"]
-    r = client.delete(f"/v1/jobs/{victim}")
+    r = client.post(f"/v1/jobs/{victim}/cancel")
     assert r.status_code == 200
     assert r.get_json()["status"] == "cancelled"
     for job_id in blockers:
-        client.delete(f"/v1/jobs/{job_id}")
+        client.post(f"/v1/jobs/{job_id}/cancel")
     final = stack.wait_for(victim)
     assert final["status"] == "cancelled"
     assert final["attempts"] == 0
 
-    done_id = submit(client, text=unique("Delete my audio."), voice="heart", cache=False).get_json()["id"]
+    done_id = submit(client, text=unique("Delete me."), voice="heart", cache=False).get_json()["id"]
     assert stack.wait_for(done_id)["status"] == "succeeded"
     assert client.get(f"/v1/jobs/{done_id}/audio").status_code == 200
-    assert client.delete(f"/v1/jobs/{done_id}").status_code == 200
-    gone = client.get(f"/v1/jobs/{done_id}/audio")
-    assert gone.status_code == 410
-    assert gone.get_json()["error"]["code"] == "audio_gone"
+    # Cancelling a finished job changes nothing; deleting it makes it 404 everywhere.
+    assert client.post(f"/v1/jobs/{done_id}/cancel").get_json()["status"] == "succeeded"
+    assert client.get(f"/v1/jobs/{done_id}/audio").status_code == 200
+    r = client.delete(f"/v1/jobs/{done_id}")
+    assert r.status_code == 200 and r.get_json() == {"id": done_id, "object": "job", "deleted": True}
+    for path in (f"/v1/jobs/{done_id}", f"/v1/jobs/{done_id}/audio"):
+        assert client.get(path).get_json()["error"]["code"] == "job_not_found", path
+    assert client.delete(f"/v1/jobs/{done_id}").status_code == 404
+    assert client.post(f"/v1/jobs/{done_id}/cancel").status_code == 404
+    assert done_id not in [j["id"] for j in client.get("/v1/jobs?limit=1000").get_json()["jobs"]]
+    # The audio is gone from the store too, not only hidden.
+    assert not stack.redis.exists(f"tts:job:{done_id}:audio")
 
 
 def test_list_jobs_with_status_and_cursor(stack):
@@ -163,11 +171,11 @@ def test_list_jobs_with_status_and_cursor(stack):
         ({"text": "   \n ", "voice": "heart"}, 400, "empty_text"),
         ({"text": "\U0001f600\U0001f680", "voice": "heart"}, 400, "empty_text"),
         ({"text": "hi", "voice": "nobody"}, 400, "unknown_voice"),
-        ({"text": "hi", "voice": "heart", "format": "mp4"}, 400, "invalid_option"),
-        ({"text": "hi", "voice": "heart", "speed": 3}, 400, "invalid_option"),
+        ({"text": "hi", "voice": "heart", "format": "mp4"}, 400, "invalid_request"),
+        ({"text": "hi", "voice": "heart", "speed": 4.5}, 400, "invalid_request"),
         ({"text": "hi", "voice": "heart", "speed": "fast"}, 400, "invalid_request"),
-        ({"text": "hi", "voice": "heart", "sample_rate": 1000}, 400, "invalid_option"),
-        ({"text": "hi", "voice": "heart", "seed": -1}, 400, "invalid_option"),
+        ({"text": "hi", "voice": "heart", "sample_rate": 1000}, 400, "invalid_request"),
+        ({"text": "hi", "voice": "heart", "seed": -1}, 400, "invalid_request"),
         ({"text": "hi", "voice": "heart", "cache": "yes"}, 400, "invalid_request"),
         ({"text": "hi", "voice": "heart", "colour": "blue"}, 400, "invalid_request"),
         ({"text": 5, "voice": "heart"}, 400, "invalid_request"),
@@ -214,12 +222,13 @@ def test_unknown_job_and_unfinished_audio(stack):
     assert r.get_json()["error"]["code"] == "job_not_found"
     assert client.get("/v1/jobs/doesnotexist/audio").status_code == 404
     assert client.delete("/v1/jobs/doesnotexist").status_code == 404
+    assert client.post("/v1/jobs/doesnotexist/cancel").status_code == 404
     long_text = unique("A long text keeps the job busy. " * 40)
     job_id = submit(client, text=long_text, voice="joe", cache=False).get_json()["id"]
     r = client.get(f"/v1/jobs/{job_id}/audio")
     assert r.status_code == 409
     assert r.get_json()["error"]["code"] == "job_not_finished"
-    client.delete(f"/v1/jobs/{job_id}")
+    client.post(f"/v1/jobs/{job_id}/cancel")
     assert client.get("/no/such/route").status_code == 404
     r = client.put("/v1/jobs")
     assert r.status_code == 405
@@ -233,4 +242,6 @@ def test_voices_endpoint(stack):
     assert all(v["sample_rate"] in (22050, 24000) for v in voices)
     blend = stack.client.get("/v1/voices/jf_alpha*0.7+jm_kumo*0.3")
     assert blend.status_code == 200
-    assert stack.client.get("/v1/voices/nobody").status_code == 400
+    unknown = stack.client.get("/v1/voices/nobody")
+    assert unknown.status_code == 404 and unknown.get_json()["error"]["code"] == "voice_not_found"
+    assert "heart" in unknown.get_json()["error"]["valid_voices"]

@@ -97,6 +97,7 @@ def test_another_tenants_job_is_a_missing_job(tenants: Tenants) -> None:
         assert beta.get(path).json()["error"]["message"].replace(job_id, "X") == \
             beta.get(path.replace(job_id, missing)).json()["error"]["message"].replace(missing, "X")
     refused_as_missing(beta.delete(f"/v1/jobs/{job_id}"), "job_not_found")
+    refused_as_missing(beta.post(f"/v1/jobs/{job_id}/cancel"), "job_not_found")
     assert job_id not in [j["id"] for j in beta.get("/v1/jobs").json()["jobs"]]
 
     # and alpha still has everything: the refused delete deleted nothing
@@ -132,6 +133,7 @@ def test_another_tenants_batch_is_a_missing_batch(tenants: Tenants) -> None:
     for path in ("", "/items", "/result", "/audio"):
         refused_as_missing(beta.get(f"/v1/batches/{batch_id}{path}"), "batch_not_found")
     refused_as_missing(beta.delete(f"/v1/batches/{batch_id}"), "batch_not_found")
+    refused_as_missing(beta.post(f"/v1/batches/{batch_id}/cancel"), "batch_not_found")
     assert beta.get("/v1/batches").json()["batches"] == []
     # the items are alpha's jobs: beta cannot reach them one by one either
     items = alpha.get(f"/v1/batches/{batch_id}/items").json()["items"]

@@ -9,7 +9,7 @@ from engine.exceptions import UnknownVoiceError
 from settings import Settings
 from tasks import keys
 from tasks.cache import AudioCache, cache_key
-from tasks.job_request import parse_job_request
+from tasks.job_request import JobInput
 from tasks.runtime import Runtime
 from tasks.service import JobService
 
@@ -267,7 +267,7 @@ def service() -> JobService:
 
 def prepared_key(service, **fields):
     body = {"text": "Hello there.", "voice": "heart", **fields}
-    return service.prepare(parse_job_request(body))[1]
+    return service.prepare(JobInput.model_validate(body).resolve())[1]
 
 
 def test_prepare_key_ignores_the_name_and_the_cache_flag_is_what_disables_it(service):

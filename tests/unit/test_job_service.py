@@ -37,7 +37,7 @@ from tasks.exceptions import (
 )
 from tasks.idempotency import IdempotencyKeys, ResourceKind
 from tasks.job import Job, now
-from tasks.job_request import JobRequest, parse_job_request
+from tasks.job_request import JobRequest
 from tasks.publish import SYNTHESIZE_TASK
 from tasks.runtime import Runtime
 from tasks.service import JobService
@@ -118,7 +118,7 @@ def finished_calls(monkeypatch) -> list[list[tuple[str, JobStatus, str | None]]]
 
 
 def request(**fields: Any) -> JobRequest:
-    return parse_job_request({"text": "Hello there.", "voice": "heart", **fields})
+    return JobRequest(**{"text": "Hello there.", "voice": "heart", **fields})
 
 
 def stored_job_keys(rt: Runtime) -> list[bytes]:
@@ -173,7 +173,7 @@ def test_submit_queues_the_job_and_publishes_one_message(svc, rt, app):
 
     before_task_publish.connect(before_publish, weak=False)
     try:
-        job, created = svc.submit(request(format="WAV", speed=1.25, seed=4, name="greeting"), correlation_id="req-7")
+        job, created = svc.submit(request(format="wav", speed=1.25, seed=4, name="greeting"), correlation_id="req-7")
     finally:
         before_task_publish.disconnect(before_publish)
 
@@ -435,16 +435,27 @@ def test_cancel_of_a_queued_job(svc, app, finished_calls):
     assert finished_calls == [[(job.id, JobStatus.CANCELLED, None)]]
 
 
-def test_cancel_of_a_finished_job_deletes_its_audio_only(svc, rt, app, finished_calls):
+def test_cancel_of_a_finished_job_changes_nothing(svc, rt, app, finished_calls):
     done = finished_job(svc)
     with revoke_spy(app) as broadcasts:
         result = svc.cancel(done.id)
-    assert result.status is JobStatus.SUCCEEDED
-    assert result.extra == {"audio_deleted": True}
+    assert result.status is JobStatus.SUCCEEDED and result.deleted_at is None
+    assert rt.jobs.audio(done.id) is not None
+    assert broadcasts == [] and finished_calls == []
+
+
+def test_delete_of_a_finished_job_drops_its_audio_and_hides_it_from_its_tenant(svc, rt, app, finished_calls):
+    done = finished_job(svc)
+    with revoke_spy(app) as broadcasts:
+        result = svc.delete(done.id, done.tenant)
+    assert result.status is JobStatus.SUCCEEDED and result.deleted_at is not None
     assert rt.jobs.audio(done.id) is None
     assert broadcasts == [] and finished_calls == []
-    with pytest.raises(AudioGone):
-        svc.audio(done.id)
+    for call in (lambda: svc.get(done.id, done.tenant), lambda: svc.audio(done.id, done.tenant),
+                 lambda: svc.cancel(done.id, done.tenant), lambda: svc.delete(done.id, done.tenant)):
+        with pytest.raises(JobNotFound):
+            call()
+    assert svc.get(done.id).deleted_at == result.deleted_at  # the record stays for the workers
 
 
 def test_cancel_of_a_missing_job(svc):
@@ -665,3 +676,13 @@ def test_a_key_claimed_moments_ago_by_a_submit_still_storing_its_job_answers_in_
         svc.submit(request(), idempotency_key="k-busy")
     assert drain(app) == [] and stored_job_keys(rt) == []
     assert IdempotencyKeys(rt.redis, ttl=60).holder(ResourceKind.JOB, "k-busy") == "in-flight"
+
+
+def test_the_idempotency_key_of_a_deleted_job_names_nothing_and_is_free_again(svc, app):
+    """Found by schemathesis: a retry with the key of a deleted job came back with the deleted job."""
+    first, created = svc.submit(request(), idempotency_key="key-1")
+    assert created
+    svc.delete(first.id, first.tenant)
+    second, created = svc.submit(request(), idempotency_key="key-1")
+    assert created and second.id != first.id
+    assert svc.submit(request(), idempotency_key="key-1") == (svc.get(second.id), False)

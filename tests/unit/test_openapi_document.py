@@ -39,23 +39,8 @@ NOT_API = frozenset({
     "/app/static/{filename}",        # its scripts and styles
 })
 
-#: Routes whose conversion to models is still under way (app/openai_compat.py, issue 11): while
-#: one is absent from the document it is tolerated; once it is there it is checked like any
-#: other. docs/api.md lists them already. When all have landed,
-#: ``test_routes_still_being_converted_are_in_the_document`` passes, which fails the suite
-#: (strict xfail): then empty this set.
-BEING_CONVERTED = frozenset({
-    ("POST", "/v1/audio/speech"),
-    ("GET", "/v1/audio/models"),
-    ("GET", "/v1/audio/voices"),
-    ("GET", "/v1/models"),
-    ("GET", "/v1/models/{model_id}"),
-})
-
 #: Operations with a path parameter that do not answer an unknown one with 404, and why.
-NO_404 = {
-    ("GET", "/v1/voices/{voice_id}"): "an unknown voice is 400 unknown_voice, as in a job's body",
-}
+NO_404: dict[tuple[str, str], str] = {}
 ERROR_BODY_REF = "#/components/schemas/ErrorBody"
 
 
@@ -119,7 +104,7 @@ def test_the_document_is_a_valid_openapi_3_1_document(document: dict[str, Any]) 
 
 def test_the_document_describes_every_route_of_the_app_and_no_other(app: Flask, document: dict[str, Any]) -> None:
     routes, described = app_routes(app), documented_routes(document)
-    missing = routes - described - BEING_CONVERTED
+    missing = routes - described
     unknown = described - routes
     assert not missing and not unknown, (
         f"routes of the app missing from /openapi.json (or documented with other methods):\n{listed(missing)}\n"
@@ -194,12 +179,6 @@ def test_a_submit_links_to_what_follows_it(document: dict[str, Any], path: str, 
                 f"{sorted(taken)}")
 
 
-@pytest.mark.xfail(strict=True, reason="app/openai_compat.py is still being converted to models (issue 11); "
-                                       "when this passes, empty BEING_CONVERTED")
-def test_routes_still_being_converted_are_in_the_document(document: dict[str, Any]) -> None:
-    assert documented_routes(document) >= BEING_CONVERTED
-
-
 # --- docs/api.md ----------------------------------------------------------------------------------
 #: A route as docs/api.md writes it: ``GET /v1/jobs/{id}``, maybe with a query (``?status=&limit=``).
 _ROUTE = re.compile(r"`(GET|POST|PUT|PATCH|DELETE) (/[^`?\s]*)(?:\?[^`]*)?`")
@@ -220,7 +199,7 @@ def guide_routes(markdown: str) -> tuple[set[tuple[str, str]], set[tuple[str, st
 
 
 def test_docs_api_md_documents_the_routes_of_the_document_and_no_other(document: dict[str, Any]) -> None:
-    reference = {r for r in documented_routes(document) | BEING_CONVERTED if r[1] not in NOT_API}
+    reference = {r for r in documented_routes(document) if r[1] not in NOT_API}
     by_shape = {(method, shape(path)): f"{method} {path}" for method, path in reference}
     documented, _ = guide_routes(API_MD.read_text(encoding="utf-8"))
     documented -= {(method, shape(path)) for method in ("GET", "POST", "PUT", "PATCH", "DELETE") for path in NOT_API}

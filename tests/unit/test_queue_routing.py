@@ -21,7 +21,7 @@ from tasks import fanout, keys, lifecycle, reconciler
 from tasks.celery_app import BULK_QUEUE, QUEUES, SYNTHESIS_QUEUE, SYNTHESIS_QUEUES, celery_config
 from tasks.fanout import PartPlan
 from tasks.job import Job, now
-from tasks.job_request import parse_job_request
+from tasks.job_request import JobInput
 from tasks.publish import PART_QUEUE, SYNTHESIZE_PART_TASK, SYNTHESIZE_TASK, queue_for
 from tasks.runtime import Runtime
 from tasks.service import JobService
@@ -50,7 +50,7 @@ def queues(rt: Runtime) -> dict[str, list[dict[str, Any]]]:
 
 
 def build(svc: JobService, text: str = "Hello there.", **fields: Any) -> Job:
-    return svc.build_job(parse_job_request({"text": text, "voice": "heart", "cache": False}), None, **fields)
+    return svc.build_job(JobInput.model_validate({"text": text, "voice": "heart", "cache": False}).resolve(), None, **fields)
 
 
 def stored_job(rt: Runtime, job_id: str, status: JobStatus, age: float = 0.0, **fields: Any) -> Job:
