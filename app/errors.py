@@ -29,11 +29,13 @@ from tasks.exceptions import (
     JobNotFinished,
     JobNotFound,
     KeyNotFound,
+    ModelNotFound,
     PipelineError,
     QueueFull,
     QuotaExceeded,
     TextTooLong,
     TooManyInputs,
+    VoiceNotFound,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     IdempotencyConflict: 422,
     IdempotencyKeyInUse: 409,
     KeyNotFound: 404,
+    VoiceNotFound: 404,
+    ModelNotFound: 404,
     QuotaExceeded: 429,
     QueueFull: 429,
     # A request the engine refuses (unknown voice, bad option, nothing to speak), and

@@ -16,7 +16,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from tasks.tenants import DEFAULT_SCOPES, parse_scopes
 
 from .auth import current_principal, key_store
-from .contract import SECURITY, answer, error_responses
+from .contract import SECURITY, answer, error_responses, link
 from .errors import ApiError
 from .schemas import AnyBody, KeyPath, KeyRequest
 
@@ -35,7 +35,8 @@ def _needs_a_real_key() -> None:
 
 
 @bp.post("", operation_id="create_key", summary="Make an API key",
-         responses={201: answer(AnyBody, "the key (shown this once) and its callback secret"),
+         responses={201: answer(AnyBody, "the key (shown this once) and its callback secret",
+                                links={"RevokeKey": link("revoke_key", "revoke it", key_id="$response.body#/id")}),
                     **error_responses(400, 415, *_ERRORS)})
 def create_key(body: KeyRequest) -> Any:
     """Make a key: 201 with the key (shown this once) and its callback secret."""

@@ -15,7 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
 from tasks.batches import MAX_GAP_MS
-from tasks.exceptions import BatchNotFound, DeadLetterNotFound, JobNotFound, KeyNotFound, PipelineError
+from tasks.exceptions import (
+    BatchNotFound,
+    DeadLetterNotFound,
+    JobNotFound,
+    KeyNotFound,
+    ModelNotFound,
+    PipelineError,
+    VoiceNotFound,
+)
 from tasks.redis_values import MAX_INDEX
 from tasks.tenants import RATE_PATTERN, TENANT_PATTERN
 
@@ -119,19 +127,21 @@ class VoicePath(BaseModel):
     voice_id: str = Field(min_length=1, max_length=200, description="a voice id, or a blend such as 'a+b'")
 
 
-#: What an id of the wrong shape is: the unknown id it names (path parameter, error).
+#: What a path of the wrong shape is: the unknown resource it names (path parameter, error).
 _NOT_FOUND: dict[str, tuple[str, Callable[[str], PipelineError]]] = {
     "JobPath": ("job_id", JobNotFound),
     "BatchPath": ("batch_id", BatchNotFound),
     "DeadLetterPath": ("job_id", DeadLetterNotFound),
     "KeyPath": ("key_id", KeyNotFound),
+    "VoicePath": ("voice_id", VoiceNotFound),
+    "ModelPath": ("model_id", ModelNotFound),
 }
 
 
 def path_not_found(model_name: str, view_args: Mapping[str, Any]) -> PipelineError | None:
-    """The 404 error for a refusal of the path model ``model_name`` (None: not an id path).
+    """The 404 error for a refusal of the path model ``model_name`` (None: not a path model).
 
-    An id of the wrong shape names nothing, and is answered as an unknown id is (the same
+    A path of the wrong shape names nothing, and is answered as an unknown one is (the same
     message), so ``<id>:audio`` never reaches a Redis key.
     """
     entry = _NOT_FOUND.get(model_name)

@@ -7,6 +7,7 @@ from flask import current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from engine.exceptions import UnknownVoiceError
+from tasks.exceptions import VoiceNotFound
 
 from .contract import SECURITY, answer, error_responses
 from .errors import ApiError
@@ -33,5 +34,5 @@ def get_voice(path: VoicePath) -> Any:
     try:
         info = catalog.info(path.voice_id)
     except UnknownVoiceError as exc:  # in a path it names a resource that is not there
-        raise ApiError(404, "voice_not_found", str(exc), valid_voices=exc.valid) from exc
+        raise ApiError(404, "voice_not_found", str(VoiceNotFound(path.voice_id)), valid_voices=exc.valid) from exc
     return jsonify(info.to_dict())

@@ -71,15 +71,24 @@ def atempo_chain(factor: float) -> str:
     return ",".join(f"atempo={s:.6f}" for s in stages)
 
 
+#: Silence put after the input so that atempo's last windows carry it, not the speech.
+STRETCH_TAIL_SECONDS = 0.25
+
+
 def time_stretch(samples: np.ndarray, sample_rate: int, factor: float) -> np.ndarray:
     """``samples`` (float32 mono) played ``factor`` times as fast, pitch unchanged.
 
-    The result has about ``len(samples) / factor`` samples at the same ``sample_rate``.
+    The result has exactly ``round(len(samples) / factor)`` samples at the same ``sample_rate``.
+    atempo works in windows and holds the last ones back, so a short input (a word, under
+    about 50 ms) came out empty or too long: the input gets :data:`STRETCH_TAIL_SECONDS` of
+    silence after it, and the output is cut (or padded with silence) to the exact length.
     A factor of 1 returns the input as it is. Raises :class:`EncodingError` when ffmpeg fails.
     """
     x = np.asarray(samples, dtype=np.float32)
     if factor == 1.0 or x.size == 0:
         return x
+    want = max(1, round(x.size / factor))
+    x = np.concatenate([x, np.zeros(int(STRETCH_TAIL_SECONDS * sample_rate), dtype=np.float32)])
     graph = atempo_chain(factor)
     cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "s16le", "-ar", str(int(sample_rate)),
            "-ac", "1", "-i", "pipe:0", "-filter:a", graph, "-f", "f32le", "-ac", "1", "pipe:1"]
@@ -91,6 +100,8 @@ def time_stretch(samples: np.ndarray, sample_rate: int, factor: float) -> np.nda
     if done.returncode != 0:
         raise EncodingError(f"time stretch failed: ffmpeg exited with status {done.returncode}: "
                             f"{_stderr_tail(done.stderr)}")
-    out = np.frombuffer(done.stdout, "<f4").astype(np.float32)
-    log.debug("stretched %d samples by %.3f (%s): %d samples", x.size, factor, graph, out.size)
+    out = np.frombuffer(done.stdout, "<f4").astype(np.float32)[:want]
+    if out.size < want:
+        out = np.concatenate([out, np.zeros(want - out.size, dtype=np.float32)])
+    log.debug("stretched %d samples by %.3f (%s): %d samples", samples.size, factor, graph, out.size)
     return out

@@ -161,6 +161,11 @@ def synthesize(text: str, options: SynthesisOptions, catalog: VoiceCatalog,
             if on_chunk is not None:
                 on_chunk(piece)
             tick = time.perf_counter()
+        if encoder.duration_seconds <= 0:
+            # A voice can read every letter and still say nothing (a Kokoro voice's G2P gives no
+            # phonemes for "¿" or "ȾȺ"): a file of no samples is not audio (no decoder opens it).
+            raise EmptyTextError(f"voice {info.id} made no sound for this text: nothing in it is something "
+                                 "this voice can say")
         data = encoder.finish()
     total = time.perf_counter() - started
     result = SynthesisResult(

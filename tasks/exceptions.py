@@ -85,6 +85,26 @@ class TextTooLong(PipelineError):
         super().__init__(f"text has {length} characters; the limit is {limit}")
 
 
+class VoiceNotFound(PipelineError):
+    """No voice by that id (a path that names a voice)."""
+
+    code = "voice_not_found"
+
+    def __init__(self, voice_id: str) -> None:
+        self.voice_id = voice_id
+        super().__init__(f"no voice {voice_id!r}: see GET /v1/voices")
+
+
+class ModelNotFound(PipelineError):
+    """No speech model by that name (OpenAI's models.retrieve)."""
+
+    code = "model_not_found"
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        super().__init__(f"no model {model_id!r}: see GET /v1/models")
+
+
 class InvalidRequest(PipelineError):
     """A request field is missing or of the wrong type; ``param`` names the field when one is to blame."""
 

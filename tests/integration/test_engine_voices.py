@@ -352,3 +352,12 @@ def test_piper_voice_dropped_into_voices_dir_appears_and_speaks(tmp_path: Path, 
     x = decoded(result)
     assert 0.03 <= result.duration / len(SENTENCE) <= 0.2
     assert rms(x) > 0.01
+
+
+@pytest.mark.parametrize("text", ["¿", "ȾȺ"])
+def test_a_text_the_voice_says_nothing_for_is_empty_text_not_an_empty_file(catalog: VoiceCatalog,
+                                                                         japanese_g2p: None, text: str) -> None:
+    """Found by schemathesis: jf_alpha read these (no unreadable letter) and made 0 samples, an mp3 of a
+    header alone that no decoder opens; concatenating a batch with it was a 400 encoding_failed."""
+    with pytest.raises(EmptyTextError, match="made no sound"):
+        synthesize(text, SynthesisOptions(voice="jf_alpha", format="mp3"), catalog)

@@ -15,6 +15,7 @@ closed with a bootstrap admin key, so the auth checks have something to check.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,10 @@ from typing import Any
 
 import pytest
 import requests
+
+#: The links a client follows from a submit (app/jobs.py JOB_LINKS, app/batches.py BATCH_LINKS).
+JOB_AND_BATCH_LINKS = ("GetJob", "GetJobAudio", "CancelJob", "DeleteJob", "GetBatch", "ListBatchItems",
+                       "GetBatchResult", "GetBatchAudio", "CancelBatch", "DeleteBatch")
 
 #: Where positive_data_acceptance may see a 400, and why (the file says).
 CONFIG = Path(__file__).with_name("schemathesis.toml")
@@ -41,7 +46,9 @@ def run_schemathesis(base: str, tmp_path: Path, *extra: str) -> subprocess.Compl
         str(Path(sys.executable).with_name("st")), "--config-file", str(CONFIG), "run", f"{base}/openapi.json",
         "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
         "-H", f"Authorization: Bearer {ADMIN_KEY}",
-        "--max-examples", "25", "--seed", "11", "--workers", "2",
+        # One worker: with two threads, hypothesis's ast.parse of its lambdas hits CPython 3.11.7's
+        # "AST constructor recursion depth mismatch" race (a SystemError inside schemathesis, not the API).
+        "--seed", "11", "--workers", "1",
         "--request-timeout", "30", "--generation-database", "none",
         "--report", "junit", "--report-dir", str(tmp_path / "report"),
         "--no-color", "--output-truncate", "false", *extra,
@@ -60,4 +67,10 @@ def test_schemathesis_finds_nothing(fuzz_stack: Any, tmp_path: Path) -> None:
     assert result.returncode == 0, output[-20000:]
     print(output[output.find("Coverage"):])  # the phases and the summary, for a -s run
     # The run really tested the API: every operation, and the stateful phase through the links.
-    assert "Stateful" in output or "stateful" in output, output[-3000:]
+    selected = re.search(r"Selected: (\d+)/(\d+)", output)
+    tested = re.search(r"Tested: (\d+)", output)
+    links = re.search(r"API Links:\s+(\d+) covered", output)
+    assert selected and tested and links, output[-3000:]
+    assert int(tested.group(1)) == int(selected.group(2)) == len(
+        [op for item in document["paths"].values() for op in item]), output[-3000:]
+    assert int(links.group(1)) >= len(JOB_AND_BATCH_LINKS), output[-3000:]
