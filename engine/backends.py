@@ -23,10 +23,12 @@ import onnxruntime as ort
 
 from .exceptions import OptionError, SynthesisRuntimeError
 from .kokoro_model import MAX_TOKENS, style_for_tokens
+from .pace import rounding_excess, speed_one_length
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HibariBackend", "KokoroBackend", "PiperBackend", "VoiceBackend", "session_options"]
+__all__ = ["HIBARI_DURATION_SHARES", "PIPER_DURATION_SHARES", "HibariBackend", "KokoroBackend", "PiperBackend", "VoiceBackend",
+           "session_options"]
 
 #: What a backend's phonemizer yields per model run: a phoneme string (hibari, Kokoro) or
 #: a list of phonemes (Piper).
@@ -73,16 +75,52 @@ class VoiceBackend(ABC, Generic[PhonemesT]):
 
     def synthesize(self, text: str, speed: float, rng: np.random.Generator) -> Iterator[np.ndarray]:
         """Audio for one chunk of text: one array per model run."""
+        for audio, _ in self._runs(text, speed, rng):
+            yield audio
+
+    def render(self, text: str, speed: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        """Audio for one chunk of text, and the length (samples) it would have at speed 1.
+
+        The length is :meth:`speed_one_samples` summed over the model runs (see engine.pace).
+        """
+        parts: list[np.ndarray] = []
+        speed_one = 0.0
+        for audio, tokens in self._runs(text, speed, rng):
+            parts.append(audio)
+            speed_one += self.speed_one_samples(audio.size, tokens, speed)
+        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return samples, speed_one
+
+    def speed_one_samples(self, samples: int, tokens: int, speed: float) -> float:
+        """Length at speed 1 of a run of ``tokens`` token ids that made ``samples`` samples at ``speed``.
+
+        Here the model's rate is taken as proportional; a family whose duration rounding
+        does not scale with the speed says by how much (engine.pace).
+        """
+        return speed * samples
+
+    def _runs(self, text: str, speed: float, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, int]]:
         for phonemes in self.phonemize(text):
             ids = self.ids(phonemes)
             if len(ids) > 2:
-                yield self.run(ids, speed, rng)
+                yield self.run(ids, speed, rng), len(ids)
+
+
+#: hibari's durations at speed 1, in whole units of :attr:`HibariBackend.samples_per_unit`: the
+#: share of tokens of each length, over 10,127 tokens of tests/data/news and tests/data/long
+#: (read from the model's duration tensor, which is whole to within 0.07 units).
+HIBARI_DURATION_SHARES: dict[float, float] = {
+    1: 0.2828, 2: 0.4752, 3: 0.1362, 4: 0.0378, 5: 0.0092, 6: 0.0145, 7: 0.0032, 8: 0.0007,
+    9: 0.0014, 10: 0.0012, 11: 0.0033, 12: 0.0061, 13: 0.0117, 14: 0.0091, 15: 0.0063, 16: 0.0015,
+}
 
 
 class HibariBackend(VoiceBackend[str]):
     """Kokoro distilled to 8M parameters (``hibari-tts``), with its own English G2P."""
 
     max_chunk_chars = 300
+    #: One duration unit: two frames of 300 samples.
+    samples_per_unit = 600
 
     def __init__(self, voice: str = "heart", threads: int = 1) -> None:
         from hibari import Hibari
@@ -108,6 +146,24 @@ class HibariBackend(VoiceBackend[str]):
             raise SynthesisRuntimeError(f"hibari synthesis failed: {exc}") from exc
         return np.asarray(audio, np.float32)
 
+    def speed_one_samples(self, samples: int, tokens: int, speed: float) -> float:
+        """Whole-unit durations, rounded after the division by the speed, at least one unit each (engine.pace)."""
+        excess = rounding_excess(speed, HIBARI_DURATION_SHARES, "round") * self.samples_per_unit
+        return speed_one_length(samples, tokens, speed, excess)
+
+
+#: Piper's durations at length_scale 1 (``joe``; VITS voices share the pad-between-phonemes
+#: layout), in frames before the ceiling: the share of tokens in each quarter frame (at its
+#: middle; 10.0 stands for everything beyond 8), over 16,748 tokens of tests/data/news and
+#: tests/data/long with the voice's noise_w of 0.8.
+PIPER_DURATION_SHARES: dict[float, float] = {
+    0.125: 0.013, 0.375: 0.1637, 0.625: 0.1588, 0.875: 0.0353, 1.125: 0.0552, 1.375: 0.1521, 1.625: 0.0934,
+    1.875: 0.0233, 2.125: 0.026, 2.375: 0.0669, 2.625: 0.0579, 2.875: 0.0329, 3.125: 0.0214, 3.375: 0.0187,
+    3.625: 0.0144, 3.875: 0.0122, 4.125: 0.0099, 4.375: 0.0077, 4.625: 0.0066, 4.875: 0.0041, 5.125: 0.0034,
+    5.375: 0.0029, 5.625: 0.0023, 5.875: 0.0019, 6.125: 0.0017, 6.375: 0.0014, 6.625: 0.0017, 6.875: 0.001,
+    7.125: 0.0008, 7.375: 0.0011, 7.625: 0.0008, 7.875: 0.0003, 10.0: 0.0071,
+}
+
 
 class PiperBackend(VoiceBackend[list[str]]):
     """A Piper VITS voice (``.onnx`` + ``.onnx.json``), phonemized by the espeak-ng bundled in piper-tts."""
@@ -125,6 +181,8 @@ class PiperBackend(VoiceBackend[list[str]]):
                                        providers=["CPUExecutionProvider"])
         self.voice = PiperVoice(session=session, config=config)
         self.sample_rate = int(config.sample_rate)
+        #: Samples per frame: a token lasts a whole number of frames.
+        self.hop_length = int(config.hop_length)
         self._lock = threading.Lock()  # espeak-ng's phonemizer is not re-entrant
 
     def phonemize(self, text: str) -> list[list[str]]:
@@ -147,6 +205,11 @@ class PiperBackend(VoiceBackend[list[str]]):
         peak = float(np.max(np.abs(audio))) if audio.size else 0.0
         # Piper's own synthesize() peak-normalises each sentence; do the same.
         return np.clip(audio / peak, -1.0, 1.0) if peak > 1e-8 else np.zeros_like(audio)
+
+    def speed_one_samples(self, samples: int, tokens: int, speed: float) -> float:
+        """``ceil`` of continuous durations, in frames of :attr:`hop_length` samples (engine.pace)."""
+        excess = rounding_excess(speed, PIPER_DURATION_SHARES, "ceil") * self.hop_length
+        return speed_one_length(samples, tokens, speed, excess)
 
 
 class KokoroModel:

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import audio
 from .exceptions import EmptyTextError, OptionError
+from .pace import residual_tempo
 from .stretch import MAX_SPEED, MIN_SPEED, MODEL_MAX_SPEED, MODEL_MIN_SPEED, split_speed, time_stretch
 from .text import check_readable, chunk_text, normalize
 from .voices import VoiceCatalog, VoiceInfo
@@ -29,7 +30,8 @@ __all__ = ["MAX_SPEED", "MIN_SPEED", "MODEL_MAX_SPEED", "MODEL_MIN_SPEED", "Audi
            "SynthesisResult", "prepare", "stream", "stream_chunks", "synthesize"]
 
 #: MIN_SPEED..MAX_SPEED (0.25 to 4.0) is what a request may ask for; the voices speak
-#: MODEL_MIN_SPEED..MODEL_MAX_SPEED (0.5 to 2.0) themselves, and engine.stretch does the rest.
+#: MODEL_MIN_SPEED..MODEL_MAX_SPEED (0.5 to 2.0) themselves, and engine.stretch does the rest
+#: (beyond that range, and the residual engine.pace finds inside it).
 
 
 @dataclass(frozen=True)
@@ -126,11 +128,13 @@ def stream_chunks(chunks: Iterable[str], options: SynthesisOptions, catalog: Voi
     backend = catalog.backend(options.voice)
     seed = None if options.seed is None else options.seed + seed_offset
     rng = np.random.default_rng(seed)
-    model_speed, tempo = split_speed(float(options.speed))
+    model_speed, stretch = split_speed(float(options.speed))
     for index, chunk in enumerate(chunks):
-        parts = list(backend.synthesize(chunk, model_speed, rng))
-        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        if tempo != 1.0:  # beyond the voice's own range: a pitch-preserving stretch of the sentence
+        samples, speed_one = backend.render(chunk, model_speed, rng)
+        # Beyond the voice's own range the stretch does the speed; inside it, it closes what the
+        # model's duration rounding leaves short of the speed (engine.pace): one stretch either way.
+        tempo = stretch if model_speed == 1.0 else residual_tempo(samples.size, speed_one, model_speed)
+        if tempo != 1.0:
             samples = time_stretch(samples, backend.sample_rate, tempo)
         yield AudioChunk(index=index, text=chunk, samples=samples.astype(np.float32, copy=False),
                          sample_rate=backend.sample_rate)
