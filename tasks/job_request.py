@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
-from pydantic_core import PydanticCustomError
 
 import engine
 from engine.synthesis import MAX_SPEED, MIN_SPEED
@@ -120,19 +119,11 @@ class JobInput(SpeechOptions):
     Fields left out take the batch's defaults, then the service's (:meth:`resolve`).
     """
 
-    text: StrictStr = Field(description="the text to speak: not blank, at most TTS_MAX_TEXT_CHARS characters",
-                            json_schema_extra={"minLength": 1, "pattern": r"\S"})
+    text: StrictStr = Field(description="the text to speak, at most TTS_MAX_TEXT_CHARS characters; a blank one "
+                                        "(or Markdown with nothing to speak) is refused as empty_text, in a "
+                                        "batch that input alone")
     name: Name | None = None
     callback_url: CallbackUrl | None = None
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        # Checked here, not with a pattern: a lone surrogate (which Rust's regex cannot read) is
-        # refused later as unreadable text, for that input alone in a batch.
-        if not value.strip():
-            raise PydanticCustomError("empty_text", "must not be blank: send the text to speak")
-        return value
 
     def resolve(self, *defaults: SpeechOptions | Mapping[str, Any]) -> JobRequest:
         """The request with its left-out fields filled from ``defaults`` (the first given wins after its own)."""
