@@ -322,17 +322,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_dlq(args: argparse.Namespace) -> int:
-    """``tts-batch dlq list | show ID | replay ID | replay --all | delete ID | purge``."""
+def run_on_redis(command: str, broker_url: str, action: Callable[[], None]) -> int:
+    """Run a subcommand's ``action`` against Redis: its refusal is a usage error (exit 2), an
+    unreachable Redis one line on stderr and exit 1."""
     import redis.exceptions
 
     from tasks.exceptions import PipelineError
+
+    try:
+        action()
+    except PipelineError as exc:
+        raise UsageError(str(exc)) from exc
+    except redis.exceptions.RedisError as exc:
+        print(f"{PROG} {command}: error: cannot reach Redis at {broker_url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """``tts-batch dlq list | show ID | replay ID | replay --all | delete ID | purge``."""
     from tasks.runtime import Runtime
     from tasks.service import JobService
 
     rt = Runtime()
     service = JobService(rt)
-    try:
+
+    def run() -> None:
         if args.dlq_command == "list":
             records = rt.dlq.list(limit=max(1, args.limit))
             if args.json:
@@ -354,25 +369,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print(f"deleted {args.job_id}")
         elif args.dlq_command == "purge":
             print(f"purged {rt.dlq.purge()} record(s)")
-    except PipelineError as exc:
-        raise UsageError(str(exc)) from exc
-    except redis.exceptions.RedisError as exc:
-        print(f"{PROG} dlq: error: cannot reach Redis at {rt.settings.broker_url}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_on_redis("dlq", rt.settings.broker_url, run)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """``tts-batch keys create --tenant T [...] | list [--json] | revoke ID``."""
-    import redis.exceptions
-
-    from tasks.exceptions import PipelineError
     from tasks.runtime import Runtime
     from tasks.tenants import KeyStore, parse_scopes
 
     rt = Runtime()
     store = KeyStore(rt.redis, bootstrap=rt.settings.api_keys)
-    try:
+
+    def run() -> None:
         if args.keys_command == "create":
             record, key = store.create(args.tenant, parse_scopes(args.scopes), rate=args.rate,
                                        max_queued=args.max_queued, chars_per_day=args.chars_per_day)
@@ -395,12 +404,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         elif args.keys_command == "revoke":
             record = store.revoke(args.key_id)
             print(f"revoked {record.id} (tenant {record.tenant!r})")
-    except PipelineError as exc:
-        raise UsageError(str(exc)) from exc
-    except redis.exceptions.RedisError as exc:
-        print(f"{PROG} keys: error: cannot reach Redis at {rt.settings.broker_url}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_on_redis("keys", rt.settings.broker_url, run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
