@@ -754,16 +754,30 @@ def make_stack(redis_dbs: Databases, tmp_path: Path, model_cache: Path) -> Itera
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+def start_redis(tmp_path: Path) -> Iterator[Any]:
+    """A factory of embedded Redis servers for one test alone, each stopped after it:
+    ``start_redis(**EmbeddedRedis keyword arguments)``; use one with ``make_stack(server=...)``."""
+    started: list[EmbeddedRedis] = []
+
+    def factory(**options: Any) -> EmbeddedRedis:
+        server = EmbeddedRedis(port=0, data_dir=tmp_path / f"own-redis{len(started)}",
+                               **{"extra_args": ("--databases", "64"), **options})
+        server.start()
+        started.append(server)
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def own_redis(start_redis: Any) -> EmbeddedRedis:
     """An embedded Redis for one test alone (every write fsynced), which it may kill and restart;
     use it with ``make_stack(server=own_redis)``."""
-    server = EmbeddedRedis(port=0, data_dir=tmp_path / "own-redis", appendonly=True, appendfsync="always",
-                           extra_args=("--databases", "64"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return start_redis(appendonly=True, appendfsync="always")
 
 
 @pytest.fixture

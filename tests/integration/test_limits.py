@@ -8,15 +8,12 @@ the Redis memory high-water mark (on an embedded Redis of the test's own with a 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 import requests
 from conftest import wait_until
 
-from scripts.embedded_redis import EmbeddedRedis
 from tasks import keys
 from tasks.runtime import Runtime
 from tasks.tenants import KeyStore
@@ -137,18 +134,8 @@ def test_the_global_queue_bound_answers_429_before_anything_is_stored(make_stack
         assert stored_jobs(stack.redis) == 4
 
 
-@pytest.fixture
-def small_redis(tmp_path: Any) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(port=0, data_dir=tmp_path / "small-redis", appendonly=False, maxmemory="64mb",
-                           extra_args=("--databases", "64"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def test_submits_stop_at_the_redis_memory_high_water_mark(make_stack: Any, small_redis: EmbeddedRedis) -> None:
+def test_submits_stop_at_the_redis_memory_high_water_mark(make_stack: Any, start_redis: Any) -> None:
+    small_redis = start_redis(appendonly=False, maxmemory="64mb")
     stack = make_stack(start=False, server=small_redis, TTS_REDIS_MEMORY_HIGH_WATER="0.5")
     client = stack.redis
     assert int(client.info("memory")["maxmemory"]) == 64 * 1024 * 1024
