@@ -12,14 +12,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from flask import Flask
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from app import create_app
+from app.schemas import ItemStatusName, JobStatusName
 from settings import Settings
+from tasks.status import JobStatus
 
 API_MD = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 #: The HTTP methods an OpenAPI path item may hold operations under.
@@ -225,3 +227,9 @@ def test_the_guide_reader_finds_headings_and_table_rows_only() -> None:
         "Prose naming `POST /v1/jobs` documents nothing.\n")
     assert documented == {("GET", "/v1/jobs/{}"), ("GET", "/v1/dlq"), ("DELETE", "/v1/dlq")}
     assert named == documented | {("POST", "/v1/dlq/replay"), ("POST", "/v1/jobs")}
+
+
+def test_the_status_names_of_the_models_are_the_services() -> None:
+    """Found by schemathesis: the first JobListQuery allowed 'retrying', which JobStatus lacks (a 500)."""
+    assert set(get_args(JobStatusName)) == {s.value for s in JobStatus}
+    assert set(get_args(ItemStatusName)) == {s.value for s in JobStatus} | {"expired"}
