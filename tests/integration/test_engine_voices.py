@@ -250,13 +250,13 @@ def test_unknown_voice_lists_the_valid_ones(catalog: VoiceCatalog) -> None:
         catalog.backend("")
 
 
-@pytest.mark.parametrize("speed", [0.3, 2.5, math.nan, math.inf, -1.0, 0.0, "fast", True, None])
+@pytest.mark.parametrize("speed", [0.2, 4.5, math.nan, math.inf, -1.0, 0.0, "fast", True, None])
 def test_bad_speed_raises_option_error(catalog: VoiceCatalog, speed: object) -> None:
     with pytest.raises(OptionError, match="speed"):
         synthesize(SENTENCE, SynthesisOptions(voice="heart", speed=speed), catalog)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("speed", [0.5, 2.0])
+@pytest.mark.parametrize("speed", [0.25, 0.5, 2.0, 4.0])
 def test_speed_bounds_are_allowed(catalog: VoiceCatalog, speed: float) -> None:
     assert synthesize("Yes.", SynthesisOptions(voice="heart", speed=speed), catalog).duration > 0
 
