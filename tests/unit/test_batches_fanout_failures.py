@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
+from unit_helpers import fanned_out_job
 
 from engine.exceptions import OptionError
 from settings import Settings
 from tasks import fanout, keys
-from tasks.fanout import PartPlan
-from tasks.job import Job, now
+from tasks.job import now
 from tasks.runtime import Runtime
 from tasks.status import JobStatus
 
@@ -20,20 +20,8 @@ def rt() -> Runtime:
     return runtime
 
 
-def running_job(rt: Runtime) -> tuple[Job, PartPlan]:
-    job = Job(id="j1", text="x" * 3000, voice="heart", status=JobStatus.RUNNING, created_at=now(),
-              started_at=now(), attempts=1)
-    rt.jobs.create(job)
-    plan = PartPlan(job_id=job.id, groups=[["One."], ["Two."], ["Three."]], format="mp3", rate=24000,
-                    voice_rate=24000)
-    rt.redis.hset(keys.job_parts(job.id), mapping=plan.to_redis())
-    rt.redis.set(keys.job_part(job.id, 0), b"audio of part one")
-    rt.redis.sadd(keys.job_parts_done(job.id), 0)
-    return job, plan
-
-
 def test_a_permanent_part_failure_dead_letters_the_job_once_and_drops_the_parts(rt):
-    job, plan = running_job(rt)
+    job, plan = fanned_out_job(rt, "j1")
     outcome = fanout._part_failed(None, rt, job, plan, 1, 1, OptionError("bad option"), now())
     assert outcome == {"job_id": job.id, "part": 1, "status": "failed"}
     failed = rt.jobs.get(job.id)
@@ -53,14 +41,14 @@ def test_a_permanent_part_failure_dead_letters_the_job_once_and_drops_the_parts(
 
 
 def test_parts_of_a_finished_job_are_dropped(rt):
-    job, _ = running_job(rt)
+    job, _ = fanned_out_job(rt, "j1")
     rt.jobs.update(job.id, status=JobStatus.CANCELLED)
     assert fanout._run_part(None, rt, rt.jobs.get(job.id), 1) is None
     assert not rt.redis.exists(keys.job_parts(job.id), keys.job_part(job.id, 0))
 
 
 def test_a_part_without_a_plan_is_dropped(rt):
-    job, _ = running_job(rt)
+    job, _ = fanned_out_job(rt, "j1")
     rt.redis.delete(keys.job_parts(job.id))
     assert fanout._run_part(None, rt, job, 1) is None
     assert rt.jobs.get(job.id).status is JobStatus.RUNNING

@@ -14,12 +14,11 @@ from typing import Any
 import fakeredis
 import pytest
 from billiard.exceptions import TimeLimitExceeded
-from unit_helpers import drain, memory_app
+from unit_helpers import drain, fanned_out_job, memory_app
 
 from settings import Settings
 from tasks import fanout, keys, lifecycle, reconciler
 from tasks.celery_app import BULK_QUEUE, QUEUES, SYNTHESIS_QUEUE, SYNTHESIS_QUEUES, celery_config
-from tasks.fanout import PartPlan
 from tasks.job import Job, now
 from tasks.job_request import JobInput
 from tasks.publish import PART_QUEUE, SYNTHESIZE_PART_TASK, SYNTHESIZE_TASK, queue_for
@@ -154,22 +153,9 @@ def test_the_reconciler_finds_a_waiting_message_in_either_queue(rt, queue):
 
 
 # --- fan-out parts ------------------------------------------------------------------------------------
-def fanned_out_job(rt: Runtime, batch_id: str | None) -> Job:
-    """A running long job with a stored three-part plan whose first part is done."""
-    job = Job(id="long", text="x" * 3000, voice="heart", status=JobStatus.RUNNING, created_at=now(),
-              started_at=now(), attempts=1, max_attempts=3, batch_id=batch_id, batch_index=0 if batch_id else None)
-    rt.jobs.create(job)
-    plan = PartPlan(job_id=job.id, groups=[["One."], ["Two."], ["Three."]], format="mp3", rate=24000,
-                    voice_rate=24000)
-    rt.redis.hset(keys.job_parts(job.id), mapping=plan.to_redis())
-    rt.redis.set(keys.job_part(job.id, 0), b"audio of part one")
-    rt.redis.sadd(keys.job_parts_done(job.id), 0)
-    return job
-
-
 @pytest.mark.parametrize("batch_id", [None, "b1"])
 def test_the_parts_of_any_fanned_out_job_go_to_bulk(rt, batch_id):
-    job = fanned_out_job(rt, batch_id)
+    job, _ = fanned_out_job(rt, batch_id=batch_id)
     assert fanout.fan_out(rt, job) == {"job_id": job.id, "status": "fanned_out", "parts": 3}
     sent = queues(rt)
     assert sent[SYNTHESIS_QUEUE] == []

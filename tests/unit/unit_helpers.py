@@ -1,4 +1,4 @@
-"""Helpers the unit tests share: kombu's in-memory broker read back, and test tones."""
+"""Helpers the unit tests share: kombu's in-memory broker read back, test tones, and a fanned-out job."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,9 +8,14 @@ from celery import Celery
 from kombu import Queue
 
 from engine.audio import AudioEncoder
+from tasks import keys
 from tasks.celery_app import SYNTHESIS_QUEUE, SYNTHESIS_QUEUES
+from tasks.fanout import PartPlan
+from tasks.job import Job, now
+from tasks.runtime import Runtime
+from tasks.status import JobStatus
 
-__all__ = ["drain", "encoded_mp3", "memory_app", "tone"]
+__all__ = ["drain", "encoded_mp3", "fanned_out_job", "memory_app", "tone"]
 
 
 def memory_app(name: str = "test-job-service") -> Celery:
@@ -60,3 +65,16 @@ def encoded_mp3(seconds: float, rate: int, freq: float = 330.0) -> tuple[bytes, 
     with AudioEncoder("mp3", rate) as encoder:
         encoder.write(tone(seconds, rate, freq))
     return encoder.finish(), encoder.samples_written
+
+
+def fanned_out_job(rt: Runtime, job_id: str = "long", batch_id: str | None = None) -> tuple[Job, PartPlan]:
+    """A running long job, stored, with a three-part plan whose first part is done."""
+    job = Job(id=job_id, text="x" * 3000, voice="heart", status=JobStatus.RUNNING, created_at=now(),
+              started_at=now(), attempts=1, max_attempts=3, batch_id=batch_id, batch_index=0 if batch_id else None)
+    rt.jobs.create(job)
+    plan = PartPlan(job_id=job.id, groups=[["One."], ["Two."], ["Three."]], format="mp3", rate=24000,
+                    voice_rate=24000)
+    rt.redis.hset(keys.job_parts(job.id), mapping=plan.to_redis())
+    rt.redis.set(keys.job_part(job.id, 0), b"audio of part one")
+    rt.redis.sadd(keys.job_parts_done(job.id), 0)
+    return job, plan
