@@ -164,7 +164,7 @@ def test_the_parts_of_any_fanned_out_job_go_to_bulk(rt, batch_id):
 
 
 def test_a_parts_time_limit_retry_goes_to_bulk(rt):
-    job = fanned_out_job(rt, None)
+    job, _ = fanned_out_job(rt)
     rt.redis.hset(keys.job_parts(job.id), "attempts:1", 1)
     lifecycle.retry_after_time_limit(rt, job.id, TimeLimitExceeded(660), part=1)
     sent = queues(rt)
