@@ -21,10 +21,11 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, get_type_hints
 
-from flask import Request, Response, current_app, jsonify, request
+from flask import Request, Response, current_app, request
 from flask_openapi3 import Info, OpenAPI
 from pydantic import BaseModel, ValidationError
 
+from .errors import error_response
 from .requests import json_body
 from .schemas import ErrorBody, path_not_found
 
@@ -147,7 +148,7 @@ class ApiRequest(Request):
     checked_json: Any = ...
 
     def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
-        """The body :func:`check_json_body` read, else werkzeug's reading."""
+        """The body :meth:`ServiceApi._check_json_body` read, else werkzeug's reading."""
         if self.checked_json is not ...:
             return self.checked_json
         return super().get_json(force=force, silent=silent, cache=cache)
@@ -158,14 +159,14 @@ def validation_error_response(exc: ValidationError) -> Response:
     query = exc.title.endswith("Query")
     not_found = path_not_found(exc.title, request.view_args or {})
     if not_found is not None:
-        return _error(404, not_found.code, str(not_found))
+        return error_response(404, not_found.code, str(not_found))
     if exc.title.endswith("Header"):
-        return _error(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters, not all blank",
-                      param="Idempotency-Key")
+        return error_response(400, "invalid_idempotency_key",
+                              "Idempotency-Key must be 1 to 255 characters, not all blank", param="Idempotency-Key")
+    # The null branch of an optional field adds "should be None": its other branch says what is wrong.
+    faults = [err for err in exc.errors() if "none" not in err["loc"][1:]] or exc.errors()
     errors: list[dict[str, str]] = []
-    for err in exc.errors():
-        if "none" in err["loc"][1:]:  # the null branch of an optional field: its other branch says what is wrong
-            continue
+    for err in faults:
         entry = {"param": _param(err["loc"]), "message": _message(err, query)}
         if all(e["param"] != entry["param"] for e in errors):
             errors.append(entry)
@@ -174,18 +175,11 @@ def validation_error_response(exc: ValidationError) -> Response:
     message = errors[0]["message"]
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}: see 'errors')"
-    return _error(400, code, message, param=errors[0]["param"] or None, errors=errors)
-
-
-def _error(status: int, code: str, message: str, **details: Any) -> Response:
-    body = {"code": code, "message": message, **{k: v for k, v in details.items() if v is not None}}
-    response = jsonify({"error": body})
-    response.status_code = status
-    return response
+    return error_response(400, code, message, param=errors[0]["param"] or None, errors=errors)
 
 
 #: Error types a model raises with a code of their own (``PydanticCustomError``): the code goes out as is.
-_OWN_CODES = frozenset({"empty_text", "empty_input"})
+_OWN_CODES = frozenset({"empty_input"})
 
 #: Parts of an error's location that name a branch of a union, not a field.
 _BRANCH_NAMES = frozenset({"none", "str", "int", "float", "bool", "list", "dict"})
