@@ -1,4 +1,5 @@
-"""The API's models for paths, query strings and answers (request bodies of jobs live in ``tasks``).
+"""The API's models for paths, query strings, headers, the key request and answers (the bodies of jobs
+and batches live in ``tasks``).
 
 Request models refuse what they do not know (``extra="forbid"``); answer models describe
 what the server sends and allow fields added later (``extra="allow"``), so a client written
@@ -40,14 +41,17 @@ __all__ = [
     "DeletedBody",
     "ErrorBody",
     "IdempotencyHeader",
+    "ItemStatusName",
     "JobBody",
     "JobListBody",
     "JobListQuery",
     "JobPath",
+    "JobStatusName",
     "KeyPath",
     "KeyRequest",
     "ListQuery",
     "QueryModel",
+    "VoicePath",
     "omit_default",
     "path_not_found",
 ]
