@@ -116,7 +116,11 @@ _POOL_STATE: dict[str, Any] = {}
 
 
 def _pool_init(settings_env: dict[str, str], voice: str, formats: Sequence[str]) -> None:
-    """Pool process start: the catalog the worker would build from the same settings, warmed up."""
+    """Pool process start: the catalog the worker would build from the same settings, warmed up.
+
+    Ctrl-C is the parent's to handle (it terminates the pool): the children ignore it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from engine import SynthesisOptions, synthesize
     from tasks.runtime import Runtime
 
