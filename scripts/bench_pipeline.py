@@ -119,14 +119,20 @@ def _pool_init(settings_env: dict[str, str], voice: str, formats: Sequence[str])
     """Pool process start: the catalog the worker would build from the same settings, warmed up.
 
     Ctrl-C is the parent's to handle (it terminates the pool): the children ignore it.
+    An error here is kept and raised by the first task instead: a failing initializer would
+    make ``multiprocessing.Pool`` start new processes forever, and the run would hang.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from engine import SynthesisOptions, synthesize
     from tasks.runtime import Runtime
 
-    catalog = Runtime(load_settings(settings_env)).catalog
-    for fmt in formats:
-        synthesize("Warming up the pool.", SynthesisOptions(voice=voice, format=fmt), catalog)
+    try:
+        catalog = Runtime(load_settings(settings_env)).catalog
+        for fmt in formats:
+            synthesize("Warming up the pool.", SynthesisOptions(voice=voice, format=fmt), catalog)
+    except Exception as exc:  # noqa: BLE001 - reported by _pool_synthesize in the parent
+        _POOL_STATE["error"] = f"pool process start failed: {type(exc).__name__}: {exc}"
+        return
     _POOL_STATE["catalog"] = catalog
 
 
@@ -134,6 +140,8 @@ def _pool_synthesize(args: tuple[str, str, str]) -> tuple[float, float]:
     """One text through ``engine.synthesize``: (audio seconds, synthesis seconds)."""
     from engine import SynthesisOptions, synthesize
 
+    if "error" in _POOL_STATE:
+        raise RuntimeError(_POOL_STATE["error"])
     text, voice, fmt = args
     result = synthesize(text, SynthesisOptions(voice=voice, format=fmt), _POOL_STATE["catalog"])
     return result.duration, result.synthesis_seconds
@@ -576,6 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("bench_pipeline: interrupted; stopping what it started", file=sys.stderr)
             return 130
+        except (RuntimeError, requests.RequestException, redis.RedisError) as exc:
+            print(f"bench_pipeline: {exc}", file=sys.stderr)
+            return 1
         finally:
             if rclient is not None:
                 rclient.close()
