@@ -12,7 +12,7 @@ help:
 	@echo "make up        create .venv, install, start redis + worker + api + flower + exporter under supervisord (a process that dies is restarted)"
 	@echo "make test      create .venv, install, run the whole test suite"
 	@echo "make install   only create .venv and install the package with the dev extra"
-	@echo "make bench     run the engine benchmark"
+	@echo "make bench     run every benchmark: engine, pipeline, speech vs piper, memory (docs/benchmarks.md)"
 	@echo "make lint      ruff check . (the rules are in pyproject.toml)"
 	@echo "make typecheck mypy --strict on engine/ and tasks/, plain mypy on monitoring/ app/ settings.py tts_batch_client/"
 	@echo "make check     lint + typecheck (CI runs both before the tests)"
@@ -40,8 +40,14 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
+# Each prints ratios against a baseline measured in the same run; BENCH_MEMORY_JOBS=1000 for
+# the full memory run (about 40 minutes here), 200 by default.
+BENCH_MEMORY_JOBS ?= 200
 bench: $(STAMP)
 	$(PY) scripts/bench_engine.py
+	$(PY) scripts/bench_pipeline.py
+	$(PY) scripts/bench_speech.py
+	$(PY) scripts/bench_memory.py --jobs $(BENCH_MEMORY_JOBS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
