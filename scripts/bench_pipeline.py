@@ -44,13 +44,10 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
-import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -70,12 +67,12 @@ import redis
 import requests
 
 from scripts.bench_engine import bench_text, machine
-from scripts.embedded_redis import find_free_port, wait_for_redis
-from settings import child_environment, get_settings, load_settings
+from scripts.bench_stack import BenchStack
+from scripts.embedded_redis import wait_for_redis
+from settings import child_environment, load_settings
 
 logger = logging.getLogger(__name__)
 
-RUN_STACK = ROOT / "scripts" / "run_stack.py"
 #: Worker processes of the stack and of the pool (``make up`` on this 2-core machine).
 DEFAULT_PROCESSES = 2
 #: Seconds the stack may take until its worker is ready and its API accepts a job.
@@ -186,29 +183,15 @@ class Stack:
     data_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
+    #: The stack this script started (scripts/bench_stack.py), None for ``--url``.
+    bench: BenchStack | None = None
+
     @classmethod
     def start(cls, processes: int) -> Stack:
-        """Start web + worker on an embedded Redis, on free ports, data in a temporary folder."""
-        data_dir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-        redis_port, api_port = find_free_port(), find_free_port()
-        env = child_environment(
-            inherit_settings=False,
-            TTS_DATA_DIR=str(data_dir),
-            TTS_MODEL_CACHE_DIR=str(get_settings().model_cache.resolve()),  # shared: no model re-assembly
-            TTS_EMBEDDED_REDIS_PORT=str(redis_port),
-            TTS_API_HOST="127.0.0.1",
-            TTS_API_PORT=str(api_port),
-            TTS_WORKER_CONCURRENCY=str(processes),
-            TTS_LOG_LEVEL="WARNING",
-        )
-        stack = cls(api=f"http://127.0.0.1:{api_port}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
-                    env=env, data_dir=data_dir)
-        with open(data_dir / "stack.log", "wb") as out:
-            stack.proc = subprocess.Popen([sys.executable, str(RUN_STACK), "--only", "web,worker"], cwd=str(ROOT),
-                                          env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        logger.info("starting the stack (API %s, Redis %s, %d worker processes; log %s)", stack.api,
-                    stack.redis_url, processes, data_dir / "stack.log")
-        return stack
+        """Start web + worker on an embedded Redis, on free ports (``BenchStack``, as every benchmark does)."""
+        bench = BenchStack("pipeline", concurrency=processes).start()
+        return cls(api=bench.url, redis_url=bench.redis_url, env=bench.env, data_dir=bench.data_dir,
+                   proc=bench.proc, bench=bench)
 
     def wait_ready(self, processes: int) -> None:
         """Wait until Redis answers, the worker has warmed up and every worker child answers jobs."""
@@ -245,17 +228,9 @@ class Stack:
             raise RuntimeError(f"the stack was not ready after {START_TIMEOUT:.0f} s; see {self.log}")
 
     def stop(self) -> None:
-        """Ctrl-C the stack (supervisord stops web and worker, then Redis), kill its group if it hangs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                logger.warning("the stack did not stop in 40 s; killing its process group")
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if self.data_dir is not None:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+        """Stop a stack this script started and remove its data folder."""
+        if self.bench is not None:
+            self.bench.cleanup()
 
     # --- processes (a started stack only) ---
     def process_groups(self) -> dict[str, list[psutil.Process]]:

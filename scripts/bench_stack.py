@@ -78,6 +78,8 @@ class BenchStack:
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.extra_env = env
+        #: The stack's environment (its settings), once started.
+        self.env: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -100,6 +102,7 @@ class BenchStack:
             TTS_LOG_LEVEL="WARNING",
             **self.extra_env,
         )
+        self.env = env
         log.info("starting the %s stack: API %s, Redis %s, %d worker process(es); log in %s",
                  self.name, self.url, self.redis_url, self.concurrency, self.log_path)
         with open(self.log_path, "wb") as out:
