@@ -689,6 +689,12 @@ def api_process(tmp_path: Path) -> Iterator[Any]:
         api.kill()
 
 
+@pytest.fixture
+def serve(api_process: Any) -> Any:
+    """The API under gunicorn, as the Procfile runs it, with a stack's settings: ``serve(stack)``."""
+    return lambda stack: api_process(stack.env)
+
+
 def _stack_env(redis_url: str, tmp: Path, model_cache: Path, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_") and k != "REDIS_URL"}
     env.update({

@@ -16,22 +16,20 @@ Set ``UPDATE_DOCS_SCREENSHOT=1`` to also write the screenshot to ``docs/api-docs
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import ApiProcess
-from playwright.sync_api import Locator, Page, sync_playwright
+from e2e_browser import chromium_page
+from playwright.sync_api import Locator, Page
 
 #: ``chromium`` first: without it the tests skip (fail under CI) before starting any worker.
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("chromium")]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 #: Records every CSP violation the page reports (the event fires even where no console line is written).
 RECORD_CSP_VIOLATIONS = """
 window.__cspViolations = [];
@@ -44,27 +42,10 @@ JOB_INPUT_FIELDS = ("text", "voice", "format", "speed", "sample_rate", "seed", "
 
 
 @pytest.fixture
-def serve(api_process: Any) -> Callable[[Any], ApiProcess]:
-    """The API under gunicorn, as the Procfile runs it, with a stack's settings."""
-    return lambda stack: api_process(stack.env)
-
-
-@pytest.fixture
 def browser_page(chromium: str) -> Iterator[tuple[Page, dict[str, list[str]]]]:
     """A Chromium page, with the URLs it requested, failed requests and any console or page errors."""
-    seen: dict[str, list[str]] = {"requests": [], "failed": [], "errors": []}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.add_init_script(RECORD_CSP_VIOLATIONS)
-            page.on("request", lambda request: seen["requests"].append(request.url))
-            page.on("requestfailed", lambda request: seen["failed"].append(f"{request.url}: {request.failure}"))
-            page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
-            page.on("console", lambda msg: seen["errors"].append(msg.text) if msg.type == "error" else None)
-            yield page, seen
-        finally:
-            browser.close()
+    with chromium_page(chromium, 1280, 1100, init_script=RECORD_CSP_VIOLATIONS) as opened:
+        yield opened
 
 
 def operation(page: Page, method: str, path: str) -> Locator:

@@ -15,21 +15,19 @@ from __future__ import annotations
 import os
 import struct
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from conftest import ApiProcess
-from playwright.sync_api import Page, sync_playwright
+from e2e_browser import chromium_page
+from playwright.sync_api import Page
 
 #: ``chromium`` first: without it the tests skip (fail under CI) before starting any worker.
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("chromium")]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 CHARTS = ("queue", "throughput", "latency", "cache", "system")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -39,25 +37,10 @@ def unique(text: str) -> str:
 
 
 @pytest.fixture
-def serve(api_process: Any) -> Callable[[Any], ApiProcess]:
-    """The API under gunicorn, as the Procfile runs it, with a stack's settings."""
-    return lambda stack: api_process(stack.env)
-
-
-@pytest.fixture
 def browser_page(chromium: str) -> Iterator[tuple[Page, dict[str, list[str]]]]:
     """A Chromium page, with the URLs it requested and any console or page errors (no Chromium: see ``chromium``)."""
-    seen: dict[str, list[str]] = {"requests": [], "errors": []}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("request", lambda request: seen["requests"].append(request.url))
-            page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
-            page.on("console", lambda msg: seen["errors"].append(msg.text) if msg.type == "error" else None)
-            yield page, seen
-        finally:
-            browser.close()
+    with chromium_page(chromium, 1400, 1000) as opened:
+        yield opened
 
 
 def counter(page: Page, element_id: str) -> int:

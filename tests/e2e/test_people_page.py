@@ -21,14 +21,15 @@ import json
 import os
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from conftest import ApiProcess, Corpus
-from playwright.sync_api import Page, sync_playwright
+from conftest import Corpus
+from e2e_browser import chromium_page
+from playwright.sync_api import Page
 
 from tasks.tenants import KeyStore, Scope
 
@@ -36,10 +37,8 @@ from tasks.tenants import KeyStore, Scope
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("chromium")]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 # No sound card in CI: a fake output device, so audio plays (and its clock runs) anyway.
-                 "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required"]
+#: No sound card in CI: a fake output device, so audio plays (and its clock runs) anyway.
+AUDIO_ARGS = ("--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required")
 #: The three files of the visit: (file name in tmp_path, corpus file).
 FILES = (("welcome.txt", "letters/welcome.txt"), ("reminder.txt", "letters/reminder.txt"),
          ("briefing.md", "news/briefing.md"))
@@ -47,26 +46,10 @@ SUCCEEDED = '#result-items li[data-status="succeeded"]'
 
 
 @pytest.fixture
-def serve(api_process: Any) -> Callable[[Any], ApiProcess]:
-    """The API under gunicorn, as the Procfile runs it, with a stack's settings."""
-    return lambda stack: api_process(stack.env)
-
-
-@pytest.fixture
 def browser_page(chromium: str) -> Iterator[tuple[Page, dict[str, list[str]]]]:
     """A Chromium page that accepts downloads, with the URLs it requested and its console or page errors."""
-    seen: dict[str, list[str]] = {"requests": [], "errors": []}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
-            page = context.new_page()
-            page.on("request", lambda request: seen["requests"].append(request.url))
-            page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
-            page.on("console", lambda msg: seen["errors"].append(msg.text) if msg.type == "error" else None)
-            yield page, seen
-        finally:
-            browser.close()
+    with chromium_page(chromium, 1100, 900, extra_args=AUDIO_ARGS, accept_downloads=True) as opened:
+        yield opened
 
 
 def write_files(tmp_path: Path, corpus: Corpus) -> list[Path]:
