@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from math import gcd
@@ -52,6 +53,7 @@ __all__ = [
     "effective_rate",
     "encode",
     "resample",
+    "run_ffmpeg",
     "silence",
     "to_pcm16",
     "validate_format",
@@ -517,20 +519,26 @@ def decode(data: bytes, fmt: str, pcm_rate: int | None = None) -> tuple[np.ndarr
     return (x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)), int(rate)
 
 
+def run_ffmpeg(args: Sequence[str], data: bytes, what: str, timeout: float) -> bytes:
+    """Run the bundled ffmpeg on ``data`` (stdin) with ``args``; its stdout, or EncodingError saying ``what`` failed."""
+    cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", *args]
+    try:
+        done = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EncodingError(f"{what} failed: {exc}") from exc
+    if done.returncode != 0:
+        raise EncodingError(f"{what} failed: ffmpeg exited with status {done.returncode}: "
+                            f"{_stderr_tail(done.stderr)}")
+    return done.stdout
+
+
 def _decode_aac(data: bytes) -> tuple[np.ndarray, int]:
     if len(data) < 7 or data[0] != 0xFF or data[1] & 0xF6 != 0xF0:
         raise EncodingError("aac decoding failed: data does not start with an ADTS header")
     index = (data[2] >> 2) & 0x0F
     if index >= len(_ADTS_RATES):
         raise EncodingError(f"aac decoding failed: bad ADTS sampling index {index}")
-    cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "aac", "-i", "pipe:0",
-           "-f", "f32le", "-ac", "1", "pipe:1"]
-    try:
-        done = subprocess.run(cmd, input=data, capture_output=True, timeout=_FFMPEG_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EncodingError(f"aac decoding failed: {exc}") from exc
-    if done.returncode != 0:
-        raise EncodingError(f"aac decoding failed: ffmpeg exited with status {done.returncode}: "
-                            f"{_stderr_tail(done.stderr)}")
-    x = np.frombuffer(done.stdout, "<f4")[_AAC_PRIMING:]
+    decoded = run_ffmpeg(["-f", "aac", "-i", "pipe:0", "-f", "f32le", "-ac", "1", "pipe:1"], data,
+                         "aac decoding", _FFMPEG_TIMEOUT)
+    x = np.frombuffer(decoded, "<f4")[_AAC_PRIMING:]
     return x.astype(np.float32), _ADTS_RATES[index]

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
 
 import numpy as np
 
-from .audio import _ffmpeg_exe, _stderr_tail, to_pcm16
-from .exceptions import EncodingError, OptionError
+from .audio import run_ffmpeg, to_pcm16
+from .exceptions import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +89,11 @@ def time_stretch(samples: np.ndarray, sample_rate: int, factor: float) -> np.nda
     want = max(1, round(x.size / factor))
     x = np.concatenate([x, np.zeros(int(STRETCH_TAIL_SECONDS * sample_rate), dtype=np.float32)])
     graph = atempo_chain(factor)
-    cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "s16le", "-ar", str(int(sample_rate)),
-           "-ac", "1", "-i", "pipe:0", "-filter:a", graph, "-f", "f32le", "-ac", "1", "pipe:1"]
     pcm = to_pcm16(np.clip(np.nan_to_num(x), -1.0, 1.0))
-    try:
-        done = subprocess.run(cmd, input=pcm, capture_output=True, timeout=_STRETCH_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EncodingError(f"time stretch failed: {exc}") from exc
-    if done.returncode != 0:
-        raise EncodingError(f"time stretch failed: ffmpeg exited with status {done.returncode}: "
-                            f"{_stderr_tail(done.stderr)}")
-    out = np.frombuffer(done.stdout, "<f4").astype(np.float32)[:want]
+    stretched = run_ffmpeg(["-f", "s16le", "-ar", str(int(sample_rate)), "-ac", "1", "-i", "pipe:0",
+                            "-filter:a", graph, "-f", "f32le", "-ac", "1", "pipe:1"], pcm, "time stretch",
+                           _STRETCH_TIMEOUT)
+    out = np.frombuffer(stretched, "<f4").astype(np.float32)[:want]
     if out.size < want:
         out = np.concatenate([out, np.zeros(want - out.size, dtype=np.float32)])
     log.debug("stretched %d samples by %.3f (%s): %d samples", samples.size, factor, graph, out.size)
