@@ -333,22 +333,13 @@ def test_evaluate_alerts_task_notifies_once(task_env: redis.Redis, receiver: Rec
 # --- the whole pipeline: a real worker dead-letters a job and delivers the alert -----------
 
 
-def _wait(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_permanent_failure_sends_exactly_one_signed_job_failed(make_stack, receiver: Receiver) -> None:
     stack = make_stack(TTS_FAULT_INJECTION="permanent", TTS_WEBHOOK_URLS=receiver.url, TTS_WEBHOOK_SECRET=SECRET)
     r = stack.client.post("/v1/jobs", json={"text": "This one fails for good.", "voice": "heart"},
                           headers={"X-Request-ID": "req-hook-1"})
     job_id = r.get_json()["id"]
     assert stack.wait_for(job_id)["status"] == "failed"
-    assert _wait(lambda: len(receiver.requests) >= 1), stack.workers[0].log_tail()
+    stack.wait_until(lambda: len(receiver.requests) >= 1, 30, "the job.failed alert")
     # Nothing else can arrive once no task is queued, running or waiting for a retry.
     stack.wait_idle()
     failed = [req for req in receiver.requests if req.headers.get(EVENT_HEADER) == "job.failed"]
@@ -372,7 +363,7 @@ def test_alert_survives_a_receiver_that_is_down_for_a_while(make_stack, receiver
                                                  "voice": "heart"}).get_json()["id"]
     assert stack.wait_for(job_id)["status"] == "failed"
     # Two 503s, then the default 200 on the third try.
-    assert _wait(lambda: len(receiver.requests) >= 3, timeout=90), len(receiver.requests)
+    stack.wait_until(lambda: len(receiver.requests) >= 3, 90, "three deliveries of the alert")
     stack.wait_idle()  # the third answer was a 200: no retry is left that could send a fourth
     deliveries = {req.headers.get(DELIVERY_HEADER) for req in receiver.requests}
     assert len(receiver.requests) == 3
