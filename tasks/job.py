@@ -375,6 +375,7 @@ class JobStore:
                     new_status = changes.get("status")
                     tenant_active = keys.tenant_active(text_or_none(owner) or DEFAULT_TENANT)
                     if new_status is not None and JobStatus(new_status).finished:
+                        pipe.publish(keys.job_finished(job_id), JobStatus(new_status).value)
                         pipe.zrem(keys.ACTIVE_JOBS, job_id)
                         pipe.zrem(tenant_active, job_id)
                         if batch_id is not None:  # owed to its batch's count, whoever dies next

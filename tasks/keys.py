@@ -23,6 +23,8 @@ key                             what
 ``tts:job:{id}:parts:done``     set: part numbers whose audio is stored
 ``tts:job:{id}:speech``         stream: a streamed speech job's encoded audio deltas, tagged by attempt, for the
                                 API to relay as SSE (TTL ``TTS_SPEECH_TIMEOUT`` + 60 s, renewed by every entry)
+``tts:job:{id}:finished``       pub/sub channel: the job's final status, published in the transaction that sets it,
+                                so a waiting API request answers at once (``JobService.wait``)
 ``tts:batches``                 sorted set: batch ids by creation time
 ``tts:lease:{id}``              string: the running attempt's lease (task id, host, pid), renewed while it runs
 ``tts:jobs:active``             sorted set: unfinished job ids by creation time, for the reconciler
@@ -131,6 +133,11 @@ def job_parts_done(job_id: str) -> str:
 def job_speech(job_id: str) -> str:
     """The Redis stream of a streamed speech job's audio deltas (``tasks.speech_stream``)."""
     return f"{PREFIX}job:{job_id}:speech"
+
+
+def job_finished(job_id: str) -> str:
+    """The pub/sub channel on which a job's final status is published (``JobStore.transition``)."""
+    return f"{PREFIX}job:{job_id}:finished"
 
 
 def lease(job_id: str) -> str:

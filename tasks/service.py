@@ -38,11 +38,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["JobService"]
 
-#: How :meth:`JobService.wait` polls (seconds): soon at first, since cache hits and short
-#: texts finish in tens of milliseconds, then backing off.
-WAIT_FIRST_POLL = 0.01
-WAIT_POLL_FACTOR = 1.5
-WAIT_LONGEST_POLL = 0.2
+#: While :meth:`JobService.wait` listens on a job's channel it still reads the record this
+#: often (seconds): a job deleted or expired meanwhile publishes nothing, and a message sent
+#: while the subscription was reconnecting (Redis restarted) is not replayed.
+WAIT_RECHECK_SECONDS = 1.0
 #: A claim younger than this may belong to a submit still storing its job: not taken over.
 CLAIM_GRACE_SECONDS = 10.0
 #: Characters per chunk when checking that a text has something to speak.
@@ -243,20 +242,27 @@ class JobService:
     def wait(self, job_id: str, timeout: float) -> JobStatus | None:
         """Wait until the job finishes or ``timeout`` seconds pass; returns its status then.
 
-        None when the job disappeared (expired or deleted). Polls one HGET at a time,
-        backing off from 10 ms to 200 ms.
+        None when the job disappeared (expired or deleted). Subscribes to the job's
+        ``finished`` channel (published in the same transaction as the final status,
+        ``JobStore.transition``) before reading the status, so a job finishing in between
+        is seen either by the read or by the message: the answer leaves as soon as the
+        job is final, with no polling delay; the record is read again at least every
+        :data:`WAIT_RECHECK_SECONDS`.
         """
         deadline = time.monotonic() + timeout
-        delay = WAIT_FIRST_POLL
-        while True:
-            status = self.rt.jobs.status(job_id)
-            if status is None or status.finished:
-                return status
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return status
-            time.sleep(min(delay, remaining))
-            delay = min(delay * WAIT_POLL_FACTOR, WAIT_LONGEST_POLL)
+        with self.rt.redis.pubsub() as subscription:
+            subscription.subscribe(keys.job_finished(job_id))
+            # Redis confirms the subscription before the status is read: from then on no final
+            # transition can go unseen (it commits either before that read or before a message).
+            subscription.get_message(timeout=min(timeout, WAIT_RECHECK_SECONDS))
+            while True:
+                status = self.rt.jobs.status(job_id)
+                if status is None or status.finished:
+                    return status
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return status
+                subscription.get_message(timeout=min(remaining, WAIT_RECHECK_SECONDS))
 
     def audio(self, job_id: str, tenant: str | None = None) -> tuple[Job, bytes]:
         """A succeeded job's audio, or JobNotFound (also another tenant's) / JobNotFinished / AudioGone."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import kombu.exceptions
 import pytest
 from celery import Celery
 from celery.signals import before_task_publish
+from conftest import wait_until
 from kombu import Queue
 from unit_helpers import drain, memory_app
 
@@ -482,6 +484,23 @@ def test_wait_returns_the_unfinished_status_after_the_timeout(svc):
 def test_wait_with_no_time_left_reads_the_status_once(svc):
     job, _ = svc.submit(request())
     assert svc.wait(job.id, timeout=0) is JobStatus.QUEUED
+
+
+def test_wait_answers_on_the_finished_message_not_at_the_next_read(svc, rt, monkeypatch):
+    """The final transition publishes on the job's channel: the waiter returns at once, long before it reads again."""
+    monkeypatch.setattr("tasks.service.WAIT_RECHECK_SECONDS", 60.0)
+    job, _ = svc.submit(request())
+    channel = keys.job_finished(job.id)
+    answer: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: answer.update(status=svc.wait(job.id, timeout=120)))
+    started = time.monotonic()
+    waiter.start()
+    wait_until(lambda: rt.redis.pubsub_numsub(channel)[0][1], 30, "the waiter subscribed", interval=0.005)
+    assert rt.jobs.transition(job.id, {JobStatus.QUEUED}, status=JobStatus.RUNNING)
+    assert rt.jobs.transition(job.id, {JobStatus.RUNNING}, status=JobStatus.SUCCEEDED, finished_at=now())
+    waiter.join(30)
+    assert not waiter.is_alive() and answer["status"] is JobStatus.SUCCEEDED
+    assert time.monotonic() - started < 30  # well inside the 60 s between reads: the message woke it
 
 
 def test_wait_for_a_missing_job_is_none(svc):
