@@ -368,19 +368,20 @@ def speech(body: SpeechBody) -> Any:
     if speech_request.stream_format == "sse":
         return _speech_sse(service, speech_request, settings)
     job, _ = service.submit(speech_request.job, correlation_id=g.get("correlation_id"), owner=current_principal())
-    status = job.status if job.status.finished else service.wait(job.id, settings.speech_timeout)
-    if status is None:
-        raise ApiError(502, "job_lost", f"job {job.id} disappeared before it finished (expired or deleted)",
-                       job_id=job.id)
-    if not status.finished:
-        log.info("speech job %s still %s after %.1f s; answering 504", job.id, status.value,
-                 settings.speech_timeout)
-        return error_response(504, "speech_timeout",
-                              f"the audio was not ready within {settings.speech_timeout:g} s (job {job.id} is "
-                              f"{status.value}); poll /v1/jobs/{job.id} and download /v1/jobs/{job.id}/audio "
-                              f"when it has succeeded", headers={"Retry-After": "5"},
-                              job_status=status.value, **_poll_details(job.id))
-    job = service.get(job.id)
+    if not job.status.finished:  # a cache hit is final already, and its record is the one just written
+        status = service.wait(job.id, settings.speech_timeout)
+        if status is None:
+            raise ApiError(502, "job_lost", f"job {job.id} disappeared before it finished (expired or deleted)",
+                           job_id=job.id)
+        if not status.finished:
+            log.info("speech job %s still %s after %.1f s; answering 504", job.id, status.value,
+                     settings.speech_timeout)
+            return error_response(504, "speech_timeout",
+                                  f"the audio was not ready within {settings.speech_timeout:g} s (job {job.id} "
+                                  f"is {status.value}); poll /v1/jobs/{job.id} and download "
+                                  f"/v1/jobs/{job.id}/audio when it has succeeded", headers={"Retry-After": "5"},
+                                  job_status=status.value, **_poll_details(job.id))
+        job = service.get(job.id)
     if job.status is JobStatus.FAILED:
         return error_response(502, job.error_code or "synthesis_failed",
                               f"synthesis failed: {job.error or 'unknown error'}", job_id=job.id,
@@ -388,8 +389,7 @@ def speech(body: SpeechBody) -> Any:
     if job.status is JobStatus.CANCELLED:
         return error_response(409, "job_cancelled", f"job {job.id} was cancelled before its audio was ready",
                               job_id=job.id, poll=f"/v1/jobs/{job.id}")
-    job, data = service.audio(job.id)
-    return _audio_response(job, data)
+    return _audio_response(job, service.audio_of(job))
 
 
 def _model(model_id: str, created: int) -> dict[str, Any]:

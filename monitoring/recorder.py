@@ -262,14 +262,17 @@ class MetricsRecorder:
 
     # --- job lifecycle (called by the API and the workers) ------------------------------
 
-    def job_submitted(self, voice: str, queue: str, cache_hit: bool) -> None:
+    def job_submitted(self, voice: str, queue: str, cache_hit: bool, looked_up: bool = False) -> None:
         """A job was accepted. A cache hit finishes it at once, so it also counts as succeeded
-        (do not call :meth:`job_succeeded` for it); cache lookups are counted by
-        :meth:`cache_lookup`, not here."""
+        (do not call :meth:`job_succeeded` for it). ``looked_up``: its audio was looked for in
+        the cache, counted here as a hit or a miss in the same transaction (one round trip
+        instead of a separate :meth:`cache_lookup`)."""
         labels = {"voice": voice, "queue": queue}
 
         def build(pipe: Any) -> None:
             self._add_count(pipe, JOBS_SUBMITTED, 1.0, labels)
+            if looked_up:
+                self._add_count(pipe, CACHE_HITS if cache_hit else CACHE_MISSES, 1.0, {})
             if cache_hit:
                 self._add_count(pipe, JOBS_SUCCEEDED, 1.0, labels)
                 self._add_count(pipe, JOBS_FROM_CACHE, 1.0, labels)

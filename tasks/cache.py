@@ -53,13 +53,15 @@ class AudioCache:
 
     def get(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
         """(audio, metadata) of an entry, refreshing its place in the eviction order; None on a miss."""
-        entry = self.redis.hgetall(keys.audio(key))
+        # One round trip: the read and the refresh together. ``ZADD XX`` only moves an entry
+        # already indexed and EXPIRE of a missing key does nothing, so a miss changes nothing.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.audio(key))
+        pipe.zadd(keys.AUDIO_INDEX, {key: time.time()}, xx=True)
+        pipe.expire(keys.audio(key), self.ttl)
+        entry = pipe.execute()[0]
         if not entry or b"audio" not in entry:
             return None
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(keys.AUDIO_INDEX, {key: time.time()})
-        pipe.expire(keys.audio(key), self.ttl)
-        pipe.execute()
         return as_bytes(entry[b"audio"]), json.loads(entry.get(b"meta") or b"{}")
 
     def put(self, key: str, data: bytes, meta: dict[str, Any] | None = None) -> bool:

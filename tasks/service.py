@@ -157,6 +157,7 @@ class JobService:
         if cached is not None:
             self._serve_from_cache(job, *cached)
             return job
+        looked_up = bool(job.cache and job.cache_key)
         job.task_id = uuid.uuid4().hex  # known before the message is sent, so the record never lacks it
         self.rt.jobs.create(job)
         try:
@@ -167,7 +168,7 @@ class JobService:
             raise
         # Accepted from here on: nothing after the publish may turn this into a 5xx.
         lifecycle.bookkeeping("job_submitted", self.rt.metrics.job_submitted, job.voice, SYNTHESIS_QUEUE,
-                              cache_hit=False)
+                              cache_hit=False, looked_up=looked_up)
         log.info("job %s queued (%d characters, voice %s)", job.id, job.characters, job.voice)
         return job
 
@@ -209,16 +210,14 @@ class JobService:
         job.duration = meta.get("duration")
         self.rt.jobs.create(job, audio=audio, outbox=lifecycle.outbox_of(job))  # a callback owed survives a crash
         lifecycle.bookkeeping("job_submitted", self.rt.metrics.job_submitted, job.voice, SYNTHESIS_QUEUE,
-                              cache_hit=True)
+                              cache_hit=True, looked_up=True)
         log.info("job %s served from the cache", job.id)
         lifecycle.finished(self.rt, [job])
 
     def _cached(self, job: Job) -> tuple[bytes, dict[str, Any]] | None:
         if not job.cache or not job.cache_key:
             return None
-        audio = self.rt.cache.get(job.cache_key)
-        lifecycle.bookkeeping("cache_lookup", self.rt.metrics.cache_lookup, hit=audio is not None)
-        return audio
+        return self.rt.cache.get(job.cache_key)  # counted with the submit (job_submitted's looked_up)
 
     def _split_cached(self, jobs: Sequence[Job]) -> tuple[list[Job], list[Job]]:
         """(jobs whose audio is probably cached, the rest), with one pipelined EXISTS per job."""
@@ -267,12 +266,17 @@ class JobService:
     def audio(self, job_id: str, tenant: str | None = None) -> tuple[Job, bytes]:
         """A succeeded job's audio, or JobNotFound (also another tenant's) / JobNotFinished / AudioGone."""
         job = self.get(job_id, tenant)
+        return job, self.audio_of(job)
+
+    def audio_of(self, job: Job) -> bytes:
+        """The audio of a job record already read (and checked against its caller's tenant):
+        JobNotFinished unless it succeeded, AudioGone when the audio expired or was deleted."""
         if job.status is not JobStatus.SUCCEEDED:
-            raise JobNotFinished(job_id, job.status.value)
-        data = self.rt.jobs.audio(job_id)
+            raise JobNotFinished(job.id, job.status.value)
+        data = self.rt.jobs.audio(job.id)
         if data is None:
-            raise AudioGone(job_id)
-        return job, data
+            raise AudioGone(job.id)
+        return data
 
     def list(self, status: str | None = None, limit: int = 50, cursor: int | None = None,
              tenant: str | None = None) -> tuple[list[Job], int | None]:

@@ -74,6 +74,13 @@ def test_miss_is_none(client):
     assert make(client).get("nope") is None
 
 
+def test_a_miss_writes_nothing(client):
+    """get() refreshes in the same round trip as it reads: on a miss that refresh must touch nothing."""
+    cache = make(client)
+    assert cache.get("nope") is None
+    assert client.zcard(keys.AUDIO_INDEX) == 0 and stored_keys(client) == set()
+
+
 def test_put_counts_bytes_and_indexes_the_entry(client, clock):
     cache = make(client)
     cache.put("a", b"x" * 10)
