@@ -367,8 +367,11 @@ def speech(body: SpeechBody) -> Any:
     service = _service()
     if speech_request.stream_format == "sse":
         return _speech_sse(service, speech_request, settings)
-    job, _ = service.submit(speech_request.job, correlation_id=g.get("correlation_id"), owner=current_principal())
-    if not job.status.finished:  # a cache hit is final already, and its record is the one just written
+    job, audio = service.submit_for_audio(speech_request.job, correlation_id=g.get("correlation_id"),
+                                          owner=current_principal())
+    if audio is not None:  # the cache answered: the job is final and this is its audio
+        return _audio_response(job, audio)
+    if not job.status.finished:
         status = service.wait(job.id, settings.speech_timeout)
         if status is None:
             raise ApiError(502, "job_lost", f"job {job.id} disappeared before it finished (expired or deleted)",

@@ -108,6 +108,19 @@ class JobService:
         earlier job of the same tenant, which is returned unchanged. A submit that fails
         releases its key. Admission (:mod:`tasks.admission`) is checked before anything is stored.
         """
+        job, created, _ = self._submit(request, correlation_id, idempotency_key, owner, extra)
+        return job, created
+
+    def submit_for_audio(self, request: JobRequest, correlation_id: str | None = None,
+                         owner: Principal = OPEN_PRINCIPAL) -> tuple[Job, bytes | None]:
+        """:meth:`submit` for a caller that answers with the audio itself (``/v1/audio/speech``):
+        also returns the audio when the cache answered, so it is not read back from the copy
+        just stored for the job."""
+        job, _, audio = self._submit(request, correlation_id, None, owner, None)
+        return job, audio
+
+    def _submit(self, request: JobRequest, correlation_id: str | None, idempotency_key: str | None,
+                owner: Principal, extra: dict[str, Any] | None) -> tuple[Job, bool, bytes | None]:
         _, key = self.prepare(request)
         job = self.build_job(request, correlation_id, owner, cache_key=key, idempotency_key=idempotency_key,
                              extra=dict(extra or {}))
@@ -115,16 +128,16 @@ class JobService:
         if claim:
             earlier = self._claim(claim, job, request)
             if earlier is not None:
-                return earlier, False
+                return earlier, False, None
         try:
             self.admission.check(owner, jobs=1, characters=job.characters)
-            self.accept(job)
+            audio = self._accept(job)
         except BaseException:
             if claim:  # nothing was accepted: the key is free for the client's retry
                 self.idempotency.release(ResourceKind.JOB, claim, job.id)
             raise
         self.admission.charge(owner, job.characters)
-        return job, True
+        return job, True, audio
 
     def _claim(self, key: str, job: Job, request: JobRequest) -> Job | None:
         """Claim ``key`` for ``job``; the earlier job when the key is already held by a stored one."""
@@ -153,10 +166,15 @@ class JobService:
 
     def accept(self, job: Job) -> Job:
         """Store a built job, serving it from the cache or queueing it."""
+        self._accept(job)
+        return job
+
+    def _accept(self, job: Job) -> bytes | None:
+        """:meth:`accept`; returns the audio when the cache answered."""
         cached = self._cached(job)
         if cached is not None:
             self._serve_from_cache(job, *cached)
-            return job
+            return cached[0]
         looked_up = bool(job.cache and job.cache_key)
         job.task_id = uuid.uuid4().hex  # known before the message is sent, so the record never lacks it
         self.rt.jobs.create(job)
@@ -170,7 +188,7 @@ class JobService:
         lifecycle.bookkeeping("job_submitted", self.rt.metrics.job_submitted, job.voice, SYNTHESIS_QUEUE,
                               cache_hit=False, looked_up=looked_up)
         log.info("job %s queued (%d characters, voice %s)", job.id, job.characters, job.voice)
-        return job
+        return None
 
     def accept_many(self, jobs: Sequence[Job], correlation_id: str | None = None) -> list[Job]:
         """Store and queue many built jobs at once (a batch); returns those served from the cache.

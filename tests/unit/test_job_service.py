@@ -238,6 +238,15 @@ def test_submit_is_served_from_the_cache_at_once(svc, rt, app, finished_calls):
     assert finished_calls == [[(job.id, JobStatus.SUCCEEDED, None)]]
 
 
+def test_submit_for_audio_hands_back_a_cache_hits_audio_and_nothing_for_a_queued_job(svc, rt, app):
+    rt.cache.put(svc.prepare(request())[1], AUDIO, META)
+    hit, audio = svc.submit_for_audio(request())
+    assert audio == AUDIO and hit.status is JobStatus.SUCCEEDED and rt.jobs.audio(hit.id) == AUDIO
+    queued, nothing = svc.submit_for_audio(request(text="Not cached yet."))
+    assert nothing is None and queued.status is JobStatus.QUEUED
+    assert [m["args"] for m in drain(app)] == [[queued.id]]
+
+
 def test_a_cache_hit_that_owes_a_callback_is_stored_with_it_in_the_outbox(svc, rt, app, finished_calls):
     # finished_calls: no callback hook runs, as if the API died right after storing the job
     rt.settings = rt.settings.replace(webhook_secret="operator-secret")
