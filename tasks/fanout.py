@@ -1,46 +1,52 @@
-"""Long documents: one job fanned out over every worker process and stitched back in order.
+"""Long documents: one job fanned out over every worker process and encoded once, in order.
 
 A job whose text is longer than ``TTS_CHUNK_FANOUT_CHARS`` (default 2,000 characters;
-0 turns fan-out off) is not synthesized in one task. The synthesize task, once it has
+0 turns fan-out off) is not synthesized in one piece. The synthesize task, once it has
 counted the attempt and marked the job running, calls :func:`fan_out`:
 
 1. The text is normalised and split by sentence exactly as a whole job would be
    (``engine.synthesis.prepare``), and the sentences are grouped into parts of about
    ``TTS_FANOUT_PART_CHARS`` characters (``engine.text.group_chunks``). The plan (part
    texts, output rate) is stored in ``tts:job:{id}:parts``.
-2. One ``tts.synthesize_part`` task per part goes to the ``bulk`` queue
+2. One ``tts.synthesize_part`` task per part but the first goes to the ``bulk`` queue
    (``tasks.publish.PART_QUEUE``), all in one Redis pipeline, so idle worker processes
-   pick parts up in parallel, and the tens of parts of one long text share the workers
+   help in parallel, and the tens of parts of one long text share the workers
    round-robin with other callers' single jobs instead of queueing ahead of them.
-3. Each part stores its audio under ``tts:job:{id}:part:{n}`` and adds ``n`` to
-   ``tts:job:{id}:parts:done`` (SADD + SCARD in one transaction). The part whose SADD
-   completes the set stitches: it joins the parts in order, and finishes the job through
-   the synthesize task's own finish path (audio, cache, metrics, history, batch counts).
+3. The synthesize task itself then *leads* (:func:`_lead`): it holds the job's one
+   encoder and feeds it the parts in order. It synthesizes the lowest part nobody has
+   claimed yet (``HSETNX claim:{n}`` in the plan), encodes every part that is ready in
+   order (its own from memory, the helpers' from ``tts:job:{id}:part:{n}``), and when
+   every part left is claimed by a helper it blocks on ``tts:job:{id}:parts:ready``
+   until the next one is stored. After the last part it finishes the job through the
+   whole job's own finish path (audio, cache, metrics, history, batch counts).
+4. A part task claims its part (or finds the leader took it and drops the message),
+   synthesizes it, and stores 16-bit PCM at the output rate, marks it done and
+   announces it (SET, SADD, RPUSH in one transaction).
 
-What a part stores depends on the format, so that the serial stitch stays cheap:
+Every format is encoded once from the samples of every part in order, so the file is
+exactly the samples the parts made: no encoder delay or padding at part boundaries
+(an mp3 or aac part encoded on its own kept 43-60 ms of near-silence at each stitch),
+and the encode is not a serial tail: it runs part by part while the helpers are still
+synthesizing later parts. On one worker process the leader does all the parts itself,
+in order, as the un-split job would, and the part messages are dropped when they come.
 
-* mp3, aac and pcm: the part encodes its own audio, in parallel with the other parts;
-  the stitch joins the encoded segments (MP3 frames with one rewritten Xing/LAME header
-  so players see the full length; ADTS frames and raw PCM as they are). Encoding MP3
-  costs about as much as synthesizing with ``heart``, so this matters.
-* wav, flac and opus: the part stores 16-bit PCM at the output rate and the stitch
-  encodes once (wav and flac at hundreds of times real time; opus is the slow one).
-
-Reliability: each part counts its deliveries (``attempts:{n}`` in the plan) before any
-work and is retried on its own with the job's retry policy; a part that fails for good,
-or keeps killing its worker, dead-letters the job once (the job's status transition is
-the lock). A redelivered part that already stored its audio does nothing but re-check
-whether the job can be stitched, so a stitcher killed mid-way is finished by the
-redelivery. Parts of a cancelled job stop at the next sentence group and drop their audio.
+Reliability: the leader is the job's synthesize task, with its lease, attempt count and
+retry policy; a leader killed mid-way is redelivered (or sent again) like any job, and
+the new delivery keeps the plan and the parts already stored, takes over the parts the
+dead one had claimed, and encodes from the first part again. Each part task counts its
+deliveries (``attempts:{n}`` in the plan) before any work and is retried on its own
+with the job's retry policy; a part that fails for good, or keeps killing its worker,
+dead-letters the job once (the job's status transition is the lock), and the leader
+stops. Parts of a cancelled job stop at the next sentence group and drop their audio;
+the leader notices within :data:`WAIT_SECONDS` or the next sentence group.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,14 +55,13 @@ from celery.exceptions import Reject
 import engine
 from engine.audio import (
     AudioEncoder,
+    decode,
     effective_rate,
     resample,
     to_pcm16,
     validate_format,
 )
 from engine.exceptions import SynthesisRuntimeError
-from engine.join import FRAME_JOINABLE, Segment, concat
-from engine.mp3 import join as join_mp3  # its old name, kept for importers
 from engine.synthesis import prepare, stream_chunks
 from engine.text import group_chunks
 
@@ -64,18 +69,23 @@ from . import keys, lifecycle
 from .celery_app import celery_app
 from .job import Job, now
 from .publish import PART_QUEUE, SYNTHESIZE_PART_TASK, send_tasks
-from .redis_values import HashMapping, as_bytes, decode_hash
+from .redis_values import HashMapping, as_bytes, decode_hash, text_or_none
 from .runtime import Runtime, get_runtime
 from .status import JobStatus
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SEGMENT_FORMATS", "PartPlan", "fan_out", "join_mp3", "should_fan_out", "synthesize_part"]
+__all__ = ["PartPlan", "fan_out", "queue_parts", "should_fan_out", "synthesize_part"]
 
-#: Formats whose parts are encoded by the part tasks and joined without re-encoding.
-SEGMENT_FORMATS = FRAME_JOINABLE
 #: Check for cancellation after this many sentences of a part.
 CANCEL_CHECK_EVERY = 8
+#: Seconds the leader blocks for a helper's part before it looks at the job's status again
+#: (below the Redis client's socket timeout, ``tasks.runtime.SOCKET_TIMEOUT``).
+WAIT_SECONDS = 0.5
+#: The claim a part task writes; the leader's is ``lead:{attempt}``.
+PART_CLAIM = "part"
+#: Statuses after which no part's audio is wanted any more.
+_GONE = (JobStatus.CANCELLED, JobStatus.FAILED, None)
 
 
 def should_fan_out(rt: Runtime, job: Job) -> bool:
@@ -99,11 +109,6 @@ class PartPlan:
     def total(self) -> int:
         """Number of parts."""
         return len(self.groups)
-
-    @property
-    def segments(self) -> bool:
-        """True when parts are encoded by the part tasks (mp3, aac, pcm)."""
-        return self.format in SEGMENT_FORMATS
 
     @property
     def characters(self) -> int:
@@ -154,20 +159,29 @@ def _make_plan(rt: Runtime, job: Job) -> PartPlan:
 
 
 def cleanup(rt: Runtime, job_id: str, total: int | None = None) -> None:
-    """Drop a fanned-out job's plan and part audio."""
+    """Drop a fanned-out job's plan, claims and part audio."""
     if total is None:
         raw = rt.redis.hget(keys.job_parts(job_id), "total")
         total = int(raw) if raw is not None else 0
-    names = [keys.job_parts(job_id), keys.job_parts_done(job_id)]
+    names = [keys.job_parts(job_id), keys.job_parts_done(job_id), keys.job_parts_ready(job_id)]
     names += [keys.job_part(job_id, i) for i in range(total)]
     rt.redis.delete(*names)
 
 
-def fan_out(rt: Runtime, job: Job) -> dict[str, Any] | None:
-    """Split a running job into parts and queue them (called by the synthesize task).
+@lifecycle.on_finished
+def _drop_parts_of_finished(rt: Runtime, jobs: Sequence[Job]) -> None:
+    """A fanned-out job that reached a final status by any path (cancelled, dead-lettered) drops its parts."""
+    for job in jobs:
+        if "fanout" in job.extra:
+            cleanup(rt, job.id)
 
-    Idempotent: a redelivered synthesize task reuses the stored plan and queues only
-    the parts whose audio is not stored yet (or stitches at once if every part is).
+
+def queue_parts(rt: Runtime, job: Job) -> PartPlan:
+    """Make (or reuse) the job's plan and queue a part task for every part not stored yet but the first.
+
+    The first part left is the leader's own (:func:`fan_out` goes on to lead). A
+    redelivered synthesize task reuses the stored plan, so the parts already stored are
+    kept; one made before a dead-letter replay is dropped and made again.
     """
     plan = _load_plan(rt, job.id)
     if plan is not None and plan.replays != job.replays:
@@ -177,35 +191,158 @@ def fan_out(rt: Runtime, job: Job) -> dict[str, Any] | None:
         plan = _make_plan(rt, job)
         ttl = rt.settings.result_ttl
         pipe = rt.redis.pipeline(transaction=True)
-        pipe.delete(keys.job_parts(job.id), keys.job_parts_done(job.id))
+        pipe.delete(keys.job_parts(job.id), keys.job_parts_done(job.id), keys.job_parts_ready(job.id))
         pipe.hset(keys.job_parts(job.id), mapping=plan.to_redis())
         pipe.expire(keys.job_parts(job.id), ttl)
         pipe.execute()
     done = {int(m) for m in rt.redis.smembers(keys.job_parts_done(job.id))}
     pending = [i for i in range(plan.total) if i not in done]
-    rt.jobs.update(job.id, extra={**job.extra, "fanout": {"parts": plan.total, "chunks": plan.chunks}})
+    job.extra = {**job.extra, "fanout": {"parts": plan.total, "chunks": plan.chunks}}
+    rt.jobs.update(job.id, extra=job.extra)
     rt.jobs.add_history(job.id, {"attempt": job.attempts, "at": now(), "outcome": "fanned_out",
                                  "parts": plan.total, "pending": len(pending), "worker": lifecycle.HOSTNAME,
                                  "pid": os.getpid()})
-    if not pending:
-        return _stitch(rt, job.id)
-    _send_parts(rt, job, pending)
-    log.info("job %s fanned out into %d parts (%d characters, %d queued now)", job.id, plan.total,
+    if len(pending) > 1:
+        send_tasks(rt, SYNTHESIZE_PART_TASK, [([job.id, i], None) for i in pending[1:]], job.correlation_id,
+                   queue=PART_QUEUE)
+    log.info("job %s fanned out into %d parts (%d characters, %d to do)", job.id, plan.total,
              plan.characters, len(pending))
-    return {"job_id": job.id, "status": "fanned_out", "parts": plan.total}
+    return plan
 
 
-def _send_parts(rt: Runtime, job: Job, indexes: list[int]) -> None:
-    """Queue part tasks in one pipelined publish."""
-    send_tasks(rt, SYNTHESIZE_PART_TASK, [([job.id, i], None) for i in indexes], job.correlation_id,
-               queue=PART_QUEUE)
+def fan_out(rt: Runtime, job: Job) -> dict[str, Any] | None:
+    """Split a running job into parts, queue them, and lead: synthesize, encode in order, finish the job.
+
+    Called by the synthesize task; returns what a whole job's run returns (None when
+    the job was cancelled or failed meanwhile). A failure of the leader's own work is
+    raised, for the synthesize task's retry policy, and the plan and stored parts are
+    kept for the next delivery.
+    """
+    plan = queue_parts(rt, job)
+    try:
+        return _lead(rt, job, plan)
+    except lifecycle.JobCancelled:
+        log.info("job %s was cancelled or failed while fanned out; dropping its parts", job.id)
+        cleanup(rt, job.id, plan.total)
+        return None
+
+
+# --- the leader --------------------------------------------------------------------------
+@dataclass
+class _Leader:
+    """What the leading synthesize task keeps while it goes through the parts in order."""
+
+    rt: Runtime
+    job: Job
+    plan: PartPlan
+    token: str
+    #: Parts this task synthesized that are not encoded yet (16-bit PCM at the output rate).
+    own: dict[int, bytes] = field(default_factory=dict)
+    #: Parts a part task claimed (never claimed back: its own redelivery or retry finishes it).
+    helped: set[int] = field(default_factory=set)
+    #: Seconds of synthesis and encoding done by this task, and of waiting for helpers.
+    work: float = 0.0
+    waited: float = 0.0
+    mine: int = 0
+
+    def check_running(self) -> None:
+        """Raise JobCancelled once the job is cancelled or failed (a part dead-lettered it)."""
+        if self.rt.jobs.status(self.job.id) in _GONE:
+            raise lifecycle.JobCancelled(self.job.id)
+
+    def claim(self, start: int) -> int | None:
+        """Claim the lowest part from ``start`` on that nobody else has; None when every one is taken."""
+        parts = keys.job_parts(self.job.id)
+        for index in range(start, self.plan.total):
+            if index in self.own or index in self.helped:
+                continue
+            if self.rt.redis.hsetnx(parts, f"claim:{index}", self.token):
+                return index
+            holder = text_or_none(self.rt.redis.hget(parts, f"claim:{index}")) or ""
+            if holder.startswith("lead:") and holder != self.token:
+                # An earlier delivery of this task claimed it and is gone (its lease was taken over).
+                self.rt.redis.hset(parts, f"claim:{index}", self.token)
+                return index
+            self.helped.add(index)
+        return None
+
+    def synthesize(self, index: int) -> None:
+        """Synthesize part ``index`` here and keep it until its turn to be encoded."""
+        started = now()
+        data, samples = _render_part(self.rt, self.job, self.plan, index)
+        finished = now()
+        self.own[index] = data
+        self.work += finished - started
+        self.mine += 1
+        self.rt.jobs.add_history(self.job.id, _part_history(self.plan, index, self.job.attempts, started, finished,
+                                                            samples, lead=True))
+
+    def wait(self, index: int) -> None:
+        """Block until a helper announces a stored part (or WAIT_SECONDS pass), then check the job's status."""
+        started = now()
+        self.rt.redis.blpop([keys.job_parts_ready(self.job.id)], timeout=WAIT_SECONDS)
+        self.waited += now() - started
+        self.check_running()
+        log.debug("job %s: waiting for part %d from a helper", self.job.id, index)
+
+
+def _lead(rt: Runtime, job: Job, plan: PartPlan) -> dict[str, Any] | None:
+    """Go through the parts in order: synthesize unclaimed ones, encode each when its turn comes, finish."""
+    started = now()
+    leader = _Leader(rt, job, plan, token=f"lead:{job.attempts}")
+    encoder = AudioEncoder(plan.format, plan.rate)
+    fmt = validate_format(plan.format)
+    helper_seconds = 0.0
+    index = 0
+    while index < plan.total:
+        data = leader.own.pop(index, None)
+        if data is None:
+            stored = rt.redis.get(keys.job_part(job.id, index))
+            data = as_bytes(stored) if stored is not None else None
+            if data is not None:
+                raw = rt.redis.hget(keys.job_parts(job.id), f"seconds:{index}")
+                helper_seconds += float(raw or 0)
+        if data is not None:
+            tick = now()
+            samples, _ = decode(data, "pcm", pcm_rate=plan.rate)
+            encoder.write(samples)
+            leader.work += now() - tick
+            index += 1
+            continue
+        claimed = leader.claim(index)
+        if claimed is not None:
+            leader.synthesize(claimed)
+            if leader.mine % 2 == 0:  # the sentence checks cover a part; this covers a run of short ones
+                leader.check_running()
+            continue
+        leader.wait(index)
+    tick = now()
+    audio = encoder.finish()
+    finished = now()
+    leader.work += finished - tick
+    samples_out = encoder.samples_written
+    if samples_out <= 0:
+        raise SynthesisRuntimeError(f"job {job.id}: the parts made no sound")
+    # The work done, as for a whole job: this task's synthesis and encoding plus every helper's part;
+    # the wall time, parallel and including queue waits, is finished_at - started_at.
+    result = engine.SynthesisResult(
+        audio=audio, format=plan.format, media_type=fmt.media_type, sample_rate=encoder.sample_rate,
+        duration=samples_out / encoder.sample_rate, characters=plan.characters, chunks=plan.chunks,
+        voice=job.voice, synthesis_seconds=leader.work + helper_seconds,
+    )
+    log.info("job %s: %d parts encoded in order (%d synthesized here, %.2fs waiting for helpers, %.2fs in all)",
+             job.id, plan.total, leader.mine, leader.waited, finished - started,
+             extra={"parts": plan.total, "parts_led": leader.mine, "wait_seconds": round(leader.waited, 3)})
+    outcome = lifecycle.succeed(rt, job, result, job.started_at or started)
+    cleanup(rt, job.id, plan.total)
+    return outcome
 
 
 # --- the part task -----------------------------------------------------------------------
 @celery_app.task(bind=True, name=SYNTHESIZE_PART_TASK, acks_late=True, reject_on_worker_lost=True,
                  max_retries=None)
 def synthesize_part(self: Any, job_id: str, index: int) -> dict[str, Any] | None:
-    """Synthesize part ``index`` of a fanned-out job; the last part to finish stitches the job.
+    """Synthesize part ``index`` of a fanned-out job for its leader, unless the leader took it.
 
     A Redis error gives the message back to the broker, as for a whole job, instead of
     letting Celery acknowledge a part whose audio was never stored.
@@ -223,6 +360,17 @@ def synthesize_part(self: Any, job_id: str, index: int) -> dict[str, Any] | None
         raise Reject(exc, requeue=True) from exc
 
 
+def _claim_part(rt: Runtime, job_id: str, index: int) -> bool:
+    """Claim part ``index`` for this part task; False when the leader has it.
+
+    The part's claim stays a part task's: the same message redelivered, or retried, takes it again.
+    """
+    parts = keys.job_parts(job_id)
+    if rt.redis.hsetnx(parts, f"claim:{index}", PART_CLAIM):
+        return True
+    return text_or_none(rt.redis.hget(parts, f"claim:{index}")) == PART_CLAIM
+
+
 def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | None:
     if job.status.finished:
         if job.status is not JobStatus.SUCCEEDED:
@@ -234,8 +382,11 @@ def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | 
         log.warning("job %s has no fan-out plan for part %d (expired or replaced); dropping it", job.id, index)
         return None
     if rt.redis.sismember(keys.job_parts_done(job.id), str(index)):
-        # A redelivery of a part that already stored its audio: only make sure the job gets stitched.
-        return _maybe_stitch_again(task, rt, job, plan)
+        log.info("job %s part %d is stored already (a redelivery); nothing to do", job.id, index)
+        return None
+    if not _claim_part(rt, job.id, index):
+        log.debug("job %s part %d is the leader's; message dropped", job.id, index)
+        return {"job_id": job.id, "part": index, "status": "led"}
     attempt = int(rt.redis.hincrby(keys.job_parts(job.id), f"attempts:{index}", 1))
     part_name = f"part {index + 1} of {plan.total}"
     if attempt > job.max_attempts:
@@ -247,10 +398,11 @@ def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | 
     started = now()
     try:
         lifecycle.inject_fault(rt, job, attempt)
-        data, samples, seconds = _render_part(rt, job, plan, index)
-        if rt.jobs.status(job.id) in (JobStatus.CANCELLED, JobStatus.FAILED, None):
+        data, samples = _render_part(rt, job, plan, index)
+        seconds = now() - started
+        if rt.jobs.status(job.id) in _GONE:
             raise lifecycle.JobCancelled(job.id)
-        added, count = _store_part(rt, job.id, index, data, samples, seconds)
+        _store_part(rt, job.id, index, data, samples, seconds)
     except lifecycle.JobCancelled:
         log.info("job %s was cancelled or failed; part %d dropped", job.id, index)
         cleanup(rt, job.id, plan.total)
@@ -259,55 +411,51 @@ def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | 
         raise  # not the part's fault: its message goes back (see synthesize_part)
     except Exception as exc:  # noqa: BLE001 - classified like a whole job's failure
         return _part_failed(task, rt, job, plan, index, attempt, exc, started)
-    rt.jobs.add_history(job.id, {"part": index, "parts": plan.total, "attempt": attempt, "started_at": started,
-                                 "finished_at": now(), "outcome": "part_succeeded", "worker": lifecycle.HOSTNAME,
-                                 "pid": os.getpid(), "characters": sum(len(c) for c in plan.groups[index]),
-                                 "audio_seconds": round(samples / plan.rate, 3),
-                                 "synthesis_seconds": round(seconds, 3)})
-    log.info("job %s %s done (%.1fs of audio in %.2fs, %d/%d parts stored)", job.id, part_name,
-             samples / plan.rate, seconds, count, plan.total)
-    if added and count >= plan.total:
-        return _stitch_or_retry(task, rt, job, plan)
-    if rt.jobs.status(job.id) in (JobStatus.CANCELLED, JobStatus.FAILED):  # cancelled while storing
+    rt.jobs.add_history(job.id, _part_history(plan, index, attempt, started, now(), samples, lead=False))
+    log.info("job %s %s stored (%.1fs of audio in %.2fs)", job.id, part_name, samples / plan.rate, seconds)
+    if rt.jobs.status(job.id) in _GONE:  # cancelled while storing
         cleanup(rt, job.id, plan.total)
     return {"job_id": job.id, "part": index, "status": "stored"}
 
 
-def _store_part(rt: Runtime, job_id: str, index: int, data: bytes, samples: int, seconds: float) -> tuple[bool, int]:
-    """Keep a part's audio and mark it done; returns (newly done, parts done so far) from one transaction."""
+def _part_history(plan: PartPlan, index: int, attempt: int, started: float, finished: float, samples: int,
+                  lead: bool) -> dict[str, Any]:
+    """The history entry of a part done (``samples`` at the output rate)."""
+    return {"part": index, "parts": plan.total, "attempt": attempt, "started_at": started, "finished_at": finished,
+            "outcome": "part_succeeded", "worker": lifecycle.HOSTNAME, "pid": os.getpid(), "lead": lead,
+            "characters": sum(len(c) for c in plan.groups[index]), "samples": samples,
+            "audio_seconds": round(samples / plan.rate, 3), "synthesis_seconds": round(finished - started, 3)}
+
+
+def _store_part(rt: Runtime, job_id: str, index: int, data: bytes, samples: int, seconds: float) -> None:
+    """Keep a part's PCM, mark it done and announce it to the leader, in one transaction."""
     ttl = rt.settings.result_ttl
     pipe = rt.redis.pipeline(transaction=True)
     pipe.set(keys.job_part(job_id, index), data, ex=ttl)
     pipe.hset(keys.job_parts(job_id), mapping={f"samples:{index}": samples, f"seconds:{index}": round(seconds, 4)})
     pipe.sadd(keys.job_parts_done(job_id), index)
-    pipe.scard(keys.job_parts_done(job_id))
     pipe.expire(keys.job_parts_done(job_id), ttl)
-    results = pipe.execute()
-    return bool(results[2]), int(results[3])
+    pipe.rpush(keys.job_parts_ready(job_id), index)
+    pipe.expire(keys.job_parts_ready(job_id), ttl)
+    pipe.execute()
 
 
-def _render_part(rt: Runtime, job: Job, plan: PartPlan, index: int) -> tuple[bytes, int, float]:
-    """Synthesize one part; returns (stored bytes, samples at the output rate, seconds taken)."""
-    started = now()
+def _render_part(rt: Runtime, job: Job, plan: PartPlan, index: int) -> tuple[bytes, int]:
+    """Synthesize one part: (16-bit PCM at the output rate, its samples).
+
+    Leader and helpers store the same thing, so the file does not depend on who made which part.
+    """
     options = job.options()
     info = options.validate(rt.catalog)
     pieces: list[np.ndarray] = []
     for k, piece in enumerate(stream_chunks(plan.groups[index], options, rt.catalog,
                                             seed_offset=plan.first_chunk(index))):
         pieces.append(piece.samples)
-        if k % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 and rt.jobs.status(job.id) is JobStatus.CANCELLED:
+        if k % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 and rt.jobs.status(job.id) in _GONE:
             raise lifecycle.JobCancelled(job.id)
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    if plan.segments:
-        encoder = AudioEncoder(plan.format, plan.rate, input_rate=info.sample_rate)
-        encoder.write(samples)
-        data = encoder.finish()
-        count = encoder.samples_written
-    else:
-        pcm = resample(samples, info.sample_rate, plan.rate)
-        data = to_pcm16(pcm)
-        count = len(pcm)
-    return data, count, now() - started
+    pcm = resample(samples, info.sample_rate, plan.rate)
+    return to_pcm16(pcm), len(pcm)
 
 
 def _part_failed(task: Any, rt: Runtime, job: Job, plan: PartPlan, index: int, attempt: int, exc: Exception,
@@ -325,70 +473,3 @@ def _fail(rt: Runtime, job: Job, plan: PartPlan, error_type: str, message: str, 
     """Dead-letter the whole job (once: the status transition guards it) and drop its parts."""
     lifecycle.dead_letter(rt, rt.jobs.get(job.id), error_type, message, code=code)
     cleanup(rt, job.id, plan.total)
-
-
-# --- stitching ---------------------------------------------------------------------------
-def _maybe_stitch_again(task: Any, rt: Runtime, job: Job, plan: PartPlan) -> dict[str, Any] | None:
-    if job.status is not JobStatus.RUNNING:
-        return None
-    if int(rt.redis.scard(keys.job_parts_done(job.id))) < plan.total:
-        return None
-    log.info("job %s: every part is stored but the job is not finished; stitching (redelivery)", job.id)
-    return _stitch_or_retry(task, rt, job, plan)
-
-
-def _stitch_or_retry(task: Any, rt: Runtime, job: Job, plan: PartPlan) -> dict[str, Any] | None:
-    """Stitch; a failed stitch is retried (as a redelivered part) with the job's retry policy."""
-    attempt = int(rt.redis.hincrby(keys.job_parts(job.id), "attempts:stitch", 1))
-    if attempt > job.max_attempts:
-        _fail(rt, job, plan, "WorkerLostError", f"the worker was lost during {attempt - 1} attempts to stitch",
-              code="worker_lost")
-        return None
-    started = now()
-    try:
-        return _stitch(rt, job.id)
-    except Exception as exc:  # noqa: BLE001 - classified like a part's failure
-        history = {"stitch": True, "started_at": started, "outcome": "stitch_failed", "pid": os.getpid()}
-        lifecycle.fail_or_retry(task, rt, job, exc, attempt, history, subject="stitching", requeue_job=False,
-                                cleanup=lambda: cleanup(rt, job.id, plan.total))
-        return None
-
-
-def _stitch(rt: Runtime, job_id: str) -> dict[str, Any] | None:
-    """Join every part in order and finish the job exactly as a whole job finishes."""
-    job = rt.jobs.get(job_id)
-    if job.status is not JobStatus.RUNNING:
-        log.info("job %s is %s; not stitching", job_id, job.status.value)
-        return None
-    plan = _load_plan(rt, job_id)
-    if plan is None:
-        raise SynthesisRuntimeError(f"job {job_id}: the fan-out plan disappeared before stitching")
-    counts = rt.redis.hmget(keys.job_parts(job_id), [f"samples:{i}" for i in range(plan.total)])
-    work = sum(float(v or 0) for v in rt.redis.hmget(keys.job_parts(job_id), [f"seconds:{i}" for i in range(plan.total)]))
-    stitch_started = now()
-    fmt = validate_format(plan.format)
-
-    def part_audio(index: int) -> bytes:
-        data = rt.redis.get(keys.job_part(job_id, index))
-        if data is None:
-            raise SynthesisRuntimeError(f"job {job_id}: the audio of part {index + 1} expired before stitching")
-        return as_bytes(data)
-
-    # mp3, aac and pcm parts are encoded segments, joined as they are; the others are PCM, encoded once.
-    joined = concat([Segment(format=plan.format if plan.segments else "pcm", rate=plan.rate,
-                             data=functools.partial(part_audio, i), samples=int(c or 0))
-                     for i, c in enumerate(counts)], plan.format, plan.rate)
-    audio, samples, sample_rate = joined.audio, joined.samples, joined.sample_rate
-    finished = now()
-    # The work done, as for a whole job (every part's synthesis plus the stitch); the wall
-    # time, parallel and including queue waits, is finished_at - started_at.
-    result = engine.SynthesisResult(
-        audio=audio, format=plan.format, media_type=fmt.media_type, sample_rate=sample_rate,
-        duration=samples / sample_rate, characters=plan.characters, chunks=plan.chunks, voice=job.voice,
-        synthesis_seconds=work + (finished - stitch_started),
-    )
-    log.info("job %s stitched from %d parts in %.2fs", job_id, plan.total, finished - stitch_started,
-             extra={"parts": plan.total, "stitch_seconds": round(finished - stitch_started, 3)})
-    outcome = lifecycle.succeed(rt, job, result, job.started_at or stitch_started)
-    cleanup(rt, job_id, plan.total)
-    return outcome

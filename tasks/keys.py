@@ -19,8 +19,9 @@ key                             what
 ``tts:batch:{id}:done``         hash: item job id -> the status it was counted as finished with
 ``tts:batch:{id}:running``      set: item job ids started and not yet finished
 ``tts:job:{id}:parts``          hash: a fanned-out job's plan (part texts, rate, attempts per part)
-``tts:job:{id}:part:{n}``       string: part n's audio (PCM or an encoded segment), until stitched
+``tts:job:{id}:part:{n}``       string: part n's audio (16-bit PCM at the output rate), until stitched
 ``tts:job:{id}:parts:done``     set: part numbers whose audio is stored
+``tts:job:{id}:parts:ready``    list: part numbers as they are stored, for the stitching task's blocking wait
 ``tts:job:{id}:speech``         stream: a streamed speech job's encoded audio deltas, tagged by attempt, for the
                                 API to relay as SSE (TTL ``TTS_SPEECH_TIMEOUT`` + 60 s, renewed by every entry)
 ``tts:job:{id}:finished``       pub/sub channel: the job's final status, published in the transaction that sets it,
@@ -128,6 +129,11 @@ def job_part(job_id: str, index: int) -> str:
 def job_parts_done(job_id: str) -> str:
     """The set of a fanned-out job's part numbers whose audio is stored."""
     return f"{PREFIX}job:{job_id}:parts:done"
+
+
+def job_parts_ready(job_id: str) -> str:
+    """The list a fanned-out job's parts are announced on as they are stored (the stitcher BLPOPs it)."""
+    return f"{PREFIX}job:{job_id}:parts:ready"
 
 
 def job_speech(job_id: str) -> str:

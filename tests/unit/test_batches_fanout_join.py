@@ -75,6 +75,5 @@ def test_part_plan_round_trip():
     stored = {k.encode(): v.encode() for k, v in plan.to_redis().items()}
     again = PartPlan.from_redis("j", stored)
     assert again == plan
-    assert (plan.total, plan.chunks, plan.first_chunk(1), plan.segments) == (2, 3, 2, True)
+    assert (plan.total, plan.chunks, plan.first_chunk(1), plan.characters) == (2, 3, 2, 28)
     assert PartPlan.from_redis("j", {}) is None
-    assert PartPlan(job_id="j", groups=[], format="wav", rate=1, voice_rate=1).segments is False
