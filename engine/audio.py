@@ -1,16 +1,21 @@
 """Audio encoding and decoding: float32 mono samples in, container bytes out.
 
 Formats follow OpenAI's speech API (``response_format``): wav, mp3, opus, flac, aac
-and pcm. wav and flac are encoded in-process by libsndfile (through ``soundfile``)
-into an ``io.BytesIO``; mp3 (LAME), opus (libopus in Ogg) and aac (ADTS) stream
-through the ffmpeg binary bundled with ``imageio-ffmpeg`` (never a system ffmpeg);
-pcm is raw s16le. libsndfile can write MP3 and Ogg Opus too, but at about 130x and
-30x real time it cost about as much as the fastest voice takes to synthesize, on the
-Python process's own CPU; ffmpeg's LAME takes half the time and its libopus a tenth.
+and pcm. Every format is encoded in this process, chunk by chunk as ``write()`` is
+called; no encoder starts a process:
 
-mp3 is written to a temporary file rather than a pipe: the muxer seeks back at the
-end to fill in the Xing/LAME header, whose encoder delay and padding let decoders
-(libsndfile's mpg123, ffmpeg, browsers) return exactly the samples written.
+* wav and flac: libsndfile (through ``soundfile``) into an ``io.BytesIO``;
+* mp3: LAME through the ``lameenc`` wheel, which hands out bare frames; the Xing/LAME
+  info frame in front of them (frame count, seek table, and the encoder delay and
+  padding that let decoders such as libsndfile's mpg123, ffmpeg and browsers return
+  exactly the samples written) comes from :func:`engine.mp3.with_info_tag`;
+* aac (ADTS) and opus (libopus in Ogg): ffmpeg's encoders and muxers in this process
+  through PyAV (the ``av`` wheel), into an ``io.BytesIO``;
+* pcm: raw s16le.
+
+Until they moved in-process, mp3, aac and opus started the bundled ffmpeg binary for
+every encode, about 20-30 ms of process start and some 15 ms of CPU each, which cost more
+than synthesizing a short sentence with heart (``scripts/bench_encode.py`` measures both).
 
 Codecs that only support some sample rates (Opus: 8/12/16/24/48 kHz; MP3 and AAC:
 the nine MPEG rates from 8 to 48 kHz) are encoded at the nearest supported rate at
@@ -19,28 +24,29 @@ or above the one asked for (22050 Hz becomes 24000 Hz for Opus);
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import os
 import subprocess
-import tempfile
-import threading
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from math import gcd
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Self
 
+import lameenc
 import numpy as np
 import soundfile as sf
 
 from . import mp3
 from .exceptions import EncodingError, EngineError, OptionError
+
+if TYPE_CHECKING:
+    from av.audio.stream import AudioStream
+    from av.container import OutputContainer
 
 __all__ = [
     "FALLBACK_RATE",
@@ -107,46 +113,42 @@ _SNDFILE = {
 
 
 @dataclass(frozen=True)
-class _FfmpegCodec:
-    """How the bundled ffmpeg encodes one format.
+class _LibavCodec:
+    """How ffmpeg's libraries (through PyAV, in this process) encode one format."""
 
-    Rate control: a requested bitrate is passed as ``-b:a``; without one, the codec's
-    ``quality_args`` when it has them (VBR by quality), else ``default_kbps``.
-    """
-
-    args: tuple[str, ...]
+    codec: str
     muxer: str
-    default_kbps: int | None
-    quality_args: tuple[str, ...] = ()
-    #: The muxer finishes by seeking back to a header (mp3's Xing/LAME frame), so the
-    #: output goes to a temporary file instead of a pipe.
-    seekable_output: bool = False
+    #: Target bitrate when none is requested.
+    default_kbps: int
+    #: Codec options (AVOptions), as ffmpeg's command line would pass them.
+    options: tuple[tuple[str, str], ...] = ()
 
 
-# Formats encoded by streaming s16le through the bundled ffmpeg.
+# Formats encoded by ffmpeg's libraries through PyAV, at the settings the bundled ffmpeg
+# binary used (same encoders, same output).
 # opus: "audio" (CELT/hybrid) mode at complexity 3 encodes 60 s of 24 kHz speech in
-# about 0.17 s (libsndfile's Ogg Opus: about 2.1 s) with a lower spectral distortion
+# about 0.12 s (libsndfile's Ogg Opus: about 2.1 s) with a lower spectral distortion
 # than libsndfile's default; complexity 10 or "voip" (SILK) mode is 2-4x slower.
-# aac: the "fast" coder takes about 0.2 s for the same minute (the default "twoloop"
+# aac: the "fast" coder takes about 0.15 s for the same minute (the default "twoloop"
 # coder about 0.7 s) at the same size and a similar distortion on speech.
-# mp3: LAME VBR quality 4 (-V4), LAME's own default and what libsndfile used: about
-# 57 kbps on 24 kHz mono speech (48-64 kbps), about 0.22 s for the same minute in 18
-# sentence chunks (libsndfile's LAME: 0.47 s, all of it on the Python process's CPU)
-# with the same size and distortion; V5 is 49 kbps with more distortion, and LAME's
-# -q (compression_level) changes neither speed nor size below 7. A requested bitrate is
-# constant (CBR): ffmpeg's LAME ABR undershoots on speech (64k gives 52 kbps, 128k 76
-# kbps) at no better quality than CBR. ffmpeg writes the Xing frame itself, big enough
-# for the gapless tag even at 8 kbps. No ID3v2 tag (it would only name the encoder);
-# the LAME info tag is labelled "LAME" (ffmpeg writes "Lavc...") so that tools reading
-# it by that name accept it (engine.mp3 also reads ffmpeg's own labels).
-_FFMPEG_CODECS = {
-    "aac": _FfmpegCodec(("-c:a", "aac", "-aac_coder", "fast"), "adts", 64),
-    "opus": _FfmpegCodec(("-c:a", "libopus", "-application", "audio", "-compression_level", "3",
-                          "-vbr", "on"), "ogg", 48),
-    "mp3": _FfmpegCodec(("-c:a", "libmp3lame", "-id3v2_version", "0", "-write_xing", "1",
-                         "-metadata:s:a:0", "encoder=LAME"), "mp3", None,
-                        quality_args=("-q:a", "4"), seekable_output=True),
+_LIBAV_CODECS = {
+    "aac": _LibavCodec("aac", "adts", 64, (("aac_coder", "fast"),)),
+    "opus": _LibavCodec("libopus", "ogg", 48, (("application", "audio"), ("compression_level", "3"), ("vbr", "on"))),
 }
+
+# mp3: LAME (lameenc). By default VBR (LAME's new VBR, "mtrh") at quality 1 with LAME's
+# fast algorithm (-q 7: no noise-shaping search). On a minute of heart's speech at 24 kHz:
+# 58 kbps with a lower log-spectral distance than the -V4 -q5 that ffmpeg's LAME ran before
+# (2.70 against 3.00 dB; 58.0 against 55.7 kbps), at 0.4-0.5x of that path's CPU (ffmpeg's
+# process included): about 730x real time, under 20% of heart's synthesis CPU instead of
+# 38-50% (scripts/bench_encode.py). -V4 -q7 is as fast but coarser (45 kbps, 3.60 dB);
+# -q5/-q6 search the noise shaping and cost 1.6x as much; -V2 -q7 is 52 kbps at 3.07 dB. A
+# requested bitrate is constant (CBR) at -q5, the settings ffmpeg's LAME used. No ID3v2 tag
+# (it would only name the encoder).
+_LAME_VBR_MODE = 4  # lameenc's set_vbr: 4 is vbr_mtrh (LAME's default VBR)
+_LAME_VBR_QUALITY = 1
+_LAME_VBR_ALGORITHM = 7
+_LAME_CBR_ALGORITHM = 5
 
 
 def validate_format(fmt: str) -> AudioFormat:
@@ -196,7 +198,18 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
 
 def to_pcm16(samples: np.ndarray) -> bytes:
     """Clip to [-1, 1], scale by 32767 and return little-endian int16 bytes."""
-    x = np.clip(np.nan_to_num(np.asarray(samples, dtype=np.float32)), -1.0, 1.0)
+    return _scaled_pcm16(_clipped(np.asarray(samples, dtype=np.float32)))
+
+
+def _clipped(x: np.ndarray) -> np.ndarray:
+    """A copy of ``x`` clipped to [-1, 1], infinities to the limits and NaN to 0 (libsndfile would wrap)."""
+    y: np.ndarray = np.clip(x, -1.0, 1.0)
+    y[np.isnan(y)] = 0.0
+    return y
+
+
+def _scaled_pcm16(x: np.ndarray) -> bytes:
+    """float32 samples already within [-1, 1] as little-endian int16 bytes."""
     return (x * 32767.0).round().astype("<i2").tobytes()  # round() is np.rint, half to even
 
 
@@ -240,13 +253,13 @@ class AudioEncoder:
     """Streaming encoder: ``write()`` float32 mono chunks, then ``finish()`` for the bytes.
 
     Chunks are at ``input_rate`` (default: ``sample_rate``) and are resampled one by
-    one to the output rate; pass whole sentences so the chunk edges stay clean.
+    one to the output rate; pass whole sentences so the chunk edges stay clean. Each
+    chunk is encoded as it is written, so ``finish()`` only flushes the encoder.
     As a context manager it finishes on a clean exit and aborts on an exception;
     ``finish()`` may be called again afterwards and returns the same bytes.
-    ``bitrate_kbps`` applies to mp3 (constant bitrate; by default VBR quality 4, about
-    57 kbps on speech), opus (VBR target, default 48k) and aac (default 64k); wav, flac
-    and pcm ignore it. An mp3 encoder holds a temporary file until it is finished or
-    closed (or garbage-collected); use it as a context manager.
+    ``bitrate_kbps`` applies to mp3 (constant bitrate; by default VBR, about 58 kbps on
+    speech), opus (VBR target, default 48k) and aac (default 64k); wav, flac and pcm
+    ignore it. Nothing outlives the encoder: no process, no temporary file.
     """
 
     def __init__(self, fmt: str, sample_rate: int, input_rate: int | None = None,
@@ -267,18 +280,18 @@ class AudioEncoder:
         self._closed = False
         self._buf = io.BytesIO()
         self._sf: sf.SoundFile | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._out: list[bytes] = []
-        self._reader: threading.Thread | None = None
-        self._out_path: str | None = None
-        self._finalizer: weakref.finalize[[subprocess.Popen[bytes], str | None], AudioEncoder] | None = None
+        self._lame: lameenc.Encoder | None = None
+        self._mp3 = bytearray()
+        self._container: OutputContainer | None = None
+        self._stream: AudioStream | None = None
         self._started = time.perf_counter()
         name = self.format.name
         if name in _SNDFILE:
             self._open_sndfile(name)
-        elif name in _FFMPEG_CODECS:
-            self._start_ffmpeg(_FFMPEG_CODECS[name])
+        elif name == "mp3":
+            self._open_lame()
+        elif name in _LIBAV_CODECS:
+            self._open_libav(_LIBAV_CODECS[name])
 
     @property
     def samples_written(self) -> int:
@@ -298,56 +311,39 @@ class AudioEncoder:
         except (RuntimeError, ValueError) as exc:
             raise EncodingError(f"{name} encoding failed to start: {exc}") from exc
 
-    def _start_ffmpeg(self, codec: _FfmpegCodec) -> None:
-        name = self.format.name
-        if self.bitrate_kbps is None and codec.quality_args:
-            rate_control: tuple[str, ...] = codec.quality_args
-        else:
-            rate_control = ("-b:a", f"{self.bitrate_kbps or codec.default_kbps}k")
-        if codec.seekable_output:
-            # A file of our own (mkstemp: private, unguessable) that ffmpeg overwrites
-            # (-y); _release() removes it after finish(), close() or an error.
-            try:
-                fd, self._out_path = tempfile.mkstemp(prefix=f"tts-batch-{name}-",
-                                                      suffix=f".{self.format.extension}")
-            except OSError as exc:
-                raise EncodingError(f"{name} encoding failed: cannot create a temporary file: {exc}") from exc
-            os.close(fd)
-            target = ["-y", self._out_path]
-        else:
-            target = ["pipe:1"]
-        cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "s16le",
-               "-ar", str(self.sample_rate), "-ac", "1", "-i", "pipe:0",
-               *codec.args, *rate_control, "-f", codec.muxer, *target]
+    def _open_lame(self) -> None:
+        enc = lameenc.Encoder()
         try:
-            # ffmpeg writes its stderr here for as long as the encoder lives; _release() closes it.
-            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - kept open on purpose, see above
-            self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stderr=self._stderr,
-                stdout=subprocess.DEVNULL if codec.seekable_output else subprocess.PIPE)
-        except OSError as exc:
-            self._release()
-            raise EncodingError(f"{name} encoding failed: cannot start ffmpeg: {exc}") from exc
-        # An encoder dropped without finish() or close() must not leave ffmpeg running or
-        # its output file behind (also run at interpreter exit).
-        self._finalizer = weakref.finalize(self, _abandon_ffmpeg, self._proc, self._out_path)
-        if codec.seekable_output:
-            return
-        stdout, out = self._proc.stdout, self._out
-        if stdout is None:  # cannot happen: stdout=PIPE above
-            self._release()
-            raise EncodingError(f"{name} encoding failed: ffmpeg has no output pipe")
-        # Drain stdout concurrently so ffmpeg never blocks on a full pipe while we write.
-        self._reader = threading.Thread(
-            target=lambda: out.extend(iter(lambda: stdout.read(65536), b"")),
-            name=f"{name}-encoder-reader", daemon=True)
-        self._reader.start()
+            enc.set_channels(1)
+            enc.set_in_sample_rate(self.sample_rate)
+            enc.set_out_sample_rate(self.sample_rate)  # else LAME may pick a lower rate of its own
+            if self.bitrate_kbps is None:
+                enc.set_vbr(_LAME_VBR_MODE)
+                enc.set_vbr_quality(_LAME_VBR_QUALITY)
+                enc.set_quality(_LAME_VBR_ALGORITHM)
+            else:
+                enc.set_bit_rate(self.bitrate_kbps)
+                enc.set_quality(_LAME_CBR_ALGORITHM)
+            enc.silence()
+            enc.encode(b"")  # LAME checks its settings on the first call: fail here, not mid-stream
+        except RuntimeError as exc:
+            raise EncodingError(f"mp3 encoding failed to start: {exc}") from exc
+        self._lame = enc
 
-    def _ffmpeg_error(self, what: str) -> EncodingError:
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):  # let a dying ffmpeg finish writing its complaint
-                self._proc.wait(timeout=10)
-        return EncodingError(f"{self.format.name} encoding failed: {what}: {_stderr_tail(self._stderr)}")
+    def _open_libav(self, codec: _LibavCodec) -> None:
+        import av  # imported here: ffmpeg's libraries cost about 18 MB of memory, only aac and opus need them
+
+        try:
+            self._container = av.open(self._buf, "w", format=codec.muxer)
+            stream = self._container.add_stream(codec.codec, rate=self.sample_rate, layout="mono",
+                                                options=dict(codec.options))
+            if not isinstance(stream, av.audio.stream.AudioStream):  # cannot happen: the codecs are audio codecs
+                raise EncodingError(f"{codec.codec} is not an audio codec")
+            stream.codec_context.bit_rate = (self.bitrate_kbps or codec.default_kbps) * 1000
+            self._stream = stream
+        except (av.FFmpegError, ValueError) as exc:
+            self._release()
+            raise EncodingError(f"{self.format.name} encoding failed to start: {exc}") from exc
 
     def write(self, chunk: np.ndarray) -> None:
         """Encode one chunk of mono float32 samples at ``input_rate``."""
@@ -356,23 +352,44 @@ class AudioEncoder:
         x = resample(_as_mono(chunk), self.input_rate, self.sample_rate)
         if x.size == 0:
             return
-        x = np.clip(np.nan_to_num(x), -1.0, 1.0)  # libsndfile would wrap, not clip
-        if self._proc is not None and self._proc.stdin is not None:
-            try:
-                self._proc.stdin.write(to_pcm16(x))
-            except OSError as exc:  # ffmpeg died: report why, then clean up
-                err = self._ffmpeg_error(f"ffmpeg stopped reading ({exc})")
-                self.close()
-                raise err from exc
-        elif self._sf is not None:
-            try:
+        x = _clipped(x)
+        try:
+            if self._lame is not None:
+                self._mp3 += self._lame.encode(_scaled_pcm16(x))
+            elif self._stream is not None:
+                self._encode_libav(x)
+            elif self._sf is not None:
                 self._sf.write(x)
-            except RuntimeError as exc:
-                self.close()
-                raise EncodingError(f"{self.format.name} encoding failed: {exc}") from exc
-        else:
-            self._buf.write(to_pcm16(x))
+            else:
+                self._buf.write(_scaled_pcm16(x))
+        except RuntimeError as exc:  # LAME's or libsndfile's
+            self.close()
+            raise EncodingError(f"{self.format.name} encoding failed: {exc}") from exc
+        except EncodingError:
+            self.close()
+            raise
         self._samples += x.size
+
+    def _encode_libav(self, x: np.ndarray | None) -> None:
+        """Encode ``x`` through PyAV and mux what the encoder hands back; None flushes the encoder."""
+        import av
+
+        if self._container is None or self._stream is None:  # cannot happen: the callers checked
+            raise EngineError(f"{self.format.name} encoder has no stream")
+        frame = None
+        if x is not None:
+            pcm = np.frombuffer(_scaled_pcm16(x), "<i2").reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate = self.sample_rate
+            frame.time_base = Fraction(1, self.sample_rate)
+            frame.pts = self._samples  # the Ogg muxer's granule positions (Opus's exact end) come from these
+        try:
+            self._container.mux(self._stream.encode(frame))
+            if frame is None:
+                self._container.close()
+                self._container = None
+        except (av.FFmpegError, ValueError) as exc:
+            raise EncodingError(f"{self.format.name} encoding failed: {exc}") from exc
 
     def finish(self) -> bytes:
         """Flush the encoder and return the complete file (idempotent)."""
@@ -382,14 +399,21 @@ class AudioEncoder:
             raise EngineError("finish() after close(): the encoder was aborted")
         self._closed = True
         try:
-            if self._sf is not None:
+            if self._lame is not None:
+                self._mp3 += self._lame.flush()
+                data = mp3.with_info_tag(bytes(self._mp3), self._samples, cbr=self.bitrate_kbps is not None,
+                                         quality=self._lame_quality())
+            elif self._stream is not None:
+                self._encode_libav(None)
+                data = self._buf.getvalue()
+            elif self._sf is not None:
                 self._sf.close()
                 data = self._buf.getvalue()
-            elif self._proc is not None:
-                data = self._finish_ffmpeg()
             else:
                 data = self._buf.getvalue()
-        except RuntimeError as exc:
+        except EncodingError:
+            raise
+        except (RuntimeError, EngineError) as exc:  # LAME's, libsndfile's, or engine.mp3's on LAME's frames
             raise EncodingError(f"{self.format.name} encoding failed: {exc}") from exc
         finally:
             self._release()
@@ -399,35 +423,14 @@ class AudioEncoder:
                   (time.perf_counter() - self._started) * 1000)
         return data
 
-    def _finish_ffmpeg(self) -> bytes:
-        proc = self._proc
-        if proc is None:
-            raise EngineError(f"{self.format.name} encoder has no ffmpeg process")
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            rc = proc.wait(timeout=_FFMPEG_TIMEOUT)
-        except subprocess.TimeoutExpired as exc:
-            raise self._ffmpeg_error(f"ffmpeg still running after {_FFMPEG_TIMEOUT:.0f} s") from exc
-        except OSError as exc:
-            raise self._ffmpeg_error(f"ffmpeg stopped reading ({exc})") from exc
-        if self._reader is not None:
-            self._reader.join()
-        if rc != 0:
-            raise self._ffmpeg_error(f"ffmpeg exited with status {rc}")
-        if self._out_path is None:
-            return b"".join(self._out)
-        try:
-            with open(self._out_path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise EncodingError(f"{self.format.name} encoding failed: cannot read ffmpeg's output: {exc}") from exc
-        if self.format.name == "mp3":
-            data = mp3.set_end_padding(data, self._samples)
-        return data
+    def _lame_quality(self) -> int:
+        """The Xing quality field as LAME fills it: 100 - 10 * VBR quality - algorithm quality."""
+        if self.bitrate_kbps is None:
+            return 100 - 10 * _LAME_VBR_QUALITY - _LAME_VBR_ALGORITHM
+        return 100 - 10 * 4 - _LAME_CBR_ALGORITHM  # LAME's VBR quality stays at its default, 4
 
     def close(self) -> None:
-        """Abort: release the encoder (and any ffmpeg process) without producing output."""
+        """Abort: release the encoder without producing output."""
         self._closed = True
         self._release()
 
@@ -437,26 +440,21 @@ class AudioEncoder:
                 self._sf.close()
             except RuntimeError:
                 log.debug("ignoring error while closing an aborted %s encoder", self.format.name)
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.kill()
-                self._proc.wait()
-            if self._reader is not None:
-                self._reader.join()  # ffmpeg is gone, so the reader sees EOF
-            for pipe in (self._proc.stdin, self._proc.stdout):
-                if pipe is not None:
-                    with contextlib.suppress(OSError):
-                        pipe.close()
-            self._proc = None
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-        if self._out_path is not None:  # after ffmpeg is gone, so it cannot recreate the file
-            _remove_file(self._out_path)
-            self._out_path = None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
+        self._lame = None
+        self._mp3 = bytearray()
+        if self._container is not None:
+            self._abandon_container()
+        self._stream = None
+
+    def _abandon_container(self) -> None:
+        import av
+
+        try:
+            if self._container is not None:
+                self._container.close()
+        except (av.FFmpegError, ValueError):
+            log.debug("ignoring error while closing an aborted %s encoder", self.format.name)
+        self._container = None
 
     def __enter__(self) -> Self:
         return self
@@ -467,25 +465,6 @@ class AudioEncoder:
             self.finish()
         else:
             self.close()
-
-
-def _remove_file(path: str) -> None:
-    """Delete ``path`` if it is still there (an encoder's temporary output)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("cannot remove temporary encoder output %s: %s", path, exc)
-
-
-def _abandon_ffmpeg(proc: subprocess.Popen[bytes], out_path: str | None) -> None:
-    """Finalizer of an encoder dropped unfinished: kill its ffmpeg, then delete its output file."""
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if out_path is not None:
-        _remove_file(out_path)
 
 
 def encode(samples: np.ndarray, sample_rate: int, fmt: str, input_rate: int | None = None,
@@ -533,12 +512,19 @@ def run_ffmpeg(args: Sequence[str], data: bytes, what: str, timeout: float) -> b
 
 
 def _decode_aac(data: bytes) -> tuple[np.ndarray, int]:
+    import av
+
     if len(data) < 7 or data[0] != 0xFF or data[1] & 0xF6 != 0xF0:
         raise EncodingError("aac decoding failed: data does not start with an ADTS header")
     index = (data[2] >> 2) & 0x0F
     if index >= len(_ADTS_RATES):
         raise EncodingError(f"aac decoding failed: bad ADTS sampling index {index}")
-    decoded = run_ffmpeg(["-f", "aac", "-i", "pipe:0", "-f", "f32le", "-ac", "1", "pipe:1"], data,
-                         "aac decoding", _FFMPEG_TIMEOUT)
-    x = np.frombuffer(decoded, "<f4")[_AAC_PRIMING:]
-    return x.astype(np.float32), _ADTS_RATES[index]
+    try:
+        with av.open(io.BytesIO(data), "r", format="aac") as container:
+            planes = [frame.to_ndarray() for frame in container.decode(audio=0)]
+    except (OSError, ValueError) as exc:  # av.FFmpegError
+        raise EncodingError(f"aac decoding failed: {exc}") from exc
+    if not planes:
+        return np.zeros(0, np.float32), _ADTS_RATES[index]
+    x = np.concatenate(planes, axis=1).mean(axis=0, dtype=np.float32)  # the decoder's planar float, to mono
+    return x[_AAC_PRIMING:].astype(np.float32), _ADTS_RATES[index]

@@ -9,7 +9,8 @@ and one of the info frame up to the tag's own CRC field.
 
 * :func:`frame_header` reads one frame header, :func:`parse` a whole stream;
 * :func:`read_info_tag` and :func:`write_info_tag` read and rewrite the Xing/LAME fields;
-* :func:`set_end_padding` is the encoder's fix of the padding ffmpeg writes;
+* :func:`with_info_tag` puts that frame in front of frames from an encoder that leaves it out
+  (``lameenc``), :func:`set_end_padding` fixes the padding ffmpeg writes;
 * :func:`join` concatenates encoded segments behind one rewritten info frame;
 * :func:`crc16` and :func:`crc16_combine` compute the tag's checksums.
 
@@ -28,13 +29,15 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import crcmod.predefined
+
 from .exceptions import EngineError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FrameHeader", "InfoTag", "Mp3Stream", "crc16", "crc16_combine", "frame_header", "join", "join_streams",
-    "parse", "read_info_tag", "segment_starts", "set_end_padding", "write_info_tag",
+    "LAME_ENCODER_DELAY", "FrameHeader", "InfoTag", "Mp3Stream", "crc16", "crc16_combine", "frame_header", "join",
+    "join_streams", "parse", "read_info_tag", "segment_starts", "set_end_padding", "with_info_tag", "write_info_tag",
 ]
 
 _MPEG1_KBPS = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
@@ -258,9 +261,14 @@ def parse(data: bytes) -> Mp3Stream:
             music_crc = tag.music_crc
     offsets: list[int] = []
     pos = start
+    sizes: dict[int, int] = {}  # a frame's size follows from header bytes 1-2 (version, layer, bitrate, rate, padding)
     while pos + 4 <= len(data):
         offsets.append(pos - start)
-        pos += frame_header(data, pos).size
+        key = data[pos + 1] << 8 | data[pos + 2]
+        size = sizes.get(key) if data[pos] == 0xFF else None
+        if size is None:
+            size = sizes[key] = frame_header(data, pos).size
+        pos += size
     if pos != len(data):
         music_crc = None
     delay, padding = (tag.delay, tag.padding) if tag is not None else (0, 0)
@@ -301,6 +309,65 @@ def set_end_padding(data: bytes, samples: int) -> bytes:
         log.warning("mp3 output holds %d frames for %d samples; leaving its LAME tag alone", tag.frames, samples)
         return data
     return data[:at] + write_info_tag(frame, tag, padding=padding) + data[at + header.size:]
+
+
+#: LAME's encoder delay in samples (its filterbank's ENCDELAY): what the LAME tag's delay field holds.
+LAME_ENCODER_DELAY = 576
+# LAME's "VBR method" nibble of its tag by rate control: CBR, and VBR (mtrh, LAME's default VBR).
+_LAME_METHOD_CBR, _LAME_METHOD_VBR = 1, 4
+_INFO_FIELDS_BYTES = 8 + 4 + 4 + 100 + 4  # "Xing"/"Info", flags, frames, bytes, seek table, quality
+
+
+def with_info_tag(audio: bytes, samples: int, *, delay: int = LAME_ENCODER_DELAY, cbr: bool = False,
+                  quality: int = 0, encoder: bytes = b"LAME3.100") -> bytes:
+    """Put a Xing/Info frame with LAME's gapless tag in front of LAME's raw ``audio`` frames.
+
+    This is the frame LAME itself writes (``lame_get_lametag_frame``) when it can seek back
+    to the start of a file; an encoder that only hands out frames (``lameenc``) leaves it
+    out. ``samples`` is how many samples went in; the tag's delay is ``delay`` and its
+    padding whatever the frames hold beyond the delay and the input, so a gapless decoder
+    (libsndfile's mpg123, ffmpeg, browsers) returns exactly ``samples``. ``cbr`` marks a
+    constant-bitrate stream ("Info", and an info frame of the stream's own bitrate where the
+    tag fits); otherwise it is VBR ("Xing", the smallest frame the tag fits in). ``quality`` is the
+    Xing quality field (LAME: 100 - 10 * VBR quality - algorithm quality). The frame count,
+    byte count, seek table, music length and both CRCs are filled in as :func:`join_streams`
+    does. Raises EngineError when ``audio`` is not layer III frames or the padding does not
+    fit the tag.
+    """
+    first = frame_header(audio, 0)
+    version = (audio[1] >> 3) & 3
+    kbps_table = _MPEG1_KBPS if version == 3 else _MPEG2_KBPS
+    needed = 4 + first.side_info + _INFO_FIELDS_BYTES + _LAME_BYTES
+    start = audio[2] >> 4 if cbr else 1
+    header = b""
+    size = 0
+    for index in range(start, 15):
+        header = bytes([0xFF, audio[1] | 0x01, (index << 4) | (audio[2] & 0x0C), audio[3]])  # no CRC, no padding slot
+        size = frame_header(header).size
+        if size >= needed:
+            break
+    else:
+        raise EngineError(f"no MP3 frame at {first.rate} Hz is big enough for the info tag")
+    rate_bits = 0 if first.rate <= 32000 else 1 if first.rate == 44100 else 2
+    method = _LAME_METHOD_CBR if cbr else _LAME_METHOD_VBR
+    kbps = min(kbps_table[audio[2] >> 4], 255) if cbr else 0
+    lame = (encoder[:9].ljust(9, b" ") + bytes([method, 0]) + bytes(8)  # revision 0 + method, lowpass, replay gain
+            + bytes([0, kbps]) + bytes(3)  # flags, bitrate; delay and padding set below
+            + bytes([rate_bits << 6, 0, 0, 0]) + bytes(8))  # misc, mp3 gain, preset; music length and CRCs below
+    frame = (header + bytes(first.side_info) + (b"Info" if cbr else b"Xing")
+             + struct.pack(">I", _FLAG_FRAMES | _FLAG_BYTES | _FLAG_TOC | _FLAG_QUALITY) + bytes(108)
+             + struct.pack(">I", max(0, quality)) + lame)
+    frame += bytes(size - len(frame))
+    tag = read_info_tag(frame)
+    if tag is None:  # cannot happen: the frame was built with one
+        raise EngineError("the built MP3 info frame has no Xing header")
+    stream = parse(frame + audio)
+    padding = stream.frames * stream.samples_per_frame - delay - samples
+    if not 0 <= padding <= _MAX_DELAY_OR_PADDING:
+        raise EngineError(f"{stream.frames} MP3 frames cannot hold {samples} samples after a delay of {delay}")
+    stream = replace(stream, info=write_info_tag(frame, tag, delay=delay, padding=padding), delay=delay,
+                     padding=padding)
+    return join_streams([stream])[0]
 
 
 def segment_starts(streams: Sequence[Mp3Stream]) -> list[int]:
@@ -374,17 +441,8 @@ def join_streams(parsed: Sequence[Mp3Stream]) -> tuple[bytes, int]:
 
 
 # --- CRC-16 --------------------------------------------------------------------------------------
-def _crc16_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC16_TABLE = _crc16_table()
+#: CRC-16/ARC (crcmod's "crc-16": polynomial 0x8005, reflected, initial 0), in C.
+_CRC16 = crcmod.predefined.mkCrcFun("crc-16")
 
 
 def crc16(data: bytes, crc: int = 0) -> int:
@@ -392,10 +450,7 @@ def crc16(data: bytes, crc: int = 0) -> int:
 
     ``crc`` continues a CRC of earlier data.
     """
-    table = _CRC16_TABLE
-    for byte in data:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
-    return crc
+    return int(_CRC16(data, crc))
 
 
 def _gf2_apply(matrix: Sequence[int], vector: int) -> int:

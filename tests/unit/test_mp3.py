@@ -115,3 +115,24 @@ def test_write_info_tag_refuses_fields_the_tag_lacks():
     with pytest.raises(EngineError):
         mp3.write_info_tag(stream.info, stream.tag, toc=b"\x00" * 99)
     assert mp3.write_info_tag(stream.info, stream.tag) == stream.info  # nothing asked, nothing changed
+
+
+def test_with_info_tag_puts_a_gapless_lame_frame_before_bare_frames():
+    data, samples = encoded_mp3(1.3, 16000)
+    bare = mp3.parse(data).audio  # LAME's frames without the info frame, as lameenc hands them out
+    quality = struct.unpack_from(">I", data, 13 + 116)[0]  # after the mono MPEG-2 side information and 116 bytes
+    tagged = mp3.with_info_tag(bare, samples, quality=quality)
+    assert tagged == data  # what the encoder itself writes
+    stream = mp3.parse(tagged)
+    assert stream.delay == mp3.LAME_ENCODER_DELAY and stream.samples == samples == len(decode(tagged, "mp3")[0])
+    assert stream.tag is not None and stream.tag.frames == stream.frames and stream.tag.stream_bytes == len(tagged)
+    assert tagged[13:17] == b"Xing" and tagged[13 + 120:13 + 124] == b"LAME"
+
+
+def test_with_info_tag_refuses_what_it_cannot_tag():
+    data, samples = encoded_mp3(0.5, 24000)
+    bare = mp3.parse(data).audio
+    with pytest.raises(EngineError):
+        mp3.with_info_tag(b"not mp3 frames", 10)
+    with pytest.raises(EngineError):
+        mp3.with_info_tag(bare, samples + 10 * 576)  # more samples than the frames hold
