@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import io
 import logging
-import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from math import gcd
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self
 
 import lameenc
 import numpy as np
@@ -59,7 +57,6 @@ __all__ = [
     "effective_rate",
     "encode",
     "resample",
-    "run_ffmpeg",
     "silence",
     "to_pcm16",
     "validate_format",
@@ -78,7 +75,6 @@ _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 _ADTS_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025,
                8000, 7350)
 _AAC_PRIMING = 1024  # ffmpeg's aac encoder delay; ADTS cannot signal it, decode() drops it
-_FFMPEG_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -229,15 +225,6 @@ def _ffmpeg_exe() -> str:
     if not found:
         raise EncodingError("the ffmpeg binary bundled with imageio-ffmpeg is missing")
     return str(found[0])
-
-
-def _stderr_tail(stream: IO[bytes] | bytes | None, limit: int = 800) -> str:
-    if stream is None:
-        return ""
-    if not isinstance(stream, bytes):
-        stream.seek(0)
-        stream = stream.read()
-    return stream.decode("utf-8", "replace").strip()[-limit:]
 
 
 def _as_mono(chunk: np.ndarray) -> np.ndarray:
@@ -496,19 +483,6 @@ def decode(data: bytes, fmt: str, pcm_rate: int | None = None) -> tuple[np.ndarr
     except (RuntimeError, ValueError, TypeError) as exc:
         raise EncodingError(f"{spec.name} decoding failed: {exc}") from exc
     return (x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)), int(rate)
-
-
-def run_ffmpeg(args: Sequence[str], data: bytes, what: str, timeout: float) -> bytes:
-    """Run the bundled ffmpeg on ``data`` (stdin) with ``args``; its stdout, or EncodingError saying ``what`` failed."""
-    cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", *args]
-    try:
-        done = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EncodingError(f"{what} failed: {exc}") from exc
-    if done.returncode != 0:
-        raise EncodingError(f"{what} failed: ffmpeg exited with status {done.returncode}: "
-                            f"{_stderr_tail(done.stderr)}")
-    return done.stdout
 
 
 def _decode_aac(data: bytes) -> tuple[np.ndarray, int]:

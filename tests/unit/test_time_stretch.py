@@ -1,11 +1,13 @@
 """engine.stretch: the speed split and ffmpeg's atempo chain, on a synthetic signal (no voice)."""
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 
 from engine.exceptions import OptionError
-from engine.stretch import MAX_SPEED, MIN_SPEED, atempo_chain, split_speed, time_stretch
+from engine.stretch import MAX_SPEED, MIN_SPEED, atempo_chain, atempo_stages, split_speed, time_stretch
 
 RATE = 24000
 
@@ -68,3 +70,21 @@ def test_a_short_input_keeps_its_sound_and_gets_the_exact_length(samples, factor
     assert out.size == max(1, round(samples / factor))
     if samples >= 100:
         assert float(np.sqrt(np.mean(out ** 2))) > 0.05  # the tone is there, not silence
+
+
+def test_the_stretch_runs_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """atempo through ffmpeg's libavfilter in-process: a stretched sentence starts no ffmpeg."""
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    out = time_stretch(tone(1.0), RATE, 1.5)
+    assert len(out) == round(RATE / 1.5) and dominant_frequency(out) == pytest.approx(220, abs=5)
+
+
+def test_atempo_stages_multiply_to_the_factor() -> None:
+    for factor in (0.25, 0.3, 0.5, 1.7, 2.0, 3.9, 4.0):
+        stages = atempo_stages(factor)
+        assert all(0.5 <= s <= 2.0 for s in stages) and np.prod(stages) == pytest.approx(factor)
+        assert atempo_chain(factor) == ",".join(f"atempo={s:.6f}" for s in stages)
