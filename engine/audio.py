@@ -218,7 +218,10 @@ def silence(seconds: float, rate: int) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _ffmpeg_exe() -> str:
-    """The ffmpeg binary shipped inside imageio-ffmpeg (no env override, no PATH lookup)."""
+    """The ffmpeg binary shipped inside imageio-ffmpeg (no env override, no PATH lookup).
+
+    Nothing in the engine runs it any more; the tests use it as an independent decoder.
+    """
     import imageio_ffmpeg
 
     found = sorted(Path(imageio_ffmpeg.__file__).parent.joinpath("binaries").glob("ffmpeg*"))

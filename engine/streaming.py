@@ -9,11 +9,13 @@ of the format asked for. It is what the SSE form of ``POST /v1/audio/speech`` se
 * ``wav``: a WAV header whose RIFF and data sizes say "unknown" (``0xFFFFFFFF``, as
   streamed WAV always does), then 16-bit PCM; every sentence's PCM follows in the delta of
   that sentence, so the sample count is the non-streamed file's;
-* ``mp3``, ``aac``, ``opus``, ``flac``: one continuous ffmpeg encode to a pipe (MP3 frames
-  without a Xing header, ADTS frames, an Ogg Opus stream, a FLAC stream whose header has no
-  total length). The encoder keeps up to a frame or an Ogg page (about a second for opus)
-  until the next sentence or the end, so a delta is what the encoder has flushed, not
-  exactly one sentence.
+* ``mp3``, ``aac``, ``opus``, ``flac``: one continuous encode in this process, written out
+  as it goes (MP3 frames from LAME through ``lameenc``, without a Xing header; ADTS frames,
+  an Ogg Opus stream and a FLAC stream whose header has no total length from ffmpeg's
+  encoders and muxers through PyAV, into a sink that cannot seek, as a pipe). The encoder
+  keeps up to a frame or an Ogg page (about a second for opus) until the next sentence or
+  the end, so a delta is what the encoder has flushed, not exactly one sentence. (Until it
+  moved in-process, every streamed request started an ffmpeg process for this.)
 
 The stored, non-streamed file is made by :class:`engine.audio.AudioEncoder` as before; this
 one runs beside it only for streamed requests.
@@ -22,15 +24,19 @@ from __future__ import annotations
 
 import contextlib
 import struct
-import subprocess
-import threading
+from fractions import Fraction
 from types import TracebackType
-from typing import IO, Self
+from typing import TYPE_CHECKING, Self
 
+import lameenc
 import numpy as np
 
-from .audio import _ffmpeg_exe, effective_rate, resample, to_pcm16, validate_format
+from .audio import _LIBAV_CODECS, _LibavCodec, effective_rate, resample, to_pcm16, validate_format
 from .exceptions import EncodingError, EngineError
+
+if TYPE_CHECKING:
+    from av.audio.stream import AudioStream
+    from av.container import OutputContainer
 
 __all__ = ["SENTENCE_ALIGNED", "DeltaEncoder", "streaming_wav_header"]
 
@@ -38,16 +44,29 @@ __all__ = ["SENTENCE_ALIGNED", "DeltaEncoder", "streaming_wav_header"]
 #: stream of them can continue with another attempt's next sentence.
 SENTENCE_ALIGNED = frozenset({"pcm", "wav"})
 _UNKNOWN_SIZE = 0xFFFFFFFF
-_FFMPEG_ARGS: dict[str, tuple[str, ...]] = {
-    # mp3 at a constant 64 kbps: with no Xing header (a pipe cannot go back to write one), players and
-    # libsndfile estimate a VBR stream's length from its first frames and stop short.
-    "mp3": ("-c:a", "libmp3lame", "-b:a", "64k", "-write_xing", "0", "-id3v2_version", "0", "-f", "mp3"),
-    "aac": ("-c:a", "aac", "-aac_coder", "fast", "-b:a", "64k", "-f", "adts"),
-    "opus": ("-c:a", "libopus", "-application", "audio", "-compression_level", "3", "-b:a", "48k",
-             "-f", "ogg"),
-    "flac": ("-c:a", "flac", "-f", "flac"),
-}
-_FINISH_TIMEOUT = 60.0
+#: mp3 at a constant 64 kbps: with no Xing header (the stream cannot go back to write one),
+#: players and libsndfile estimate a VBR stream's length from its first frames and stop short.
+#: LAME's algorithm quality 5, as ffmpeg's LAME ran it.
+_MP3_KBPS = 64
+_MP3_ALGORITHM = 5
+#: The other formats through PyAV, at the stored file's settings (aac 64k, opus 48k VBR).
+_LIBAV: dict[str, _LibavCodec] = {**_LIBAV_CODECS, "flac": _LibavCodec("flac", "flac", 0)}
+
+
+class _Sink:
+    """A write-only file for PyAV: no seek, so the muxers write as to a pipe and never go back."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+    def take(self) -> bytes:
+        out = bytes(self.data)
+        self.data.clear()
+        return out
 
 
 def streaming_wav_header(sample_rate: int) -> bytes:
@@ -63,7 +82,7 @@ class DeltaEncoder:
 
     ``sample_rate`` is the output rate (moved up to one the codec supports, as
     :class:`engine.audio.AudioEncoder` does); chunks arrive at ``input_rate``. Use it as a
-    context manager, or call :meth:`close`, so that an ffmpeg process never outlives it.
+    context manager, or call :meth:`close`, to release the encoder early.
     """
 
     def __init__(self, fmt: str, sample_rate: int, input_rate: int | None = None) -> None:
@@ -71,108 +90,122 @@ class DeltaEncoder:
         self.sample_rate = effective_rate(self.format, sample_rate)
         self.input_rate = int(sample_rate if input_rate is None else input_rate)
         self._header_sent = False
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._out = bytearray()
-        self._lock = threading.Lock()
-        self._reader: threading.Thread | None = None
-        self._stderr = bytearray()
+        self._lame: lameenc.Encoder | None = None
+        self._sink = _Sink()
+        self._container: OutputContainer | None = None
+        self._stream: AudioStream | None = None
+        self._samples = 0
         self._done = False
-        if self.format in _FFMPEG_ARGS:
-            self._start()
+        if self.format == "mp3":
+            self._start_lame()
+        elif self.format in _LIBAV:
+            self._start_libav(_LIBAV[self.format])
 
-    def _start(self) -> None:
-        cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "s16le", "-ar", str(self.sample_rate),
-               "-ac", "1", "-i", "pipe:0", *_FFMPEG_ARGS[self.format], "-flush_packets", "1", "pipe:1"]
+    def _start_lame(self) -> None:
+        enc = lameenc.Encoder()
         try:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE)
-        except OSError as exc:
-            raise EncodingError(f"{self.format} stream encoding failed: cannot start ffmpeg: {exc}") from exc
-        stdout, stderr = self._proc.stdout, self._proc.stderr
-        if stdout is None or stderr is None:  # cannot happen: both are PIPE
-            raise EncodingError(f"{self.format} stream encoding failed: ffmpeg has no output pipe")
-        self._reader = threading.Thread(target=self._drain, args=(stdout, stderr), daemon=True,
-                                        name=f"{self.format}-delta-reader")
-        self._reader.start()
+            enc.set_channels(1)
+            enc.set_in_sample_rate(self.sample_rate)
+            enc.set_out_sample_rate(self.sample_rate)
+            enc.set_bit_rate(_MP3_KBPS)
+            enc.set_quality(_MP3_ALGORITHM)
+            enc.silence()
+            enc.encode(b"")  # LAME checks its settings on the first call
+        except RuntimeError as exc:
+            raise EncodingError(f"mp3 stream encoding failed to start: {exc}") from exc
+        self._lame = enc
 
-    def _drain(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
-        errors = threading.Thread(target=lambda: self._stderr.extend(stderr.read()), daemon=True)
-        errors.start()
-        while True:
-            data = stdout.read1(65536) if hasattr(stdout, "read1") else stdout.read(65536)
-            if not data:
-                break
-            with self._lock:
-                self._out.extend(data)
-        errors.join()
+    def _start_libav(self, codec: _LibavCodec) -> None:
+        import av  # imported here, as engine.audio does: ffmpeg's libraries cost about 18 MB of memory
 
-    def _take(self) -> bytes:
-        with self._lock:
-            data = bytes(self._out)
-            self._out.clear()
-        return data
+        try:
+            # flush_packets: every packet reaches the sink at once, not when libavformat's buffer fills
+            self._container = av.open(self._sink, "w", format=codec.muxer, options={"flush_packets": "1"})
+            stream = self._container.add_stream(codec.codec, rate=self.sample_rate, layout="mono",
+                                                options=dict(codec.options))
+            if not isinstance(stream, av.audio.stream.AudioStream):  # cannot happen: the codecs are audio codecs
+                raise EncodingError(f"{codec.codec} is not an audio codec")
+            if codec.default_kbps:
+                stream.codec_context.bit_rate = codec.default_kbps * 1000
+            self._stream = stream
+        except (av.FFmpegError, ValueError) as exc:
+            self.close()
+            raise EncodingError(f"{self.format} stream encoding failed to start: {exc}") from exc
 
     def write(self, samples: np.ndarray) -> bytes:
         """Add one chunk (float32 mono at ``input_rate``); returns the output bytes ready now."""
         if self._done:
             raise EngineError("write() after finish() or close()")
         x = resample(np.asarray(samples, dtype=np.float32), self.input_rate, self.sample_rate)
-        pcm = to_pcm16(np.clip(np.nan_to_num(x), -1.0, 1.0))
-        if self._proc is None:
-            head = b""
-            if self.format == "wav" and not self._header_sent:
-                head, self._header_sent = streaming_wav_header(self.sample_rate), True
-            return head + pcm
-        if self._proc.stdin is None:
-            raise EncodingError(f"{self.format} stream encoding failed: ffmpeg has no input pipe")
+        pcm = to_pcm16(x)
+        if self._lame is not None:
+            try:
+                return bytes(self._lame.encode(pcm))
+            except RuntimeError as exc:
+                self.close()
+                raise EncodingError(f"mp3 stream encoding failed: {exc}") from exc
+        if self._stream is not None:
+            self._encode_libav(np.frombuffer(pcm, "<i2"))
+            return self._sink.take()
+        head = b""
+        if self.format == "wav" and not self._header_sent:
+            head, self._header_sent = streaming_wav_header(self.sample_rate), True
+        return head + pcm
+
+    def _encode_libav(self, pcm: np.ndarray | None) -> None:
+        """Encode int16 ``pcm`` and mux what the encoder hands back; None flushes and closes the stream."""
+        import av
+
+        if self._container is None or self._stream is None:  # cannot happen: the callers checked
+            raise EngineError(f"{self.format} stream encoder has no stream")
+        frame = None
+        if pcm is not None:
+            if pcm.size == 0:
+                return
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate, frame.time_base, frame.pts = self.sample_rate, Fraction(1, self.sample_rate), self._samples
+            self._samples += pcm.size
         try:
-            self._proc.stdin.write(pcm)
-            self._proc.stdin.flush()
-        except OSError as exc:
+            self._container.mux(self._stream.encode(frame))
+            if frame is None:
+                self._container.close()
+                self._container = None
+        except (av.FFmpegError, ValueError) as exc:
             self.close()
-            raise EncodingError(f"{self.format} stream encoding failed: ffmpeg stopped reading ({exc}): "
-                                f"{self._stderr.decode('utf-8', 'replace')[-400:]}") from exc
-        return self._take()
+            raise EncodingError(f"{self.format} stream encoding failed: {exc}") from exc
 
     def finish(self) -> bytes:
         """Flush the encoder; returns the last bytes of the file (the header alone if nothing was written)."""
         if self._done:
             return b""
         self._done = True
-        if self._proc is None:
-            if self.format == "wav" and not self._header_sent:
-                self._header_sent = True
-                return streaming_wav_header(self.sample_rate)
-            return b""
-        proc = self._proc
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            rc = proc.wait(timeout=_FINISH_TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.close()
-            raise EncodingError(f"{self.format} stream encoding failed: {exc}") from exc
-        if self._reader is not None:
-            self._reader.join()
-        self._proc = None
-        if rc != 0:
-            raise EncodingError(f"{self.format} stream encoding failed: ffmpeg exited with status {rc}: "
-                                f"{self._stderr.decode('utf-8', 'replace')[-400:]}")
-        return self._take()
+        if self._lame is not None:
+            try:
+                return bytes(self._lame.flush())
+            except RuntimeError as exc:
+                raise EncodingError(f"mp3 stream encoding failed: {exc}") from exc
+            finally:
+                self._lame = None
+        if self._stream is not None:
+            self._encode_libav(None)
+            self._stream = None
+            return self._sink.take()
+        if self.format == "wav" and not self._header_sent:
+            self._header_sent = True
+            return streaming_wav_header(self.sample_rate)
+        return b""
 
     def close(self) -> None:
-        """Abort: stop ffmpeg without waiting for the rest of the file."""
+        """Abort: release the encoder without the rest of the file."""
         self._done = True
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            if proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
-            if self._reader is not None:
-                self._reader.join()
+        self._lame = None
+        self._stream = None
+        container, self._container = self._container, None
+        if container is not None:
+            import av
+
+            with contextlib.suppress(av.FFmpegError, ValueError):  # an aborted stream: nothing of it is wanted
+                container.close()
 
     def __enter__(self) -> Self:
         return self
