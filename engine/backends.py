@@ -38,11 +38,18 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff66-\uff9f]")
 
 
 def session_options(threads: int) -> ort.SessionOptions:
-    """Session options for one model: ``threads`` intra-op threads, one inter-op thread."""
+    """Session options for one model: ``threads`` intra-op threads, one inter-op thread.
+
+    The intra-op threads do not spin while they wait for work. With spinning (onnxruntime's
+    default) two worker processes of two threads each on two cores made 2.4 sentences/s
+    where one thread each made 5.2 (joe); without it they made 5.5, and one request alone
+    still takes both cores: 192 ms against 323 ms with one thread (docs/benchmarks.md).
+    """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
@@ -126,6 +133,10 @@ class HibariBackend(VoiceBackend[str]):
         from hibari import Hibari
 
         self.model = Hibari(voice=voice, threads=threads)
+        # hibari opens its session with onnxruntime's default options (spinning threads, as
+        # many inter-op as intra-op threads): reopen it with ours, as every other family has.
+        self.model.sess = ort.InferenceSession(str(self.model.model_path), sess_options=session_options(threads),
+                                               providers=["CPUExecutionProvider"])
         self.sample_rate = int(self.model.sample_rate)
 
     @property

@@ -245,6 +245,17 @@ def bench_cache_hits(url: str, texts: Texts, count: int) -> list[float]:
     return latencies
 
 
+def stack_settings(pairs: list[str]) -> dict[str, str]:
+    """``NAME=VALUE`` pairs (``--setting``) as the started stack's environment; only ``TTS_*`` names."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("TTS_"):
+            raise SystemExit(f"--setting wants TTS_NAME=VALUE, not {pair!r}")
+        out[name] = value
+    return out
+
+
 # --- reporting ----------------------------------------------------------------------------------
 def summarize(levels: dict[int, dict[str, SideResult]], cache: list[float], meta: dict[str, Any]) -> dict[str, Any]:
     """The figures as one JSON-able mapping."""
@@ -328,6 +339,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "`make up` on an embedded Redis and free ports); only 127.0.0.1 is expected")
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes of the stack this script starts (default 2, as `make up` on 2 cores)")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of the stack this script starts, e.g. TTS_ONNX_THREADS=2 (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the started stack's data and piper's log under var/")
     args = parser.parse_args(argv)
@@ -344,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     meta: dict[str, Any] = {"machine": machine(), "requests": args.requests, "rounds": args.rounds,
                             "piper_version": version("piper-tts")}
-    stack = None if args.url else BenchStack("speech", concurrency=args.workers)
+    stack = None if args.url else BenchStack("speech", concurrency=args.workers, **stack_settings(args.setting))
     piper = PiperServer(ROOT / "var" / "bench-speech-piper" / "piper.log")
     meta["model"] = piper.model.name
     texts = Texts()
