@@ -236,8 +236,8 @@ class _Leader:
     job: Job
     plan: PartPlan
     token: str
-    #: Parts this task synthesized that are not encoded yet (16-bit PCM at the output rate).
-    own: dict[int, bytes] = field(default_factory=dict)
+    #: Parts this task synthesized that are not encoded yet (float samples at the output rate).
+    own: dict[int, np.ndarray] = field(default_factory=dict)
     #: Parts a part task claimed (never claimed back: its own redelivery or retry finishes it).
     helped: set[int] = field(default_factory=set)
     #: Seconds of synthesis and encoding done by this task, and of waiting for helpers.
@@ -269,13 +269,12 @@ class _Leader:
     def synthesize(self, index: int) -> None:
         """Synthesize part ``index`` here and keep it until its turn to be encoded."""
         started = now()
-        data, samples = _render_part(self.rt, self.job, self.plan, index)
+        self.own[index] = samples = _render_part(self.rt, self.job, self.plan, index)
         finished = now()
-        self.own[index] = data
         self.work += finished - started
         self.mine += 1
         self.rt.jobs.add_history(self.job.id, _part_history(self.plan, index, self.job.attempts, started, finished,
-                                                            samples, lead=True))
+                                                            samples.size, lead=True))
 
     def wait(self, index: int) -> None:
         """Block until a helper announces a stored part (or WAIT_SECONDS pass), then check the job's status."""
@@ -295,16 +294,15 @@ def _lead(rt: Runtime, job: Job, plan: PartPlan) -> dict[str, Any] | None:
     helper_seconds = 0.0
     index = 0
     while index < plan.total:
-        data = leader.own.pop(index, None)
-        if data is None:
+        samples = leader.own.pop(index, None)
+        if samples is None:
             stored = rt.redis.get(keys.job_part(job.id, index))
-            data = as_bytes(stored) if stored is not None else None
-            if data is not None:
+            if stored is not None:
+                samples = decode(as_bytes(stored), "pcm", pcm_rate=plan.rate)[0]
                 raw = rt.redis.hget(keys.job_parts(job.id), f"seconds:{index}")
                 helper_seconds += float(raw or 0)
-        if data is not None:
+        if samples is not None:
             tick = now()
-            samples, _ = decode(data, "pcm", pcm_rate=plan.rate)
             encoder.write(samples)
             leader.work += now() - tick
             index += 1
@@ -398,7 +396,9 @@ def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | 
     started = now()
     try:
         lifecycle.inject_fault(rt, job, attempt)
-        data, samples = _render_part(rt, job, plan, index)
+        pcm = _render_part(rt, job, plan, index)
+        samples = pcm.size
+        data = to_pcm16(pcm)
         seconds = now() - started
         if rt.jobs.status(job.id) in _GONE:
             raise lifecycle.JobCancelled(job.id)
@@ -440,10 +440,11 @@ def _store_part(rt: Runtime, job_id: str, index: int, data: bytes, samples: int,
     pipe.execute()
 
 
-def _render_part(rt: Runtime, job: Job, plan: PartPlan, index: int) -> tuple[bytes, int]:
-    """Synthesize one part: (16-bit PCM at the output rate, its samples).
+def _render_part(rt: Runtime, job: Job, plan: PartPlan, index: int) -> np.ndarray:
+    """Synthesize one part: its samples at the output rate.
 
-    Leader and helpers store the same thing, so the file does not depend on who made which part.
+    A helper stores them as 16-bit PCM; the leader encodes its own as they are (for wav,
+    flac and pcm that is the same 16-bit file: quantizing twice rounds to the same values).
     """
     options = job.options()
     info = options.validate(rt.catalog)
@@ -454,8 +455,7 @@ def _render_part(rt: Runtime, job: Job, plan: PartPlan, index: int) -> tuple[byt
         if k % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 and rt.jobs.status(job.id) in _GONE:
             raise lifecycle.JobCancelled(job.id)
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    pcm = resample(samples, info.sample_rate, plan.rate)
-    return to_pcm16(pcm), len(pcm)
+    return resample(samples, info.sample_rate, plan.rate)
 
 
 def _part_failed(task: Any, rt: Runtime, job: Job, plan: PartPlan, index: int, attempt: int, exc: Exception,
