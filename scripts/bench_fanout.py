@@ -14,8 +14,10 @@ API, Redis and the Celery main process share them; a fan-out speedup is only as 
 as the ratio the pool reaches. Every timed run also reports how many cores other
 processes on the machine kept busy meanwhile (``others``), so a noisy run shows.
 
-For a fanned-out job the table splits the time: how many parts the leading synthesize
-task made itself, and the seconds it waited for other processes' parts.
+For a fanned-out job the table splits the time, from the job's history: how many parts
+the leading synthesize task made itself, the seconds before the first part started, the
+processes' gaps between their consecutive parts (summed), and the seconds after the
+last part (the stitch, or the last encode).
 
 Usage::
 
@@ -29,6 +31,7 @@ Hold the benchmark lock: ``flock /tmp/tts-bench.lock python scripts/bench_fanout
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import signal
@@ -78,7 +81,10 @@ class Outcome:
     pids: int
     #: Parts the leading synthesize task made itself, and its seconds waiting for the others'.
     led: int = 0
-    waited: float = 0.0
+    #: Seconds before the first part, between each process's parts (summed), after the last part.
+    before: float = 0.0
+    gaps: float = 0.0
+    after: float = 0.0
     #: Cores other processes on the machine kept busy during the run (load that is not this benchmark).
     others: float = 0.0
 
@@ -239,17 +245,23 @@ def _run_job(service, text: str, voice: str, fmt: str, timeout: float = 900.0): 
     raise RuntimeError(f"job {job.id} not finished after {timeout}s")
 
 
-def _waited(history: Sequence[dict[str, Any]], finished_at: float) -> float:
-    """Seconds the leader was not synthesizing its own parts between its first part's start and the job's end.
+def _timeline(history: Sequence[dict[str, Any]], started_at: float, finished_at: float) -> tuple[float, float, float]:
+    """Where a fanned-out job's wall time went besides synthesizing parts, from its history.
 
-    That is its encoding of every part plus its waits for other processes' parts (the
-    leader's log line has the wait alone).
+    (job start to the first part's start: the plan and the fan-out; the processes' gaps
+    between their consecutive parts, summed: dispatch, encoding in order and waiting for
+    others' parts; the last part's end to the job's end: the stitch or the last encode).
     """
-    led = [h for h in history if h.get("outcome") == "part_succeeded" and h.get("lead")]
-    if not led:
-        return 0.0
-    busy = sum(h["finished_at"] - h["started_at"] for h in led)
-    return max(0.0, finished_at - min(h["started_at"] for h in led) - busy)
+    parts = [h for h in history if h.get("outcome") == "part_succeeded"]
+    if not parts:
+        return 0.0, 0.0, 0.0
+    gaps = 0.0
+    for pid in {h["pid"] for h in parts}:
+        mine = sorted((h for h in parts if h["pid"] == pid), key=lambda h: h["started_at"])
+        gaps += sum(max(0.0, b["started_at"] - a["finished_at"]) for a, b in itertools.pairwise(mine))
+    first = min(h["started_at"] for h in parts)
+    last = max(h["finished_at"] for h in parts)
+    return max(0.0, first - started_at), gaps, max(0.0, finished_at - last)
 
 
 def bench(text: str, voice: str, formats: Sequence[str], setups: Sequence[Setup], runs: int,
@@ -283,8 +295,9 @@ def bench(text: str, voice: str, formats: Sequence[str], setups: Sequence[Setup]
                         outcome = Outcome(setup=setup, fmt=fmt, seconds=(job.finished_at or 0) - job.created_at,
                                           audio_seconds=job.duration or 0.0, parts=len(parts),
                                           pids=len({h["pid"] for h in parts}),
-                                          led=sum(1 for h in parts if h.get("lead")),
-                                          waited=_waited(history, job.finished_at or 0.0), others=others)
+                                          led=sum(1 for h in parts if h.get("lead")), others=others)
+                        outcome.before, outcome.gaps, outcome.after = _timeline(history, job.started_at or 0.0,
+                                                                                job.finished_at or 0.0)
                         print(f"  {setup.label:<22} {fmt:<5} {outcome.seconds:7.2f} s  "
                               f"({outcome.parts} parts on {outcome.pids} processes, {outcome.led} by the leader; "
                               f"others {others:.2f} cores)", flush=True)
@@ -324,16 +337,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit = ceiling(dict(child_environment(inherit_settings=False)), text, args.voice, part_chars)
     outcomes = bench(text, args.voice, formats, setups, max(1, args.runs), args.part_chars)
     print()
-    print("| set-up | format | seconds | audio | parts (processes) | by the leader | leader not synthesizing "
-          "| x real time | others (cores) |")
-    print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    print("| set-up | format | seconds | audio | parts (processes) | by the leader | before 1st part "
+          "| gaps between parts | after last part | x real time | others (cores) |")
+    print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     if limit is not None:
-        print(f"| in-process pool, 1 process | - | {limit.one:.2f} | | | | | | {limit.others_one:.2f} |")
-        print(f"| in-process pool, 2 processes | - | {limit.two:.2f} | | | | | | {limit.others_two:.2f} |")
+        print(f"| in-process pool, 1 process | - | {limit.one:.2f} | | | | | | | | {limit.others_one:.2f} |")
+        print(f"| in-process pool, 2 processes | - | {limit.two:.2f} | | | | | | | | {limit.others_two:.2f} |")
     for o in outcomes:
         print(f"| {o.setup.label} | {o.fmt} | {o.seconds:.2f} | {o.audio_seconds / 60:.1f} min | "
-              f"{o.parts} ({o.pids}) | {o.led} | {o.waited:.2f} s | {o.audio_seconds / o.seconds:.0f} | "
-              f"{o.others:.2f} |")
+              f"{o.parts} ({o.pids}) | {o.led} | {o.before:.2f} | {o.gaps:.2f} | {o.after:.2f} | "
+              f"{o.audio_seconds / o.seconds:.0f} | {o.others:.2f} |")
     print()
     if limit is not None:
         print(f"ceiling: an in-process pool of 2 processes is {limit.ratio:.2f}x one process on these parts")
