@@ -188,8 +188,13 @@ def ceiling(env: dict[str, str], text: str, voice: str, part_chars: int) -> Ceil
     return Ceiling(one=walls[1][0], two=walls[2][0], others_one=walls[1][1], others_two=walls[2][1])
 
 
+#: ``--setting`` values (TTS_... = value), for the workers and the pool alike.
+EXTRA_SETTINGS: dict[str, str] = {}
+
+
 def _env(url: str, data_dir: Path, fanout: bool, part_chars: int | None = None) -> dict[str, str]:
     env = child_environment(inherit_settings=False)
+    env.update(EXTRA_SETTINGS)
     env.update({"REDIS_URL": url, "TTS_DATA_DIR": str(data_dir), "TTS_MODEL_CACHE_DIR": str(data_dir / "models"),
                 "TTS_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)})
     if not fanout:
@@ -319,22 +324,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs per set-up; the best is reported")
     parser.add_argument("--no-whole", action="store_true", help="skip the fan-out-off baseline")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process pool of 1 and 2 processes")
+    parser.add_argument("--setting", action="append", default=[], metavar="TTS_NAME=VALUE",
+                        help="a setting for the workers and the pool (repeatable), e.g. TTS_ONNX_THREADS=1")
     parser.add_argument("--part-chars", type=int, default=None,
                         help="TTS_FANOUT_PART_CHARS for the workers and the pool (default: the settings')")
     args = parser.parse_args(argv)
     if not args.text.is_file():
         print(f"no such file: {args.text}", file=sys.stderr)
         return 2
+    for item in args.setting:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("TTS_"):
+            print(f"--setting wants TTS_NAME=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        EXTRA_SETTINGS[name] = value
     text = args.text.read_text(encoding="utf-8")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     setups = [Setup("fan-out, 1 process", 1, True), Setup("fan-out, 2 processes", 2, True)]
     if not args.no_whole:
         setups.insert(0, Setup("whole job, 1 process", 1, False))
-    part_chars = args.part_chars if args.part_chars is not None else load_settings().fanout_part_chars
-    print(f"{len(text):,} characters, voice {args.voice}, {os.cpu_count()} cores, parts of {part_chars} characters")
+    pool_env = {**child_environment(inherit_settings=False), **EXTRA_SETTINGS}
+    settings = load_settings(pool_env)
+    part_chars = args.part_chars if args.part_chars is not None else settings.fanout_part_chars
+    print(f"{len(text):,} characters, voice {args.voice}, {os.cpu_count()} cores, parts of {part_chars} characters, "
+          f"{settings.onnx_threads} onnxruntime threads per process")
     limit = None
     if not args.no_ceiling:
-        limit = ceiling(dict(child_environment(inherit_settings=False)), text, args.voice, part_chars)
+        limit = ceiling(pool_env, text, args.voice, part_chars)
     outcomes = bench(text, args.voice, formats, setups, max(1, args.runs), args.part_chars)
     print()
     print("| set-up | format | seconds | audio | parts (processes) | by the leader | before 1st part "
