@@ -1,12 +1,13 @@
 """Concatenating audio: encoded segments or PCM pieces in order, one encoded file out.
 
-:func:`concat` is the one place audio is put end to end (a fanned-out job's parts, a
-batch's items). It takes the cheap path when it can, joining the encoded frames as
-they are:
+:func:`concat` puts a batch's items end to end (``tasks.batch_result``). It takes the
+cheap path when it can, joining the encoded frames as they are:
 
 * mp3: the frames of every segment behind one rewritten Xing/LAME info frame
   (:func:`engine.mp3.join_streams`); each inner boundary keeps its segment's encoder
-  delay and padding, about 50-100 ms of near-silence;
+  delay and padding, about 50-100 ms of near-silence (a fanned-out job does not come
+  here: ``tasks.fanout`` feeds every part's samples to one encoder, so its parts meet
+  sample-exact);
 * aac: ADTS frames back to back (each segment keeps its 1024-sample priming);
 * pcm: the raw samples back to back, with the gap as zeros.
 
