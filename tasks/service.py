@@ -267,7 +267,7 @@ class JobService:
         :data:`WAIT_RECHECK_SECONDS`.
         """
         deadline = time.monotonic() + timeout
-        with self.rt.redis.pubsub() as subscription:
+        with self.rt.redis.pubsub() as subscription:  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
             subscription.subscribe(keys.job_finished(job_id))
             # Redis confirms the subscription before the status is read: from then on no final
             # transition can go unseen (it commits either before that read or before a message).
