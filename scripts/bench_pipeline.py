@@ -67,7 +67,7 @@ import redis
 import requests
 
 from scripts.bench_engine import bench_text, machine
-from scripts.bench_stack import BenchStack
+from scripts.bench_stack import BenchStack, stack_settings
 from scripts.embedded_redis import wait_for_redis
 from settings import child_environment, load_settings
 
@@ -187,9 +187,9 @@ class Stack:
     bench: BenchStack | None = None
 
     @classmethod
-    def start(cls, processes: int) -> Stack:
+    def start(cls, processes: int, settings: dict[str, str] | None = None) -> Stack:
         """Start web + worker on an embedded Redis, on free ports (``BenchStack``, as every benchmark does)."""
-        bench = BenchStack("pipeline", concurrency=processes).start()
+        bench = BenchStack("pipeline", concurrency=processes, **(settings or {})).start()
         return cls(api=bench.url, redis_url=bench.redis_url, env=bench.env, data_dir=bench.data_dir,
                    proc=bench.proc, bench=bench)
 
@@ -482,6 +482,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default="", help="with --url: that stack's Redis, for commandstats "
                         "and the job records")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 short and 3 long jobs per case")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of the started stack and of the pool, e.g. TTS_ONNX_THREADS=1 (repeatable)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = parser.parse_args(argv)
     if args.quick:
@@ -527,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stack = Stack(api=args.url.rstrip("/"), redis_url=args.redis_url or None, env={})
                 meta["stack"] = f"running stack at {args.url}"
             else:
-                stack = Stack.start(args.processes)
+                stack = Stack.start(args.processes, stack_settings(args.setting))
                 meta["stack"] = "stack started by the script (run_stack.py --only web,worker, embedded Redis)"
             stack.wait_ready(args.processes)
             rclient = redis.Redis.from_url(stack.redis_url) if stack.redis_url else None

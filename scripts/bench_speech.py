@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
 import requests
 
 from scripts.bench_engine import bench_text, machine
-from scripts.bench_stack import BenchStack
+from scripts.bench_stack import BenchStack, stack_settings
 from scripts.embedded_redis import find_free_port, parent_death_signal
 
 log = logging.getLogger(__name__)
@@ -243,17 +243,6 @@ def bench_cache_hits(url: str, texts: Texts, count: int) -> list[float]:
         hit(session, text)
         latencies.append(time.perf_counter() - started)
     return latencies
-
-
-def stack_settings(pairs: list[str]) -> dict[str, str]:
-    """``NAME=VALUE`` pairs (``--setting``) as the started stack's environment; only ``TTS_*`` names."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.startswith("TTS_"):
-            raise SystemExit(f"--setting wants TTS_NAME=VALUE, not {pair!r}")
-        out[name] = value
-    return out
 
 
 # --- reporting ----------------------------------------------------------------------------------

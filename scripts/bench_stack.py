@@ -36,7 +36,7 @@ import requests
 from scripts.embedded_redis import find_free_port, parent_death_signal, wait_for_redis
 from settings import child_environment, get_settings
 
-__all__ = ["BenchStack", "worker_children"]
+__all__ = ["BenchStack", "stack_settings", "worker_children"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,17 @@ RUN_STACK = ROOT / "scripts" / "run_stack.py"
 START_TIMEOUT = 120.0
 #: Seconds run_stack may take to stop after Ctrl-C before its process group is killed.
 STOP_TIMEOUT = 30.0
+
+
+def stack_settings(pairs: list[str]) -> dict[str, str]:
+    """``NAME=VALUE`` pairs (``--setting``) as the started stack's environment; only ``TTS_*`` names."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("TTS_"):
+            raise SystemExit(f"--setting wants TTS_NAME=VALUE, not {pair!r}")
+        out[name] = value
+    return out
 
 
 def worker_children(root_pid: int) -> list[psutil.Process]:
