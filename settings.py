@@ -126,7 +126,8 @@ class Settings:
     reconcile_interval: int = 10
     chunk_fanout_chars: int = 2_000
     #: Fan-out: texts longer than ``chunk_fanout_chars`` (0: never) are split by sentence into
-    #: parts of about this many characters, synthesized in parallel and stitched in order.
+    #: parts of about this many characters, synthesized in parallel (the job's own task and
+    #: any idle worker process) and fed in order to one encoder (``tasks.fanout``).
     fanout_part_chars: int = 1_000
     #: Longest concatenated batch audio (``concatenate``) the API builds, in seconds.
     batch_concat_max_seconds: int = 4 * 3600
