@@ -328,7 +328,8 @@ class JobStore:
         pipe.execute()
 
     def transition(self, job_id: str, expected: set[JobStatus], *, task_id_is: str | None = None,
-                   history: dict[str, Any] | None = None, outbox: str | None = None, **changes: Any) -> bool:
+                   history: dict[str, Any] | None = None, outbox: str | None = None, audio: bytes | None = None,
+                   **changes: Any) -> bool:
         """Apply ``changes`` only if the job's status is one of ``expected`` (optimistic lock).
 
         ``task_id_is``: also require that the record still names this delivery (the
@@ -336,8 +337,10 @@ class JobStore:
         ``history``: an entry appended in the same transaction, so the record and its
         history never disagree; ``outbox``: a member added to the outbox in the same
         transaction, so a process killed right after the transition still leaves the work
-        it owes behind (module docstring). A job that reaches a final status leaves the
-        index of unfinished jobs in the same transaction.
+        it owes behind (module docstring); ``audio``: the job's audio, stored in the same
+        transaction, so only the attempt that wins the transition writes it (one round trip,
+        and a superseded attempt can never overwrite the current one's audio). A job that
+        reaches a final status leaves the index of unfinished jobs in the same transaction.
         """
         key = keys.job(job_id)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -372,6 +375,8 @@ class JobStore:
                         pipe.expire(keys.job_history(job_id), self.ttl)
                     if outbox is not None:
                         pipe.zadd(keys.CALLBACK_OUTBOX, {outbox: now()})
+                    if audio is not None:
+                        pipe.set(keys.job_audio(job_id), audio, ex=self.ttl)
                     new_status = changes.get("status")
                     tenant_active = keys.tenant_active(text_or_none(owner) or DEFAULT_TENANT)
                     if new_status is not None and JobStatus(new_status).finished:
@@ -402,10 +407,6 @@ class JobStore:
     def history(self, job_id: str) -> list[dict[str, Any]]:
         """Every attempt's record, oldest first."""
         return [json.loads(text(raw)) for raw in self.redis.lrange(keys.job_history(job_id), 0, -1)]
-
-    def store_audio(self, job_id: str, audio: bytes) -> None:
-        """Keep the job's audio for the TTL."""
-        self.redis.set(keys.job_audio(job_id), audio, ex=self.ttl)
 
     def audio(self, job_id: str) -> bytes | None:
         """The job's audio bytes, if still there."""

@@ -59,7 +59,6 @@ from .exceptions import JobNotFound
 from .job import Job, now
 from .lease import HOSTNAME, Lease
 from .publish import SYNTHESIZE_PART_TASK, enqueue, send_tasks
-from .redis_values import text_or_none
 from .retry import is_transient
 from .runtime import Runtime
 from .status import JobStatus
@@ -281,52 +280,47 @@ def send_again(rt: Runtime, job_id: str, expected: set[JobStatus], seen_task_id:
 
 # --- success ------------------------------------------------------------------------------------
 def succeed(rt: Runtime, job: Job, result: engine.SynthesisResult, started: float) -> dict[str, Any]:
-    """Store a running job's audio, cache it, and mark it succeeded (once: the transition guards it).
+    """Store a running job's audio and mark it succeeded, in one transaction (once: the transition guards
+    it), then cache the audio.
 
     Only the current delivery may: an attempt that lost its lease (Redis paused, a
     worker cut off) while the reconciler sent the job again is superseded, and its
-    result is dropped instead of overwriting the newer attempt's audio.
+    result is dropped instead of overwriting the newer attempt's audio. The transition
+    checks that the record is still running under this attempt's task id and writes the
+    audio with the status, so there is no separate check that could be stale by the time
+    the audio is written.
     """
-    if not _still_current(rt, job):
-        log.warning("job %s: attempt %d was superseded (sent again meanwhile); its result is dropped", job.id,
-                    job.attempts)
-        return {"job_id": job.id, "status": "superseded"}
-    rt.jobs.store_audio(job.id, result.audio)
     finished_at = now()
+    duration = round(result.duration, 3)
+    entry = {"attempt": job.attempts, "started_at": started, "finished_at": finished_at, "outcome": "succeeded",
+             "worker": HOSTNAME}
+    changed = rt.jobs.transition(
+        job.id, {JobStatus.RUNNING}, task_id_is=job.task_id, history=entry, outbox=outbox_of(job),
+        audio=result.audio, status=JobStatus.SUCCEEDED, finished_at=finished_at,
+        audio_bytes=len(result.audio), duration=duration, output_sample_rate=result.sample_rate,
+        media_type=result.media_type, synthesis_seconds=round(result.synthesis_seconds, 3),
+        error=None, error_type=None, error_code=None,
+    )
+    if not changed:
+        log.warning("job %s: attempt %d is no longer the job's current one (sent again, cancelled or deleted "
+                    "meanwhile); its result is dropped", job.id, job.attempts)
+        return {"job_id": job.id, "status": "superseded"}
     if job.cache and job.cache_key:
         try:
             rt.cache.put(job.cache_key, result.audio,
                          {"duration": round(result.duration, 3), "sample_rate": result.sample_rate})
         except Exception as exc:  # noqa: BLE001 - a cache failure must not fail the job
             log.warning("could not cache job %s audio: %s", job.id, exc)
-    duration = round(result.duration, 3)
-    entry = {"attempt": job.attempts, "started_at": started, "finished_at": finished_at, "outcome": "succeeded",
-             "worker": HOSTNAME}
-    changed = rt.jobs.transition(
-        job.id, {JobStatus.RUNNING}, task_id_is=job.task_id, history=entry, outbox=outbox_of(job),
-        status=JobStatus.SUCCEEDED, finished_at=finished_at,
-        audio_bytes=len(result.audio), duration=duration, output_sample_rate=result.sample_rate,
-        media_type=result.media_type, synthesis_seconds=round(result.synthesis_seconds, 3),
-        error=None, error_type=None, error_code=None,
-    )
-    if changed:
-        inject_fault_after_finish(rt, job)
-        job.status, job.finished_at, job.duration = JobStatus.SUCCEEDED, finished_at, duration
-        bookkeeping("job_succeeded", rt.metrics.job_succeeded, job.voice, SYNTHESIS_QUEUE,
-                     result.synthesis_seconds, finished_at - job.created_at, result.characters, result.duration)
-        log.info("job %s succeeded: %.1fs of audio in %.2fs", job.id, result.duration, result.synthesis_seconds,
-                 extra={"audio_seconds": round(result.duration, 3),
-                        "synthesis_seconds": round(result.synthesis_seconds, 3),
-                        "characters": result.characters})
-        finished(rt, [job])
+    inject_fault_after_finish(rt, job)
+    job.status, job.finished_at, job.duration = JobStatus.SUCCEEDED, finished_at, duration
+    bookkeeping("job_succeeded", rt.metrics.job_succeeded, job.voice, SYNTHESIS_QUEUE,
+                result.synthesis_seconds, finished_at - job.created_at, result.characters, result.duration)
+    log.info("job %s succeeded: %.1fs of audio in %.2fs", job.id, result.duration, result.synthesis_seconds,
+             extra={"audio_seconds": round(result.duration, 3),
+                    "synthesis_seconds": round(result.synthesis_seconds, 3),
+                    "characters": result.characters})
+    finished(rt, [job])
     return {"job_id": job.id, "status": "succeeded"}
-
-
-def _still_current(rt: Runtime, job: Job) -> bool:
-    """True while the record still names this attempt's delivery and is running."""
-    status, task_id = rt.redis.hmget(keys.job(job.id), ["status", "task_id"])
-    return text_or_none(status) == JobStatus.RUNNING.value and (job.task_id is None
-                                                              or text_or_none(task_id) == job.task_id)
 
 
 # --- failure ------------------------------------------------------------------------------------
