@@ -13,15 +13,19 @@ unique texts are synthesized twice, side by side in the same run:
   result.
 
 The queue efficiency is stack throughput / pool throughput, both in audio seconds per wall
-second and in jobs per second (1.00: the queue costs nothing; the issue's target is 0.9). The
-order of the two sides flips from case to case so drift on a busy machine hits both alike.
+second (1.00: the queue costs nothing; the issue's target is 0.9). Each case runs ``--rounds``
+alternating rounds (pool then stack, stack then pool, ...), each with texts of its own, and the
+figure reported is the median of the rounds' ratios: drift on a busy machine hits both sides of
+a round alike, and a round that other work disturbed does not move the median.
 
 With the stack's Redis known (always when this script starts the stack; ``--redis-url`` with
 ``--url``) it also reports, per case:
 
 * **Redis commands per job**: ``INFO commandstats`` deltas over the stack side, less the
   background rate of the idle stack (heartbeats, events, polling by idle workers) measured just
-  before, and less this script's own status polling (GETs counted, each GET's commands measured);
+  before (the script learns that a job finished from its ``finished`` channel, not by polling the
+  API, and reads the records after the measurement; with ``--url`` and no ``--redis-url`` it polls,
+  and those GETs are counted and taken off);
 * **where a worker child's time goes**: from the job records, the queue wait
   (``started_at - created_at``), the run (``finished_at - started_at``) and within it the
   ``synthesis_seconds`` the record carries (the engine call) and everything else (task start,
@@ -70,6 +74,7 @@ from scripts.bench_engine import bench_text, machine
 from scripts.bench_stack import BenchStack, stack_settings
 from scripts.embedded_redis import wait_for_redis
 from settings import child_environment, load_settings
+from tasks import keys
 
 logger = logging.getLogger(__name__)
 
@@ -326,10 +331,34 @@ class Case:
     gap: float | None = None
     cpu: dict[str, float] = field(default_factory=dict)
 
+    #: The efficiency (audio s/s) of each round, when the case is a merge of rounds.
+    rounds: list[float] = field(default_factory=list)
+
     @property
     def efficiency_audio(self) -> float:
         """Stack / pool in audio seconds per wall second."""
         return (self.stack_audio / self.stack_wall) / (self.pool_audio / self.pool_wall)
+
+    @property
+    def efficiency_median(self) -> float:
+        """The median of the rounds' efficiencies (the figure reported: drift hits single rounds)."""
+        return statistics.median(self.rounds) if self.rounds else self.efficiency_audio
+
+    @classmethod
+    def merge(cls, rounds: Sequence[Case]) -> Case:
+        """One case from its rounds: times, audio and CPU summed, per-job figures averaged."""
+        first = rounds[0]
+        merged = cls(kind=first.kind, fmt=first.fmt, jobs=sum(r.jobs for r in rounds),
+                     pool_wall=sum(r.pool_wall for r in rounds), pool_audio=sum(r.pool_audio for r in rounds),
+                     pool_cpu=sum(r.pool_cpu for r in rounds), stack_wall=sum(r.stack_wall for r in rounds),
+                     stack_audio=sum(r.stack_audio for r in rounds), redis_top=first.redis_top,
+                     rounds=[r.efficiency_audio for r in rounds])
+        for name in ("redis_raw", "redis_net", "queue_wait", "run", "synthesis", "busy", "gap"):
+            values = [getattr(r, name) for r in rounds if getattr(r, name) is not None]
+            setattr(merged, name, statistics.fmean(values) if values else None)
+        if all(r.cpu for r in rounds):
+            merged.cpu = {role: statistics.fmean(r.cpu[role] for r in rounds) for role in first.cpu}
+        return merged
 
     @property
     def efficiency_jobs(self) -> float:
@@ -358,6 +387,24 @@ def _poll_cost(client: redis.Redis | None, session: requests.Session, api: str, 
     return max(0.0, (sum(_delta(after, before).values()) - 1 - idle * elapsed) / POLL_PROBES)
 
 
+def wait_finished(subscription: Any, ids: Sequence[str]) -> None:
+    """Wait for every job's final status on its ``finished`` channel (``tasks.keys.job_finished``).
+
+    The stack side ends when its last job is final, known from Redis without a status poll,
+    so that the API's CPU and Redis commands measured are those of the queue, not of this
+    script's polling; the records are read over HTTP afterwards (:func:`wait_all`).
+    """
+    pending = {keys.job_finished(job_id) for job_id in ids}
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} jobs not finished after {JOB_TIMEOUT:.0f} s")
+        message = subscription.get_message(timeout=1.0)
+        if message and message.get("type") == "pmessage":
+            channel = message["channel"]
+            pending.discard(channel.decode() if isinstance(channel, bytes) else channel)
+
+
 def run_stack_side(stack: Stack, case: Case, texts: Sequence[str], voice: str, rclient: redis.Redis | None,
                    processes: int) -> None:
     """The case's texts through the stack, with Redis command deltas, job-record phases and CPU."""
@@ -367,10 +414,19 @@ def run_stack_side(stack: Stack, case: Case, texts: Sequence[str], voice: str, r
     cpu_before = stack.cpu_seconds() if stack.proc is not None else {}
     stats_before, mono = commandstats(rclient), time.monotonic()
     started = time.time()
-    ids = [submit(session, stack.api, t, voice, case.fmt) for t in texts]
-    bodies, gets = wait_all(session, stack.api, ids)
+    if rclient is not None:
+        subscription = rclient.pubsub()
+        subscription.psubscribe(keys.job_finished("*"))
+        ids = [submit(session, stack.api, t, voice, case.fmt) for t in texts]
+        wait_finished(subscription, ids)
+        subscription.close()
+        gets = 0
+    else:  # a --url stack whose Redis is not known: poll over HTTP
+        ids = [submit(session, stack.api, t, voice, case.fmt) for t in texts]
+        _, gets = wait_all(session, stack.api, ids)
     stats_after, elapsed = commandstats(rclient), time.monotonic() - mono
     cpu_after = stack.cpu_seconds() if stack.proc is not None else {}
+    bodies, _ = wait_all(session, stack.api, ids)  # every job is final: one GET each, after the measurement
     finished = [_iso_seconds(b["finished_at"]) or 0.0 for b in bodies]
     case.stack_wall = max(finished) - started
     case.stack_audio = sum(float(b["audio"]["duration_seconds"]) for b in bodies)
@@ -414,15 +470,16 @@ def markdown(cases: Sequence[Case], meta: dict[str, Any]) -> str:
          f"processes; {meta['stack']}; load average at the start {m['load_average_1min']}. "
          f"Short: one sentence per job; long: {SENTENCES_PER_LONG_JOB}."),
         "",
-        ("| jobs | format | n | pool audio s/s | stack audio s/s | **efficiency (audio s/s)** | pool jobs/s "
-        "| stack jobs/s | **efficiency (jobs/s)** |"),
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ("| jobs | format | n | pool audio s/s | stack audio s/s | **efficiency (median of rounds)** | rounds "
+         "| efficiency (all jobs) | pool jobs/s | stack jobs/s |"),
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for c in cases:
+        rounds = ", ".join(f"{r:.2f}" for r in c.rounds)
         lines.append(
             f"| {c.kind} | {c.fmt} | {c.jobs} | {c.pool_audio / c.pool_wall:.1f} | {c.stack_audio / c.stack_wall:.1f} "
-            f"| **{c.efficiency_audio:.2f}** | {c.jobs / c.pool_wall:.2f} | {c.jobs / c.stack_wall:.2f} "
-            f"| **{c.efficiency_jobs:.2f}** |")
+            f"| **{c.efficiency_median:.2f}** | {rounds} | {c.efficiency_audio:.2f} | {c.jobs / c.pool_wall:.2f} "
+            f"| {c.jobs / c.stack_wall:.2f} |")
     if any(c.redis_raw is not None for c in cases):
         lines += ["", ("Redis commands per job (INFO commandstats over the stack side; net: less the idle stack's "
                   "background rate and this script's status polling):"), "",
@@ -446,8 +503,8 @@ def markdown(cases: Sequence[Case], meta: dict[str, Any]) -> str:
     if any(c.cpu for c in cases):
         roles = list(next(c.cpu for c in cases if c.cpu))
         lines += ["", ("CPU seconds per job of each stack process (psutil, user + system, over the stack side), "
-                  "against the pool processes' CPU seconds per job (the web column includes this script's "
-                  "status polling):"), "",
+                  "against the pool processes' CPU seconds per job (the web column is the submits: this "
+                  "script learns that jobs finished from Redis, and reads them after the measurement):"), "",
                   "| jobs | format | " + " | ".join(roles) + " | stack, all | pool | **pool/stack CPU** |",
                   "| --- | --- |" + " ---: |" * (len(roles) + 3)]
         for c in cases:
@@ -481,6 +538,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "e.g. http://127.0.0.1:8354 (its Redis only with --redis-url)")
     parser.add_argument("--redis-url", default="", help="with --url: that stack's Redis, for commandstats "
                         "and the job records")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds per case, each with its own --jobs/--long-jobs texts (default 3); "
+                        "the efficiency reported is the median of the rounds'")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 short and 3 long jobs per case")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting of the started stack and of the pool, e.g. TTS_ONNX_THREADS=1 (repeatable)")
@@ -544,20 +604,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pool.map(_pool_synthesize, [("Warming up.", args.voice, formats[0])] * (2 * args.processes))
                 procs = pool_processes(stack)
                 tag = uuid.uuid4().hex[:8]
-                for n, (kind, fmt) in enumerate((k, f) for k in kinds for f in formats):
+                for kind, fmt in ((k, f) for k in kinds for f in formats):
                     count = args.jobs if kind == "short" else args.long_jobs
-                    case = Case(kind=kind, fmt=fmt, jobs=count)
-                    texts = job_texts(kind, count, f"{tag} {kind} {fmt}")
-                    sides = ["pool", "stack"] if n % 2 == 0 else ["stack", "pool"]
-                    for side in sides:
-                        if side == "pool":
-                            case.pool_wall, case.pool_audio, case.pool_cpu = run_pool(pool, procs, texts,
-                                                                                      args.voice, fmt)
-                        else:
-                            run_stack_side(stack, case, texts, args.voice, rclient, args.processes)
-                    logger.info("%s %s: pool %.2f s, stack %.2f s for %d jobs (%.1f s of audio): %.2f", kind, fmt,
-                                case.pool_wall, case.stack_wall, count, case.stack_audio, case.efficiency_audio)
-                    cases.append(case)
+                    rounds: list[Case] = []
+                    for n in range(args.rounds):  # alternating: drift on a busy machine hits both sides alike
+                        case = Case(kind=kind, fmt=fmt, jobs=count)
+                        texts = job_texts(kind, count, f"{tag} {kind} {fmt} round {n}")
+                        sides = ["pool", "stack"] if n % 2 == 0 else ["stack", "pool"]
+                        for side in sides:
+                            if side == "pool":
+                                case.pool_wall, case.pool_audio, case.pool_cpu = run_pool(pool, procs, texts,
+                                                                                          args.voice, fmt)
+                            else:
+                                run_stack_side(stack, case, texts, args.voice, rclient, args.processes)
+                        logger.info("%s %s round %d: pool %.2f s, stack %.2f s for %d jobs (%.1f s of audio): "
+                                    "%.2f", kind, fmt, n + 1, case.pool_wall, case.stack_wall, count,
+                                    case.stack_audio, case.efficiency_audio)
+                        rounds.append(case)
+                    cases.append(Case.merge(rounds))
         except KeyboardInterrupt:
             print("bench_pipeline: interrupted; stopping what it started", file=sys.stderr)
             return 130
