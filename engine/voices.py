@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import kokoro_model
-from .backends import HibariBackend, KokoroBackend, KokoroModel, PiperBackend, VoiceBackend, configure_allocator
+from .backends import HibariBackend, KokoroBackend, KokoroModel, PiperBackend, VoiceBackend
 from .exceptions import ModelAssetError, OptionError, UnknownVoiceError
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,6 @@ class VoiceCatalog:
         self.kokoro_voices = Path(kokoro_voices) if kokoro_voices else None
         self.onnx_threads = max(1, int(onnx_threads))
         self.model_cache_dir = Path(model_cache_dir) if model_cache_dir else default_model_cache_dir()
-        # Before any model is loaded: the sessions run without an arena, on malloc's heap.
-        configure_allocator()
         self._lock = threading.RLock()
         self._infos: dict[str, VoiceInfo] | None = None
         self._piper_paths: dict[str, Path] = {}

@@ -1,4 +1,4 @@
-"""The voices' sessions run without onnxruntime's memory arena, and that does not change a sample (issue 12)."""
+"""Kokoro runs give their arena memory back, and that does not change a sample (issue 12)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from engine import VoiceCatalog
-from engine.backends import HibariBackend, KokoroBackend, PiperBackend
+from engine.backends import KokoroBackend
 from engine.kokoro_model import style_for_tokens
 
 
@@ -18,38 +18,22 @@ def catalog(model_cache: Path) -> VoiceCatalog:
     return VoiceCatalog(model_cache_dir=model_cache, onnx_threads=1)
 
 
-def _with_arena(path: str) -> ort.InferenceSession:
-    """The same model under onnxruntime's defaults (the arena on), one thread."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+def test_kokoro_runs_shrink_their_arena(catalog: VoiceCatalog) -> None:
+    alpha, kumo = catalog.backend("jf_alpha"), catalog.backend("jm_kumo")
+    assert isinstance(alpha, KokoroBackend) and isinstance(kumo, KokoroBackend)
+    assert alpha.model.run_options is kumo.model.run_options  # one model, one set of run options
+    assert alpha.model.run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
 
 
-def test_every_family_runs_without_the_arena(catalog: VoiceCatalog) -> None:
-    heart = catalog.backend("heart")
-    joe = catalog.backend("joe")
-    kokoro = catalog.backend("jf_alpha")
-    assert isinstance(heart, HibariBackend) and isinstance(joe, PiperBackend) and isinstance(kokoro, KokoroBackend)
-    sessions = [heart.model.sess, joe.voice.session, kokoro.model.session]
-    assert [s.get_session_options().enable_cpu_mem_arena for s in sessions] == [False, False, False]
-
-
-def test_heart_sounds_the_same_as_with_the_arena(catalog: VoiceCatalog) -> None:
-    heart = catalog.backend("heart")
-    assert isinstance(heart, HibariBackend)
-    ids = heart.ids(heart.phonemize("The ferryman repaired the lanterns along the pier.")[0])
-    feeds = {"ids": np.asarray([ids], np.int64), "speed": np.asarray([1.0], np.float32)}
-    arena = _with_arena(heart.model.model_path)
-    ours = heart.model.sess.run(None, feeds)  # the model's tensors; hibari's DSP turns them into samples
-    assert [o.tobytes() for o in arena.run(None, feeds)] == [o.tobytes() for o in ours]
-
-
-def test_kokoro_sounds_the_same_as_with_the_arena(catalog: VoiceCatalog, model_cache: Path) -> None:
+def test_kokoro_sounds_the_same_as_a_plain_session(catalog: VoiceCatalog, model_cache: Path) -> None:
     kokoro = catalog.backend("jf_alpha")
     assert isinstance(kokoro, KokoroBackend)
     ids = kokoro.ids(kokoro.phonemize("Good morning.")[0])
     ours = kokoro.run(ids, 1.0, np.random.default_rng(0))
     feeds = {"tokens": np.asarray([ids], np.int64), "style": style_for_tokens(kokoro.style, len(ids) - 2),
              "speed": np.asarray([1.0], np.float32)}
-    arena = _with_arena(str(next(model_cache.glob("*.onnx"))))
-    assert np.array_equal(np.asarray(arena.run(None, feeds)[0], np.float32).ravel(), ours)
+    opts = ort.SessionOptions()  # onnxruntime's defaults, one thread, runs that keep their arena
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    plain = ort.InferenceSession(str(next(model_cache.glob("*.onnx"))), sess_options=opts,
+                                 providers=["CPUExecutionProvider"])
+    assert np.array_equal(np.asarray(plain.run(None, feeds)[0], np.float32).ravel(), ours)
