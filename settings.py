@@ -118,7 +118,14 @@ class Settings:
     unacked_restore_interval: int = 10
     #: Only every Nth sweep scans Redis (kombu's throttle); interval x throttle is the sweep period.
     unacked_restore_throttle: int = 6
-    worker_max_memory_kb: int = 2_000_000
+    #: A worker child whose peak resident memory passed this many MiB is replaced by a fresh
+    #: one after its task (Celery's ``worker_max_memory_per_child``, in KiB; billiard compares
+    #: the child's peak RSS, ``ru_maxrss``, not the RSS of the moment); 0: never. Measured with
+    #: every bundled voice (``scripts/bench_memory.py``, docs/benchmarks.md "Worker memory"): a
+    #: child holds 700 to 900 MiB between jobs, one-sentence jobs peak at about 800 MiB, and the
+    #: longest run a voice allows (Kokoro at 500 tokens) peaks at 1,640 MiB in a plain process.
+    #: 2,048 sits above that with room, so only a child that really grew is replaced.
+    worker_max_memory_mb: int = 2048
     #: A running job holds a lease its worker renews every third of this; a lease that
     #: expires (the worker or its host died) lets the reconciler send the job again.
     lease_seconds: int = 30
@@ -296,6 +303,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                                 f"10.20.0.0/16 or fd12:3456::/48, comma-separated): {exc}") from None
     if settings.webhook_max_attempts < 1:
         raise SettingsError("TTS_WEBHOOK_MAX_ATTEMPTS must be at least 1")
+    if settings.worker_max_memory_mb < 0:
+        raise SettingsError("TTS_WORKER_MAX_MEMORY_MB must be 0 (no limit) or a size in MiB")
     for name in ("stream_max_clients", "stream_max_seconds", "batch_stream_max_clients", "speech_stream_max_clients"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{_env_name(name)} must be at least 1")

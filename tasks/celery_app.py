@@ -76,7 +76,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": settings.concurrency,
-        "worker_max_memory_per_child": settings.worker_max_memory_kb,
+        "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024,  # Celery counts KiB; 0: no limit
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "worker_send_task_events": True,
