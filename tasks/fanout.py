@@ -177,11 +177,12 @@ def _drop_parts_of_finished(rt: Runtime, jobs: Sequence[Job]) -> None:
 
 
 def queue_parts(rt: Runtime, job: Job) -> PartPlan:
-    """Make (or reuse) the job's plan and queue a part task for every part not stored yet but the first.
+    """Make (or reuse) the job's plan and queue a part task for every part nobody claimed yet but the first.
 
     The first part left is the leader's own (:func:`fan_out` goes on to lead). A
     redelivered synthesize task reuses the stored plan, so the parts already stored are
-    kept; one made before a dead-letter replay is dropped and made again.
+    kept, and a part a helper is making is not sent twice; a plan made before a
+    dead-letter replay is dropped and made again.
     """
     plan = _load_plan(rt, job.id)
     if plan is not None and plan.replays != job.replays:
@@ -197,13 +198,17 @@ def queue_parts(rt: Runtime, job: Job) -> PartPlan:
         pipe.execute()
     done = {int(m) for m in rt.redis.smembers(keys.job_parts_done(job.id))}
     pending = [i for i in range(plan.total) if i not in done]
+    # A redelivered leader: a part some task claimed already has its message (a helper's
+    # own, or this task's to take over), so only parts nobody claimed get one.
+    claims = rt.redis.hmget(keys.job_parts(job.id), [f"claim:{i}" for i in pending]) if pending else []
+    free = [i for i, holder in zip(pending, claims, strict=True) if holder is None]
     job.extra = {**job.extra, "fanout": {"parts": plan.total, "chunks": plan.chunks}}
     rt.jobs.update(job.id, extra=job.extra)
     rt.jobs.add_history(job.id, {"attempt": job.attempts, "at": now(), "outcome": "fanned_out",
                                  "parts": plan.total, "pending": len(pending), "worker": lifecycle.HOSTNAME,
                                  "pid": os.getpid()})
-    if len(pending) > 1:
-        send_tasks(rt, SYNTHESIZE_PART_TASK, [([job.id, i], None) for i in pending[1:]], job.correlation_id,
+    if len(free) > 1:
+        send_tasks(rt, SYNTHESIZE_PART_TASK, [([job.id, i], None) for i in free[1:]], job.correlation_id,
                    queue=PART_QUEUE)
     log.info("job %s fanned out into %d parts (%d characters, %d to do)", job.id, plan.total,
              plan.characters, len(pending))

@@ -171,3 +171,12 @@ def test_a_parts_time_limit_retry_goes_to_bulk(rt):
     assert sent[SYNTHESIS_QUEUE] == []
     (message,) = sent[BULK_QUEUE]
     assert (message["task"], message["args"]) == (SYNTHESIZE_PART_TASK, [job.id, 1]) and message["eta"] is not None
+
+
+def test_a_redelivered_leader_sends_only_the_parts_nobody_claimed(rt):
+    job, _ = fanned_out_job(rt)
+    rt.redis.hset(keys.job_parts(job.id), mapping={"total": 5, "text:3": '["Four."]', "text:4": '["Five."]',
+                                                   "claim:1": "part", "claim:2": "lead:1"})
+    assert fanout.queue_parts(rt, job).total == 5
+    # 1 is a helper's (its message exists), 2 the dead leader's (this one takes it over), 3 is this leader's next
+    assert [m["args"] for m in queues(rt)[BULK_QUEUE]] == [[job.id, 4]]
