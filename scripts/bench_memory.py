@@ -10,10 +10,13 @@ Measures, in one run:
   (heart, joe, jf_alpha: ``--workers`` requests at once, so every child gets one), after every
   bundled voice has spoken, and every ``--jobs``/``--samples`` jobs during ``--jobs`` mixed
   jobs over every bundled voice (one sentence each, unique texts so no cache answers, wav):
-  the growth is the largest child's RSS at the end less that after every voice spoke;
+  the growth is the largest child's RSS at the end less that after every voice spoke. Each
+  child's peak RSS so far (``VmHWM``) is read too: Celery's ``worker_max_memory_per_child``
+  compares that peak (billiard reads ``ru_maxrss``), not the RSS of the moment, so
+  ``TTS_WORKER_MAX_MEMORY_MB`` must sit above it;
 * **baseline**: a plain process (this script again, in a subprocess) holding the same voices:
   ``engine.VoiceCatalog`` built as the worker builds it, and ``engine.synthesize`` of one
-  sentence per voice, its RSS read after heart, joe, jf_alpha and all voices.
+  sentence per voice, its RSS (and peak RSS) read after heart, joe, jf_alpha and all voices.
 
 Prints the figures and the ratios worker child (the largest) / plain process at the same
 stage: 1.00 means a child costs no more than the voices themselves. Not a timed test.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import subprocess
 import sys
 import threading
@@ -44,7 +48,7 @@ import psutil
 import requests
 
 from scripts.bench_engine import machine
-from scripts.bench_stack import BenchStack
+from scripts.bench_stack import BenchStack, stack_settings
 from settings import child_environment, get_settings
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,10 @@ log = logging.getLogger(__name__)
 FAMILIES = (("heart", "heart"), ("joe", "joe"), ("kokoro", "jf_alpha"))
 ENGLISH = "The ferryman repaired the lanterns along the pier before the tide turned."
 JAPANESE = "今日はとても良い天気です。私は公園を散歩しました。"
-REQUEST_TIMEOUT = 120.0
+#: The stack's TTS_SPEECH_TIMEOUT, and the client's, in seconds: this run measures memory, not
+#: latency, and runs niced beside other work, so a Kokoro sentence may wait long for a core.
+SPEECH_TIMEOUT = 600
+REQUEST_TIMEOUT = SPEECH_TIMEOUT + 60.0
 MIB = 1024 * 1024
 
 
@@ -64,13 +71,23 @@ def sentence(voice: str, n: int) -> str:
     return f"{ENGLISH} Line {n}."
 
 
+def peak_rss(pid: int) -> int:
+    """The most RSS (bytes) process ``pid`` has had so far (``VmHWM``; 0 where /proc has no such line)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 @dataclass
 class Sample:
-    """RSS and USS of each worker child (bytes) at one stage."""
+    """RSS, USS and peak RSS of each worker child (bytes) at one stage."""
 
     stage: str
     rss: list[int] = field(default_factory=list)
     uss: list[int] = field(default_factory=list)
+    peak: list[int] = field(default_factory=list)
 
     @classmethod
     def of(cls, stage: str, children: Sequence[psutil.Process]) -> Sample:
@@ -80,7 +97,9 @@ class Sample:
             info = child.memory_full_info()
             sample.rss.append(info.rss)
             sample.uss.append(info.uss)
-        log.info("%s: child RSS %s MiB", stage, ", ".join(f"{r / MIB:.0f}" for r in sample.rss))
+            sample.peak.append(peak_rss(child.pid))
+        log.info("%s: child RSS %s MiB (peak %s)", stage, ", ".join(f"{r / MIB:.0f}" for r in sample.rss),
+                 ", ".join(f"{p / MIB:.0f}" for p in sample.peak))
         return sample
 
 
@@ -103,6 +122,7 @@ def baseline_child() -> int:
         if voice not in spoken:
             synthesize(sentence(voice, 0), SynthesisOptions(voice=voice, format="wav"), catalog)
     stages["all voices"] = me.memory_info().rss
+    stages["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     stages["voices"] = len(catalog.ids())
     print(json.dumps(stages))
     return 0
@@ -206,6 +226,7 @@ def summarize(samples: list[Sample], baseline: dict[str, int], voices: list[str]
         base = baseline[compare[key]]
         rows.append({"stage": sample.stage, "rss_mib": [round(r / MIB, 1) for r in sample.rss],
                      "uss_mib": [round(u / MIB, 1) for u in sample.uss],
+                     "peak_mib": [round(p / MIB, 1) for p in sample.peak],
                      "max_rss_mib": round(max(sample.rss) / MIB, 1), "baseline_stage": compare[key],
                      "baseline_rss_mib": round(base / MIB, 1), "ratio": round(max(sample.rss) / base, 2)})
     # Growth: from the moment every voice has spoken in every child to the last sample.
@@ -213,7 +234,8 @@ def summarize(samples: list[Sample], baseline: dict[str, int], voices: list[str]
     growth = (max(samples[-1].rss) - max(samples[loaded].rss)) / MIB
     return {"meta": meta, "jobs": jobs, "voices": voices, "rows": rows,
             "baseline_mib": {k: round(v / MIB, 1) for k, v in baseline.items() if k != "voices"},
-            "growth_over_mixed_jobs_mib": round(growth, 1)}
+            "growth_over_mixed_jobs_mib": round(growth, 1),
+            "largest_child_peak_mib": round(max(max(s.peak) for s in samples) / MIB, 1)}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -225,18 +247,21 @@ def markdown(summary: dict[str, Any]) -> str:
          f"{summary['jobs']} mixed one-sentence jobs (wav, unique texts) over {', '.join(summary['voices'])}. "
          "Baseline: one plain process, engine.VoiceCatalog + engine.synthesize of one sentence per voice."),
         "",
-        ("| stage | child RSS MiB (each) | child USS MiB (each) | plain process RSS MiB (same voices) "
-         "| ratio largest child / plain |"),
-        "| --- | ---: | ---: | ---: | ---: |",
+        ("| stage | child RSS MiB (each) | child USS MiB (each) | child peak RSS MiB so far (each) "
+         "| plain process RSS MiB (same voices) | ratio largest child / plain |"),
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in summary["rows"]:
         lines.append(f"| {row['stage']} | {' / '.join(f'{r:.0f}' for r in row['rss_mib'])} "
                      f"| {' / '.join(f'{u:.0f}' for u in row['uss_mib'])} "
+                     f"| {' / '.join(f'{p:.0f}' for p in row.get('peak_mib', []))} "
                      f"| {row['baseline_rss_mib']:.0f} ({row['baseline_stage']}) | {row['ratio']:.2f} |")
     base = summary["baseline_mib"]
     lines += ["", "Plain process RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in base.items()) + ".",
               (f"Largest child's RSS growth from 'all voices spoke' to the last sample: "
-               f"{summary['growth_over_mixed_jobs_mib']:+.1f} MiB.")]
+               f"{summary['growth_over_mixed_jobs_mib']:+.1f} MiB."),
+              (f"Largest child's peak RSS (what Celery's worker_max_memory_per_child compares): "
+               f"{summary.get('largest_child_peak_mib', 0):.0f} MiB.")]
     return "\n".join(lines)
 
 
@@ -253,6 +278,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=5, help="memory readings during the mixed jobs (default 5)")
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes of the stack (default 2, as `make up` on 2 cores)")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of the stack this script starts, e.g. TTS_ONNX_THREADS=1 (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the stack's data under var/bench-memory")
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
@@ -271,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"machine": machine(), "workers": args.workers}
     log.info("baseline: all voices in one plain process")
     baseline = measure_baseline()
-    stack = BenchStack("memory", concurrency=args.workers)
+    settings = {"TTS_SPEECH_TIMEOUT": str(SPEECH_TIMEOUT), **stack_settings(args.setting)}
+    stack = BenchStack("memory", concurrency=args.workers, **settings)
     try:
         stack.start()
         samples, voices = measure_workers(stack, args.jobs, args.samples)
