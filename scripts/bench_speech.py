@@ -29,6 +29,7 @@ Not a timed test: absolute times do not compare across machines, the ratios do. 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import random
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import psutil
 import requests
 
 from scripts.bench_engine import bench_text, machine
@@ -75,6 +77,8 @@ class SideResult:
 
     rates: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    #: CPU seconds (user + system, every process of the side) per request, per round.
+    cpu: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -212,8 +216,25 @@ def run_round(send: Sender, texts: Sequence[str], concurrency: int) -> tuple[flo
     return len(texts) / elapsed, latencies
 
 
+def tree_cpu(root_pid: int | None) -> float | None:
+    """CPU seconds so far (user + system) of ``root_pid`` and every process under it; None without one."""
+    if root_pid is None:
+        return None
+    try:
+        root = psutil.Process(root_pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return None
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def bench_level(senders: dict[str, Sender], texts: Texts, concurrency: int, per_round: int,
-                rounds: int) -> dict[str, SideResult]:
+                rounds: int, roots: dict[str, int | None]) -> dict[str, SideResult]:
     """Warm-up, then ``rounds`` alternating rounds of ``per_round`` requests per side at ``concurrency``."""
     results = {side: SideResult() for side in SIDES}
     warm = texts.take(max(4, 2 * concurrency))
@@ -222,9 +243,13 @@ def bench_level(senders: dict[str, Sender], texts: Texts, concurrency: int, per_
     for n in range(rounds):
         batch = texts.take(per_round)
         for side in SIDES if n % 2 == 0 else SIDES[::-1]:
+            cpu_before = tree_cpu(roots.get(side))
             rate, latencies = run_round(senders[side], batch, concurrency)
+            cpu_after = tree_cpu(roots.get(side))
             results[side].rates.append(rate)
             results[side].latencies.extend(latencies)
+            if cpu_before is not None and cpu_after is not None:
+                results[side].cpu.append((cpu_after - cpu_before) / len(batch))
             log.info("concurrency %d round %d %-5s: %.2f requests/s, p50 %.0f ms", concurrency, n + 1, side, rate,
                      1000 * statistics.median(latencies))
     return results
@@ -259,6 +284,9 @@ def summarize(levels: dict[int, dict[str, SideResult]], cache: list[float], meta
             row[side] = {"rps": round(res.rate, 3), "rps_rounds": [round(r, 3) for r in res.rates],
                          "p50_ms": round(1000 * percentile(res.latencies, 50), 1),
                          "p95_ms": round(1000 * percentile(res.latencies, 95), 1)}
+        if ours.cpu and piper.cpu:
+            row["cpu_ms_per_request"] = {"ours": round(1000 * statistics.median(ours.cpu), 1),
+                                         "piper": round(1000 * statistics.median(piper.cpu), 1)}
         row["ratio_p50"] = round(row["ours"]["p50_ms"] / row["piper"]["p50_ms"], 3)
         row["ratio_p95"] = round(row["ours"]["p95_ms"] / row["piper"]["p95_ms"], 3)
         out["levels"].append(row)
@@ -290,6 +318,15 @@ def markdown(summary: dict[str, Any]) -> str:
             f"({', '.join(f'{r:.2f}' for r in row['ratio_rps_rounds'])}) "
             f"| {o['p50_ms']:.0f} | {p['p50_ms']:.0f} | {row['ratio_p50']:.2f} "
             f"| {o['p95_ms']:.0f} | {p['p95_ms']:.0f} | {row['ratio_p95']:.2f} |")
+    cpu_rows = [row for row in summary["levels"] if "cpu_ms_per_request" in row]
+    if cpu_rows:
+        lines += ["", ("CPU per request (median of rounds; ours: every process of the stack, Redis included; "
+                       "piper: its server process). Where both sides keep the cores busy, requests/s cannot "
+                       "beat the inverse ratio of these:"), "",
+                  "| concurrency | ours CPU ms | piper CPU ms | ours / piper |", "| ---: | ---: | ---: | ---: |"]
+        for row in cpu_rows:
+            c = row["cpu_ms_per_request"]
+            lines.append(f"| {row['concurrency']} | {c['ours']:.0f} | {c['piper']:.0f} | {c['ours'] / c['piper']:.2f} |")
     cache = summary["cache_hit"]
     if cache:
         lines += ["", "| /v1/audio/speech cache hit, concurrency 1 | requests | p50 ms | p95 ms |",
@@ -363,7 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         piper.start()
         senders = {"ours": ours_sender(url), "piper": piper_sender(piper.url)}
         for concurrency in args.concurrency:
-            levels[concurrency] = bench_level(senders, texts, concurrency, args.requests, args.rounds)
+            roots = {"ours": stack.proc.pid if stack is not None and stack.proc is not None else None,
+                     "piper": piper.proc.pid if piper.proc is not None else None}
+            levels[concurrency] = bench_level(senders, texts, concurrency, args.requests, args.rounds, roots)
         if args.cache_requests > 0:
             cache = bench_cache_hits(url, texts, args.cache_requests)
     finally:
