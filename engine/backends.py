@@ -143,10 +143,16 @@ class HibariBackend(VoiceBackend[str]):
     max_chunk_chars = 300
     #: One duration unit: two frames of 300 samples.
     samples_per_unit = 600
+    #: Intra-op threads at most, whatever ``threads`` asks. The 8M-parameter graph gains nothing
+    #: from a second thread alone (a sentence: 39 ms on one, 37-40 on two) and, with every
+    #: worker process busy, two made each job slower (0.100 s against 0.075 s of synthesis
+    #: per one-sentence job through the stack, issue 12).
+    max_threads = 1
 
     def __init__(self, voice: str = "heart", threads: int = 1) -> None:
         from hibari import Hibari
 
+        threads = min(max(1, threads), self.max_threads)
         self.model = Hibari(voice=voice, threads=threads)
         # hibari opens its session with onnxruntime's default options (spinning threads, as
         # many inter-op as intra-op threads): reopen it with ours, as every other family has.
