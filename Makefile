@@ -12,7 +12,7 @@ help:
 	@echo "make up        create .venv, install, start redis + worker + api + flower + exporter under supervisord (a process that dies is restarted)"
 	@echo "make test      create .venv, install, run the whole test suite"
 	@echo "make install   only create .venv and install the package with the dev extra"
-	@echo "make bench     run every benchmark: engine, pipeline, speech vs piper, memory (docs/benchmarks.md)"
+	@echo "make bench     run every benchmark: engine, encoders, pipeline, fan-out, speech vs piper, memory (docs/benchmarks.md)"
 	@echo "make lint      ruff check . (the rules are in pyproject.toml)"
 	@echo "make typecheck mypy --strict on engine/ and tasks/, plain mypy on monitoring/ app/ settings.py tts_batch_client/"
 	@echo "make check     lint + typecheck (CI runs both before the tests)"
@@ -45,7 +45,9 @@ test-integration: $(STAMP)
 BENCH_MEMORY_JOBS ?= 200
 bench: $(STAMP)
 	$(PY) scripts/bench_engine.py
+	$(PY) scripts/bench_encode.py
 	$(PY) scripts/bench_pipeline.py
+	$(PY) scripts/bench_fanout.py
 	$(PY) scripts/bench_speech.py
 	$(PY) scripts/bench_memory.py --jobs $(BENCH_MEMORY_JOBS)
 

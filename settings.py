@@ -69,9 +69,10 @@ class Settings:
     embedded_redis_maxmemory: str = "2gb"
 
     # --- engine ------------------------------------------------------------------------
-    #: Intra-op threads per model session. They do not spin (``engine.backends.session_options``),
-    #: so two per worker process cost nothing when every process is busy, and let a request
-    #: alone use two cores: about 1.7x lower latency at concurrency 1 on 2 cores (issue 12).
+    #: Intra-op threads per model session (hibari keeps one: ``HibariBackend.max_threads``). They
+    #: do not spin (``engine.backends.session_options``), so two per worker process cost nothing
+    #: when every process is busy, and let a request alone use two cores: about 1.7x lower
+    #: latency at concurrency 1 on 2 cores for joe (issue 12).
     onnx_threads: int = 2
     voices_dir: str = ""
     kokoro_voices: str = ""
