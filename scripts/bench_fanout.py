@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
 import psutil
 import redis
 
+from scripts.bench_stack import add_setting_option
 from scripts.embedded_redis import EmbeddedRedis
 from settings import child_environment, load_settings
 
@@ -324,20 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs per set-up; the best is reported")
     parser.add_argument("--no-whole", action="store_true", help="skip the fan-out-off baseline")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process pool of 1 and 2 processes")
-    parser.add_argument("--setting", action="append", default=[], metavar="TTS_NAME=VALUE",
-                        help="a setting for the workers and the pool (repeatable), e.g. TTS_ONNX_THREADS=1")
+    add_setting_option(parser, "the workers and the pool")
     parser.add_argument("--part-chars", type=int, default=None,
                         help="TTS_FANOUT_PART_CHARS for the workers and the pool (default: the settings')")
     args = parser.parse_args(argv)
     if not args.text.is_file():
         print(f"no such file: {args.text}", file=sys.stderr)
         return 2
-    for item in args.setting:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("TTS_"):
-            print(f"--setting wants TTS_NAME=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        EXTRA_SETTINGS[name] = value
+    EXTRA_SETTINGS.update(dict(args.setting))
     text = args.text.read_text(encoding="utf-8")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     setups = [Setup("fan-out, 1 process", 1, True), Setup("fan-out, 2 processes", 2, True)]

@@ -48,7 +48,7 @@ import psutil
 import requests
 
 from scripts.bench_engine import machine
-from scripts.bench_stack import BenchStack, stack_settings
+from scripts.bench_stack import BenchStack, add_setting_option
 from settings import child_environment, get_settings
 
 log = logging.getLogger(__name__)
@@ -278,8 +278,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=5, help="memory readings during the mixed jobs (default 5)")
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes of the stack (default 2, as `make up` on 2 cores)")
-    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="a setting of the stack this script starts, e.g. TTS_ONNX_THREADS=1 (repeatable)")
+    add_setting_option(parser, "the stack this script starts")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the stack's data under var/bench-memory")
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
@@ -298,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"machine": machine(), "workers": args.workers}
     log.info("baseline: all voices in one plain process")
     baseline = measure_baseline()
-    settings = {"TTS_SPEECH_TIMEOUT": str(SPEECH_TIMEOUT), **stack_settings(args.setting)}
+    settings = {"TTS_SPEECH_TIMEOUT": str(SPEECH_TIMEOUT), **dict(args.setting)}
     stack = BenchStack("memory", concurrency=args.workers, **settings)
     try:
         stack.start()

@@ -71,7 +71,7 @@ import redis
 import requests
 
 from scripts.bench_engine import bench_text, machine
-from scripts.bench_stack import BenchStack, stack_settings
+from scripts.bench_stack import BenchStack, add_setting_option
 from scripts.embedded_redis import wait_for_redis
 from settings import child_environment, load_settings
 from tasks import keys
@@ -542,8 +542,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="alternating rounds per case, each with its own --jobs/--long-jobs texts (default 3); "
                         "the efficiency reported is the median of the rounds'")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 short and 3 long jobs per case")
-    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="a setting of the started stack and of the pool, e.g. TTS_ONNX_THREADS=1 (repeatable)")
+    add_setting_option(parser, "the started stack and of the pool")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = parser.parse_args(argv)
     if args.quick:
@@ -589,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stack = Stack(api=args.url.rstrip("/"), redis_url=args.redis_url or None, env={})
                 meta["stack"] = f"running stack at {args.url}"
             else:
-                stack = Stack.start(args.processes, stack_settings(args.setting))
+                stack = Stack.start(args.processes, dict(args.setting))
                 meta["stack"] = "stack started by the script (run_stack.py --only web,worker, embedded Redis)"
             stack.wait_ready(args.processes)
             rclient = redis.Redis.from_url(stack.redis_url) if stack.redis_url else None

@@ -54,7 +54,7 @@ import psutil
 import requests
 
 from scripts.bench_engine import bench_text, machine
-from scripts.bench_stack import BenchStack, stack_settings
+from scripts.bench_stack import BenchStack, add_setting_option
 from scripts.embedded_redis import find_free_port, parent_death_signal
 
 log = logging.getLogger(__name__)
@@ -365,8 +365,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "`make up` on an embedded Redis and free ports); only 127.0.0.1 is expected")
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes of the stack this script starts (default 2, as `make up` on 2 cores)")
-    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="a setting of the stack this script starts, e.g. TTS_ONNX_THREADS=2 (repeatable)")
+    add_setting_option(parser, "the stack this script starts")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the started stack's data and piper's log under var/")
     args = parser.parse_args(argv)
@@ -383,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     meta: dict[str, Any] = {"machine": machine(), "requests": args.requests, "rounds": args.rounds,
                             "piper_version": version("piper-tts")}
-    stack = None if args.url else BenchStack("speech", concurrency=args.workers, **stack_settings(args.setting))
+    stack = None if args.url else BenchStack("speech", concurrency=args.workers, **dict(args.setting))
     piper = PiperServer(ROOT / "var" / "bench-speech-piper" / "piper.log")
     meta["model"] = piper.model.name
     texts = Texts()

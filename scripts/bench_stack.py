@@ -14,6 +14,7 @@ manager so a failure or a Ctrl-C in the benchmark still stops everything.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -36,7 +37,7 @@ import requests
 from scripts.embedded_redis import find_free_port, parent_death_signal, wait_for_redis
 from settings import child_environment, get_settings
 
-__all__ = ["BenchStack", "stack_settings", "worker_children"]
+__all__ = ["BenchStack", "add_setting_option", "setting_pair", "worker_children"]
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,18 @@ START_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
 
 
-def stack_settings(pairs: list[str]) -> dict[str, str]:
-    """``NAME=VALUE`` pairs (``--setting``) as the started stack's environment; only ``TTS_*`` names."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.startswith("TTS_"):
-            raise SystemExit(f"--setting wants TTS_NAME=VALUE, not {pair!r}")
-        out[name] = value
-    return out
+def setting_pair(text: str) -> tuple[str, str]:
+    """One ``--setting TTS_NAME=VALUE`` (an argparse type): (name, value); only ``TTS_*`` names."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("TTS_"):
+        raise argparse.ArgumentTypeError(f"wants TTS_NAME=VALUE, not {text!r}")
+    return name, value
+
+
+def add_setting_option(parser: argparse.ArgumentParser, applies_to: str) -> None:
+    """The benchmarks' ``--setting`` option (repeatable); ``dict(args.setting)`` is the environment it gives."""
+    parser.add_argument("--setting", action="append", default=[], type=setting_pair, metavar="TTS_NAME=VALUE",
+                        help=f"a setting of {applies_to}, e.g. TTS_ONNX_THREADS=1 (repeatable)")
 
 
 def worker_children(root_pid: int) -> list[psutil.Process]:
