@@ -68,6 +68,24 @@ class Settings:
     #: ``redis_memory_high_water`` of it, and the audio cache evicts by its own byte bound first.
     embedded_redis_maxmemory: str = "2gb"
 
+    # --- result store (``tasks.result_store``) ----------------------------------------------
+    #: Where audio and other large results live; Redis keeps only records and small entries.
+    #: Empty: the local filesystem under ``TTS_DATA_DIR/results``. A path or ``file:///path``:
+    #: that folder. ``s3://bucket/prefix``: an S3-compatible bucket (boto3).
+    result_store: str = ""
+    #: S3 only: answer audio downloads with a 302 to a presigned URL instead of relaying the bytes.
+    result_store_redirect: bool = False
+    #: Seconds a presigned download URL stays valid.
+    result_store_presign_seconds: int = 900
+    #: S3 only: the endpoint of an S3-compatible service (MinIO, moto, Ceph); empty: AWS.
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    #: S3 credentials; empty: boto3's own chain (its environment variables, config files, an instance role).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    #: Seconds between sweeps that delete expired results from the store (one worker sweeps, in the reconciler).
+    result_store_sweep_interval: int = 60
+
     # --- engine ------------------------------------------------------------------------
     #: Intra-op threads per model session (hibari keeps one: ``HibariBackend.max_threads``). They
     #: do not spin (``engine.backends.session_options``), so two per worker process cost nothing
@@ -205,6 +223,11 @@ class Settings:
         return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port}/0"
 
     @property
+    def result_store_url(self) -> str:
+        """The result store in use: ``TTS_RESULT_STORE``, else ``file://`` the ``results`` folder of the data dir."""
+        return self.result_store or (self.var_dir / "results").resolve().as_uri()
+
+    @property
     def audio_cache_url(self) -> str:
         """The Redis holding the audio cache (``TTS_CACHE_URL``, else the main one)."""
         return self.cache_url or self.broker_url
@@ -316,6 +339,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         # The cache shares the embedded Redis: it must leave room for the job store and the broker.
         raise SettingsError("TTS_CACHE_MAX_BYTES must be at most half of TTS_EMBEDDED_REDIS_MAXMEMORY "
                             "(the audio cache shares the embedded Redis with jobs and queues)")
+    store = settings.result_store.strip()
+    if store and "://" in store and not store.startswith(("file://", "s3://")):
+        raise SettingsError(f"TTS_RESULT_STORE={store!r}: give a folder, file:///folder or s3://bucket/prefix")
+    if store.startswith("s3://") and not store[len("s3://"):].split("/", 1)[0]:
+        raise SettingsError(f"TTS_RESULT_STORE={store!r} names no bucket: s3://bucket/prefix")
+    if settings.result_store_redirect and not store.startswith("s3://"):
+        raise SettingsError("TTS_RESULT_STORE_REDIRECT needs an s3:// TTS_RESULT_STORE (a folder has no URL to send)")
+    if settings.result_store_presign_seconds < 1 or settings.result_store_sweep_interval < 1:
+        raise SettingsError("TTS_RESULT_STORE_PRESIGN_SECONDS and TTS_RESULT_STORE_SWEEP_INTERVAL must be at least 1")
     if settings.max_queued < 1:
         raise SettingsError("TTS_MAX_QUEUED must be at least 1")
     if not 0.1 <= settings.redis_memory_high_water <= 1.0:
