@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 __all__ = ["Settings", "SettingsError", "child_environment", "get_settings", "load_settings", "redis_size_bytes",
            "reset_settings"]
@@ -67,6 +68,13 @@ class Settings:
     #: never drops a job or a queued message). The API stops admitting jobs at
     #: ``redis_memory_high_water`` of it, and the audio cache evicts by its own byte bound first.
     embedded_redis_maxmemory: str = "2gb"
+    #: Address(es) the embedded Redis listens on, space-separated. Anything but loopback (a bridge
+    #: address for workers on other hosts, ``0.0.0.0``) requires ``embedded_redis_password``.
+    embedded_redis_bind: str = "127.0.0.1"
+    #: ACL user of the embedded Redis when a password is set (the ``default`` user is then off).
+    embedded_redis_user: str = "tts"
+    #: Password of that user; empty: no ACL, and the embedded Redis may bind loopback only.
+    embedded_redis_password: str = ""
 
     # --- result store (``tasks.result_store``) ----------------------------------------------
     #: Where audio and other large results live; Redis keeps only records and small entries.
@@ -220,7 +228,22 @@ class Settings:
     @property
     def broker_url(self) -> str:
         """The Redis URL in use: ``REDIS_URL``, or the embedded Redis that ``make up`` starts."""
-        return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port}/0"
+        return self.redis_url or self.embedded_redis_url
+
+    @property
+    def embedded_redis_url(self) -> str:
+        """The URL of the embedded Redis: loopback if it listens there, else its first address;
+        with ``USER:PASSWORD@`` when it has a password."""
+        addresses = [a.lstrip("-") for a in self.embedded_redis_bind.split()]
+        if not addresses or any(a in _WILDCARDS for a in addresses):
+            host = "127.0.0.1"
+        else:
+            host = next((a for a in addresses if _is_loopback(a)), addresses[0])
+        host = f"[{host}]" if ":" in host else host
+        auth = ""
+        if self.embedded_redis_password:
+            auth = f"{quote(self.embedded_redis_user, safe='')}:{quote(self.embedded_redis_password, safe='')}@"
+        return f"redis://{auth}{host}:{self.embedded_redis_port}/0"
 
     @property
     def result_store_url(self) -> str:
@@ -257,6 +280,17 @@ class Settings:
 
 
 _ENV_NAMES: dict[str, str] = {"redis_url": "REDIS_URL"}
+_WILDCARDS = frozenset({"0.0.0.0", "::", "*"})
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``address`` (one entry of a Redis ``bind``) is a loopback address."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _env_name(name: str) -> str:
@@ -352,6 +386,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("TTS_MAX_QUEUED must be at least 1")
     if not 0.1 <= settings.redis_memory_high_water <= 1.0:
         raise SettingsError("TTS_REDIS_MEMORY_HIGH_WATER must be between 0.1 and 1.0")
+    bind = [a.lstrip("-") for a in settings.embedded_redis_bind.split()]
+    if not settings.redis_url and not all(_is_loopback(a) for a in bind or [""]) and not settings.embedded_redis_password:
+        # An open Redis on a network is a remote shell (CONFIG SET dir + SAVE writes files anywhere).
+        raise SettingsError(f"TTS_EMBEDDED_REDIS_BIND={settings.embedded_redis_bind!r} reaches beyond loopback: "
+                            "set TTS_EMBEDDED_REDIS_PASSWORD (a long random string) too, or bind 127.0.0.1")
+    if any(c.isspace() for c in settings.embedded_redis_password) or not settings.embedded_redis_user.strip() or \
+            any(c.isspace() for c in settings.embedded_redis_user) or settings.embedded_redis_user == "default":
+        raise SettingsError("TTS_EMBEDDED_REDIS_PASSWORD may hold no whitespace, and TTS_EMBEDDED_REDIS_USER must be "
+                            "a name without whitespace other than 'default'")
     if not settings.flower_host.strip():
         raise SettingsError("TTS_FLOWER_HOST must name an address, e.g. 127.0.0.1")
     if not settings.flower_user or any(c in settings.flower_user for c in ":,") or "," in settings.flower_password:

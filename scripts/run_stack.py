@@ -7,6 +7,12 @@ under ``TTS_DATA_DIR/redis``, ``appendfsync`` from ``TTS_EMBEDDED_REDIS_FSYNC``,
 to every other process, each of which starts only once that Redis answers PING. When
 ``REDIS_URL`` is set, no Redis is started.
 
+The embedded Redis listens on ``TTS_EMBEDDED_REDIS_BIND`` (127.0.0.1). Any other address needs
+``TTS_EMBEDDED_REDIS_PASSWORD`` (the settings refuse to start without it); with one, the server
+has an ACL user ``TTS_EMBEDDED_REDIS_USER`` and no passwordless ``default`` user, and
+``REDIS_URL`` carries the credentials. The password reaches the launcher and the PING waits
+through the environment only, never a command line (``ps`` shows those); the banner redacts it.
+
 The other processes come from the ``Procfile`` (web, worker, beat, flower, exporter). They
 are run by supervisord (the ``supervisor`` package) in the foreground, from a configuration
 this script writes on every start to ``TTS_DATA_DIR/supervisor/supervisord.conf``:
@@ -199,18 +205,19 @@ def _redact(url: str) -> str:
 def _embedded_redis_port(settings: Settings) -> int:
     """The embedded Redis port from the settings, checked to be free (0: pick one)."""
     port = settings.embedded_redis_port
+    host = urlsplit(settings.embedded_redis_url).hostname or "127.0.0.1"
     if port == 0:
-        return find_free_port()
-    if port_is_free(port):
+        return find_free_port(host)
+    if port_is_free(port, host):
         return port
-    url = f"redis://127.0.0.1:{port}/0"
+    url = settings.replace(embedded_redis_port=port).embedded_redis_url
     if wait_for_redis(url, timeout=0.5):
         what = (f"a Redis already answers there (a previous `make up` still running?). "
-                f"To use it instead, set REDIS_URL={url}")
+                f"To use it instead, set REDIS_URL={_redact(url)}")
     else:
         what = "another program listens there"
     raise StackError(
-        f"cannot start the embedded Redis: port {port} on 127.0.0.1 is taken; {what}. "
+        f"cannot start the embedded Redis: port {port} on {host} is taken; {what}. "
         "Or pick another port with TTS_EMBEDDED_REDIS_PORT=<port> (0 picks a free one)."
     )
 
@@ -242,7 +249,7 @@ def _urls(settings: Settings, names: Sequence[str], redis_url: str, embedded: bo
         urls.append(("Exporter", f"http://127.0.0.1:{settings.exporter_port}/metrics"))
     if embedded:
         where = (f"embedded, data in {data_dir}, appendfsync {settings.embedded_redis_fsync}, "
-                 f"maxmemory {settings.embedded_redis_maxmemory}")
+                 f"maxmemory {settings.embedded_redis_maxmemory}, bind {settings.embedded_redis_bind}")
     else:
         where = "external, from REDIS_URL"
     urls.append(("Redis", f"{_redact(redis_url)}  ({where})"))
@@ -286,15 +293,18 @@ def build_plan(settings: Settings, procfile: Path = DEFAULT_PROCFILE, only: str 
     if embedded:
         port = _embedded_redis_port(settings)
         data_dir = (settings.var_dir / "redis").resolve()
-        redis_url = f"redis://127.0.0.1:{port}/0"
+        redis_url = settings.replace(embedded_redis_port=port).embedded_redis_url
         python = shlex.quote(sys.executable)
         script = shlex.quote(str(EMBEDDED_REDIS_SCRIPT))
-        # `exec`: supervisord's SIGTERM reaches the launcher itself, which SHUTDOWNs Redis.
+        # `exec`: supervisord's SIGTERM reaches the launcher itself, which SHUTDOWNs Redis. The
+        # password (TTS_EMBEDDED_REDIS_PASSWORD) reaches it through the environment only.
         processes[REDIS_PROCESS] = (f"exec {python} {script} --port {port} --dir {shlex.quote(str(data_dir))} "
                                     f"--appendfsync {shlex.quote(settings.embedded_redis_fsync)} "
-                                    f"--maxmemory {shlex.quote(settings.embedded_redis_maxmemory)}")
-        # Start only once Redis answers.
-        wait = f"{python} {script} --wait {shlex.quote(redis_url)} --timeout {REDIS_WAIT_TIMEOUT} || exit 1\n"
+                                    f"--maxmemory {shlex.quote(settings.embedded_redis_maxmemory)} "
+                                    f"--bind {shlex.quote(settings.embedded_redis_bind)} "
+                                    f"--user {shlex.quote(settings.embedded_redis_user)}")
+        # Start only once Redis answers (at REDIS_URL, from the environment: it may hold the password).
+        wait = f"{python} {script} --wait --timeout {REDIS_WAIT_TIMEOUT} || exit 1\n"
         for name, cmd in selected.items():
             if name == REDIS_PROCESS:
                 continue
