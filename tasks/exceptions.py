@@ -42,6 +42,23 @@ class AudioGone(PipelineError):
         super().__init__(f"the audio of job {job_id!r} was deleted or has expired")
 
 
+class ResultMissing(PipelineError):
+    """An object of the result store (``tasks.result_store``) is gone: expired, swept or never written."""
+
+    code = "result_missing"
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        super().__init__(f"result {ref!r} is not in the result store (expired or deleted)")
+
+
+class ResultStoreUnavailable(PipelineError):
+    """The result store cannot be reached or written (a folder that is gone or full, an S3 endpoint
+    that does not answer, refuses the credentials or lacks the bucket). Transient for a job's attempt."""
+
+    code = "result_store_unavailable"
+
+
 class DeadLetterNotFound(PipelineError):
     """No dead-letter record for that job."""
 

@@ -42,6 +42,10 @@ key                             what
 ``tts:limits:*``                the rate limiter's windows (the ``limits`` library's own keys)
 ``tts:batches:uncounted``       sorted set: finished batch items not yet counted in their batch, by time (swept)
 ``tts:metrics:*``               counters, histograms and history samples (monitoring/)
+``tts:results:expiry``          sorted set: result store ref (SHA-256 of the bytes) -> when it expires; a negative
+                                score is a sweeper's claim (``tasks.result_store``)
+``tts:results:swept``           string: set for ``TTS_RESULT_STORE_SWEEP_INTERVAL`` s by the reconciler's last sweep
+                                of the result store
 ==============================  ======================================================
 """
 from __future__ import annotations
@@ -62,6 +66,10 @@ API_KEYS = PREFIX + "apikeys"
 API_KEYS_LIVE = PREFIX + "apikeys:live"
 #: Callbacks owed (a job id, or ``batch:{id}``) whose delivery task is not queued yet (``tasks.callbacks``).
 CALLBACK_OUTBOX = PREFIX + "callbacks:outbox"
+#: The result store's expiry index: ref -> expires_at (``tasks.result_store.ExpiryIndex``).
+RESULTS_EXPIRY = PREFIX + "results:expiry"
+#: Held for ``TTS_RESULT_STORE_SWEEP_INTERVAL`` s after the reconciler swept the result store.
+RESULTS_SWEPT = PREFIX + "results:swept"
 #: Prefix of the rate limiter's keys (``limits`` adds its own ``LIMITS:`` part after it).
 LIMITS_PREFIX = PREFIX + "limits"
 
