@@ -20,7 +20,7 @@ from tasks.celery_app import QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "monitoring" / "ops"
-SERVICES = {"redis", "web", "worker", "beat", "flower", "exporter", "prometheus", "grafana"}
+SERVICES = {"redis", "store", "store-bucket", "web", "worker", "beat", "flower", "exporter", "prometheus", "grafana"}
 TTS_SERVICES = {"web", "worker", "beat", "flower", "exporter"}
 
 
@@ -55,7 +55,7 @@ def test_services_images_and_build(compose: dict[str, Any]) -> None:
         env = services[name]["environment"]
         assert urlsplit(env["REDIS_URL"]).hostname == "redis"
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert set(compose["volumes"]) >= {"redis-data", "prometheus-data", "grafana-data"}
+    assert set(compose["volumes"]) >= {"redis-data", "store-data", "prometheus-data", "grafana-data"}
 
 
 def test_dockerfile_installs_the_package_from_files_that_exist() -> None:
@@ -145,3 +145,44 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboard(compose: di
         assert dashboard["uid"] and dashboard["panels"]
     home = service["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home in dashboards
+
+
+def test_results_go_to_the_s3_store_service(compose: dict[str, Any]) -> None:
+    """Every tts-batch process points at the compose store, which is up and has the bucket before they start."""
+    services = compose["services"]
+    store, bucket_job = services["store"], services["store-bucket"]
+    assert "minio/minio" in store["image"] and command(store)[:2] == ["server", "/data"]
+    assert store["healthcheck"]["test"] and "store-data:/data" in store["volumes"]
+    assert "ports" not in store  # reached by the containers only; the API relays downloads
+    assert bucket_job["depends_on"]["store"]["condition"] == "service_healthy"
+    assert bucket_job["restart"] == "no"
+    made = shlex.split(bucket_job["entrypoint"])
+    assert made[:2] == ["sh", "-c"]
+    script = made[2]
+    assert "mc alias set store http://store:9000" in script and "mc mb --ignore-existing store/" in script
+    created = script.split("mc mb --ignore-existing store/", 1)[1].split()[0]
+    for name in TTS_SERVICES:
+        env = services[name]["environment"]
+        store_url = urlsplit(env["TTS_RESULT_STORE"])
+        assert store_url.scheme == "s3" and store_url.hostname == created, name
+        endpoint = urlsplit(env["TTS_S3_ENDPOINT_URL"])
+        assert endpoint.hostname == "store" and endpoint.port == 9000, name
+        # the store's root user is the one the processes sign with, and neither has a default value
+        assert env["TTS_S3_ACCESS_KEY_ID"] == store["environment"]["MINIO_ROOT_USER"], name
+        assert env["TTS_S3_SECRET_ACCESS_KEY"] == store["environment"]["MINIO_ROOT_PASSWORD"], name
+        for secret in (env["TTS_S3_ACCESS_KEY_ID"], env["TTS_S3_SECRET_ACCESS_KEY"]):
+            assert re.fullmatch(r"\$\{TTS_S3_[A-Z_]+:\?[^}]+\}", secret), (name, secret)
+        assert services[name]["depends_on"]["store-bucket"]["condition"] == "service_completed_successfully", name
+    for key in ("STORE_USER", "STORE_PASSWORD"):
+        assert bucket_job["environment"][key] in (store["environment"]["MINIO_ROOT_USER"],
+                                                  store["environment"]["MINIO_ROOT_PASSWORD"])
+
+
+def test_workers_scale(compose: dict[str, Any]) -> None:
+    """`docker compose up --scale worker=N`: nothing in the worker service may exist only once per host."""
+    worker = compose["services"]["worker"]
+    assert "container_name" not in worker and "ports" not in worker and "hostname" not in worker
+    for volume in worker.get("volumes", []):  # a bind mount of one host file would be shared, not per worker
+        assert not volume.split(":")[0].startswith("."), volume
+    cmd = command(worker)
+    assert "-n" not in cmd and not any(a.startswith("--hostname") for a in cmd)  # Celery names it per container
