@@ -50,7 +50,7 @@ from .exceptions import (
     TooManyInputs,
 )
 from .idempotency import ResourceKind, tenant_key
-from .job import PIPELINE_CHUNK, Job, iso, job_score, new_job_id, now
+from .job import COMPACT_DEFAULTS, PIPELINE_CHUNK, Job, iso, job_score, new_job_id, now
 from .job_request import CallbackUrl, JobInput, JobRequest, SpeechOptions
 from .outbound import public_callback
 from .redis_values import MAX_INDEX, HashMapping, members, scored_members, text, text_or_none
@@ -438,7 +438,7 @@ class ItemMeta:
 
         return cls(index=index, job_id=job_id, status=f["status"], name=f["name"], attempts=num("attempts", int) or 0,
                    characters=num("characters", int) or 0, duration=num("duration"),
-                   audio_bytes=num("audio_bytes", int), format=f["format"], sample_rate=num("output_sample_rate", int),
+                   audio_bytes=num("audio_bytes", int), format=f["format"] or COMPACT_DEFAULTS["format"], sample_rate=num("output_sample_rate", int),
                    cache_hit=f["cache_hit"] == "1", error_code=f["error_code"], error=f["error"],
                    started_at=num("started_at"), finished_at=num("finished_at"), voice=f["voice"],
                    task_id=f["task_id"], callback_url=f["callback_url"])
