@@ -49,19 +49,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
 import re
 import time
+import unicodedata
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import boto3
 import redis
+from boto3.exceptions import Boto3Error
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from settings import Settings
 
@@ -78,6 +85,7 @@ __all__ = [
     "ExpiryIndex",
     "FileStore",
     "ResultStore",
+    "S3Store",
     "StoredObject",
     "open_result_store",
     "validate_ref",
@@ -97,6 +105,13 @@ TMP_MAX_AGE_SECONDS = 3600.0
 SWEEP_BATCH = 500
 #: Bytes read per step while hashing or copying a file.
 _COPY_CHUNK = 1024 * 1024
+#: S3: seconds to connect and to wait for each read, and attempts per request (botocore's standard retry
+#: mode, with backoff). A hung store fails the request in well under a minute instead of hanging a worker.
+S3_CONNECT_TIMEOUT = 3.0
+S3_READ_TIMEOUT = 10.0
+S3_MAX_ATTEMPTS = 3
+#: S3: files larger than this go up as a multipart upload (which becomes visible only when complete).
+S3_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 
 # KEYS[1] the index; ARGV: ref, expires_at, stale ms. 1 = referenced, 0 = busy (a live sweeper's claim).
 _WRITE = """
@@ -512,6 +527,194 @@ class FileStore(ResultStore):
                              self.url, entry.name)
 
 
+def _attachment(filename: str) -> str:
+    """``attachment`` with ``filename`` (an ASCII fallback) and, for other names, RFC 6266's ``filename*``."""
+    name = "".join(c for c in filename.replace("/", "_").replace("\\", "_") if c.isprintable()) or "download"
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").replace('"', "")
+    header = f'attachment; filename="{ascii_name or "download"}"'
+    if ascii_name != name:
+        header += "; filename*=UTF-8''" + quote(name, safe="!#$&+-.^_`|~")
+    return header
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+class S3Store(ResultStore):
+    """Results as objects ``<prefix><ref[:2]>/<ref>`` in an S3-compatible bucket (boto3).
+
+    Nothing is created remotely: the bucket must exist (``check`` says so when it does not).
+    With an ``endpoint_url`` (MinIO, Ceph, moto) requests use path-style addressing, and
+    checksums are computed only where the operation requires them, which every S3-compatible
+    service accepts. Presigned URLs name the endpoint as configured, so clients given them must
+    reach it too.
+    """
+
+    def __init__(self, bucket: str, prefix: str, index: ExpiryIndex, *, endpoint_url: str | None = None,
+                 region: str | None = None, access_key_id: str | None = None,
+                 secret_access_key: str | None = None) -> None:
+        super().__init__(index)
+        if not bucket:
+            raise ValueError("an S3 result store needs a bucket")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        shown = f"s3://{bucket}/{self.prefix}"
+        if endpoint_url:
+            parts = urlsplit(endpoint_url)
+            host = parts.hostname or ""
+            netloc = f"{host}:{parts.port}" if parts.port else host
+            shown += " at " + urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        self.url = shown
+        session = boto3.session.Session(aws_access_key_id=access_key_id or None,
+                                        aws_secret_access_key=secret_access_key or None,
+                                        region_name=region or None)
+        config = Config(connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT,
+                        retries={"total_max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+                        signature_version="s3v4",
+                        s3={"addressing_style": "path"} if endpoint_url else {},
+                        request_checksum_calculation="when_required",
+                        response_checksum_validation="when_required")
+        self.client: Any = session.client("s3", endpoint_url=endpoint_url or None, config=config)
+        self._session = session
+        self._endpoint_url = endpoint_url or None
+        self._config = config
+        self._transfer = TransferConfig(multipart_threshold=S3_MULTIPART_THRESHOLD)
+
+    @functools.cached_property
+    def _probe(self) -> Any:
+        """The client :meth:`check` uses: one attempt, short timeouts, so a health probe answers quickly."""
+        return self._session.client("s3", endpoint_url=self._endpoint_url, config=self._config.merge(
+            Config(connect_timeout=2, read_timeout=3, retries={"total_max_attempts": 1, "mode": "standard"})))
+
+    def key(self, ref: str) -> str:
+        """The object key of ``ref``."""
+        validate_ref(ref)
+        return f"{self.prefix}{ref[:2]}/{ref}"
+
+    def _unavailable(self, what: str, exc: Exception) -> ResultStoreUnavailable:
+        detail = f"{_error_code(exc)}: {exc}" if isinstance(exc, ClientError) else str(exc)
+        return ResultStoreUnavailable(f"result store {self.url}: {what} failed: {detail}")
+
+    def size(self, ref: str) -> int | None:
+        key = self.key(ref)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING_CODES:
+                return None
+            raise self._unavailable(f"HEAD {key}", exc) from exc
+        except BotoCoreError as exc:
+            raise self._unavailable(f"HEAD {key}", exc) from exc
+        return int(head["ContentLength"])
+
+    def _get(self, key: str, byte_range: str | None) -> Any:
+        """The GetObject answer; None when the object is gone; ``"empty"`` for a range past its end."""
+        params: dict[str, str] = {"Bucket": self.bucket, "Key": key}
+        if byte_range:
+            params["Range"] = byte_range
+        try:
+            return self.client.get_object(**params)
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _MISSING_CODES:
+                return None
+            if code == "InvalidRange":
+                return "empty"
+            raise self._unavailable(f"GET {key}", exc) from exc
+        except BotoCoreError as exc:
+            raise self._unavailable(f"GET {key}", exc) from exc
+
+    def read(self, ref: str) -> bytes | None:
+        key = self.key(ref)
+        answer = self._get(key, None)
+        if answer is None:
+            return None
+        body = answer["Body"]
+        try:
+            return bytes(body.read())
+        except BotoCoreError as exc:
+            raise self._unavailable(f"GET {key}", exc) from exc
+        finally:
+            body.close()
+
+    def iter_range(self, ref: str, start: int = 0, end: int | None = None,
+                   chunk: int = 256 * 1024) -> Iterator[bytes]:
+        key = self.key(ref)
+        start = max(0, start)
+        if end is not None and end <= start:  # S3 ignores a Range it cannot parse and sends everything
+            if self.size(ref) is None:
+                raise ResultMissing(ref)
+            return iter(())
+        byte_range = None
+        if start or end is not None:
+            byte_range = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        answer = self._get(key, byte_range)
+        if answer is None:
+            raise ResultMissing(ref)
+        if answer == "empty":  # the range starts at or past the end
+            return iter(())
+        return _Chunks(answer["Body"], None, chunk)
+
+    def presigned_url(self, ref: str, *, filename: str, media_type: str, expires_in: int,
+                      disposition: str | None = None) -> str | None:
+        params = {"Bucket": self.bucket, "Key": self.key(ref),
+                  "ResponseContentDisposition": disposition or _attachment(filename),
+                  "ResponseContentType": media_type}
+        try:
+            return str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=max(1, expires_in)))
+        except BotoCoreError as exc:  # no credentials to sign with
+            raise self._unavailable("presigning", exc) from exc
+
+    def check(self) -> None:
+        try:
+            self._probe.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._unavailable(f"HEAD bucket {self.bucket}", exc) from exc
+
+    def _write_bytes(self, ref: str, data: bytes) -> None:
+        if self.size(ref) == len(data):
+            return
+        key = self.key(ref)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/octet-stream")
+        except (ClientError, BotoCoreError) as exc:
+            raise self._unavailable(f"PUT {key}", exc) from exc
+
+    def _write_file(self, ref: str, path: Path, size: int) -> None:
+        if self.size(ref) == size:
+            return
+        key = self.key(ref)
+        try:
+            self.client.upload_file(str(path), self.bucket, key, Config=self._transfer,
+                                    ExtraArgs={"ContentType": "application/octet-stream"})
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise self._unavailable(f"upload of {key}", exc) from exc
+
+    def _delete_many(self, refs: list[str]) -> tuple[list[str], list[str]]:
+        by_key = {self.key(ref): ref for ref in refs}
+        failed: set[str] = set()
+        names = list(by_key)
+        for n in range(0, len(names), 1000):  # DeleteObjects takes at most 1,000 keys
+            batch = names[n:n + 1000]
+            try:
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("result store %s: could not delete %d object(s): %s", self.url, len(batch), exc)
+                failed.update(by_key[k] for k in batch)
+                continue
+            for error in answer.get("Errors", []):
+                if error.get("Code") not in _MISSING_CODES and error.get("Key") in by_key:
+                    log.warning("result store %s: could not delete %s: %s", self.url, error.get("Key"),
+                                error.get("Message"))
+                    failed.add(by_key[error["Key"]])
+        return [r for r in refs if r not in failed], [r for r in refs if r in failed]
+
+
 def _file_root(url: str) -> Path:
     """The folder a ``file://`` URL or a plain path names."""
     if url.startswith("file://"):
@@ -530,5 +733,8 @@ def open_result_store(settings: Settings, redis_client: redis.Redis) -> ResultSt
     url = settings.result_store_url.strip()
     index = ExpiryIndex(redis_client)
     if url.startswith("s3://"):
-        raise ValueError("the S3 result store is not available yet")
+        parts = urlsplit(url)
+        return S3Store(parts.netloc, unquote(parts.path), index, endpoint_url=settings.s3_endpoint_url or None,
+                       region=settings.s3_region or None, access_key_id=settings.s3_access_key_id or None,
+                       secret_access_key=settings.s3_secret_access_key or None)
     return FileStore(_file_root(url), index)

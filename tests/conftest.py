@@ -53,6 +53,17 @@ Callback receivers
 ``receiver``
     A real HTTP server on 127.0.0.1 (:class:`Receiver`) that records every POST as a
     :class:`Hit` (path, headers, raw body); ``serve_receiver`` starts another one.
+
+S3 (the result store's other kind)
+----------------------------------
+``s3_server`` (session scope)
+    moto's S3 server mode (``python -m moto.server``) as a subprocess on a free loopback port,
+    so worker and API subprocesses reach it too; it starts empty and nothing is created in it
+    (:class:`S3Server`). Skipped without ``moto[server]``, a failure under CI.
+``s3_bucket``
+    A fresh bucket on it for one test (:class:`S3Bucket`), deleted after it: ``.env`` holds the
+    settings of a result store there (``TTS_RESULT_STORE=s3://<bucket>/results``, the endpoint,
+    credentials ``testing``), for ``make_stack(**s3_bucket.env)``; ``.keys()`` lists its objects.
 """
 from __future__ import annotations
 
@@ -924,3 +935,127 @@ def serve_receiver(state: Receiver) -> Iterator[Receiver]:
 def receiver() -> Iterator[Receiver]:
     """A callback receiver on 127.0.0.1 (:class:`Receiver`), stopped after the test."""
     yield from serve_receiver(Receiver())
+
+
+# --- S3 (moto's server mode) -------------------------------------------------------------------
+import boto3  # noqa: E402
+
+#: moto accepts any credentials; these are what the stacks and clients of the S3 tests use.
+S3_TEST_KEY = "testing"
+S3_START_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    """An empty bucket of its own on the session's moto server, for one test.
+
+    ``env``: the settings that point a stack (``make_stack(**bucket.env)``) or
+    :func:`settings.load_settings` at it (``TTS_RESULT_STORE=s3://<name>/results`` and the endpoint
+    and credentials); ``client``: a boto3 S3 client for looking at the bucket directly.
+    """
+
+    name: str
+    endpoint: str
+    client: Any
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The TTS_* settings of a result store in this bucket."""
+        return {"TTS_RESULT_STORE": f"s3://{self.name}/results", "TTS_S3_ENDPOINT_URL": self.endpoint,
+                "TTS_S3_REGION": "us-east-1", "TTS_S3_ACCESS_KEY_ID": S3_TEST_KEY,
+                "TTS_S3_SECRET_ACCESS_KEY": S3_TEST_KEY}
+
+    def keys(self) -> list[str]:
+        """Every object key in the bucket."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+class S3Server:
+    """``python -m moto.server`` on a free loopback port, in a process (group) of its own, so that worker
+    and API subprocesses reach it as they would a real S3-compatible service."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = find_free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def client(self) -> Any:
+        """A boto3 S3 client of this server."""
+        return boto3.session.Session(aws_access_key_id=S3_TEST_KEY, aws_secret_access_key=S3_TEST_KEY,
+                                     region_name="us-east-1").client("s3", endpoint_url=self.endpoint)
+
+    def start(self) -> S3Server:
+        """Start and wait until it answers; it creates nothing (each test makes its bucket)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        try:
+            wait_until(self._answers, S3_START_TIMEOUT, f"moto's S3 server answering at {self.endpoint}", 0.2)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            raise AssertionError(f"moto's server exited:\n{tail}")
+        try:
+            return requests.get(self.endpoint + "/", timeout=2).status_code < 500
+        except requests.RequestException:
+            return False
+
+    def new_bucket(self) -> S3Bucket:
+        """A new, empty bucket with a random name."""
+        name = f"tts-test-{uuid.uuid4().hex[:16]}"
+        client = self.client()
+        client.create_bucket(Bucket=name)
+        return S3Bucket(name=name, endpoint=self.endpoint, client=client)
+
+    def drop(self, bucket: S3Bucket) -> None:
+        """Delete the bucket and what it holds (moto keeps everything in memory)."""
+        keys = bucket.keys()
+        for n in range(0, len(keys), 1000):
+            bucket.client.delete_objects(Bucket=bucket.name,
+                                         Delete={"Objects": [{"Key": k} for k in keys[n:n + 1000]], "Quiet": True})
+        bucket.client.delete_bucket(Bucket=bucket.name)
+
+    def stop(self) -> None:
+        """SIGTERM its process group, SIGKILL if it lingers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server for the session (skipped without ``moto[server]``; a failure under CI)."""
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask_cors") is None:
+        missing("moto's server mode is not installed (pip install 'moto[server]'; the dev extra has it)")
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> Iterator[S3Bucket]:
+    """A fresh, empty bucket on ``s3_server`` for one test (deleted after it); ``.env`` points a stack at it."""
+    bucket = s3_server.new_bucket()
+    try:
+        yield bucket
+    finally:
+        try:
+            s3_server.drop(bucket)
+        except Exception as exc:  # noqa: BLE001 (a bucket left behind in moto's memory harms no other test)
+            log.warning("could not delete test bucket %s: %s", bucket.name, exc)
