@@ -74,6 +74,7 @@ _ERROR_DESCRIPTIONS = {
     410: "the audio has expired or was deleted",
     413: "the body, the text or the batch is larger than the limit",
     415: "the body is not JSON",
+    416: "the Range asks for bytes the file does not have (Content-Range gives its length)",
     422: "the Idempotency-Key was used for a different request",
     429: "a rate limit, quota or the queue bound was reached: retry after Retry-After seconds",
     502: "the job failed",

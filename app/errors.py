@@ -33,6 +33,8 @@ from tasks.exceptions import (
     PipelineError,
     QueueFull,
     QuotaExceeded,
+    ResultMissing,
+    ResultStoreUnavailable,
     TextTooLong,
     TooManyInputs,
     VoiceNotFound,
@@ -56,6 +58,9 @@ ERROR_STATUS: dict[type[Exception], int] = {
     JobNotFinished: 409,
     BatchHasNoAudio: 409,
     AudioGone: 410,
+    ResultMissing: 410,
+    # The result store (audio) does not answer: as for Redis, a 503 to retry.
+    ResultStoreUnavailable: 503,
     TextTooLong: 413,
     TooManyInputs: 413,
     BatchAudioTooLong: 413,
@@ -114,6 +119,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(PipelineError)
     def _pipeline_error(exc: PipelineError) -> Any:
         retry_after = getattr(exc, "retry_after", None)
+        if isinstance(exc, ResultStoreUnavailable):
+            retry_after = RETRY_AFTER_SECONDS
         headers = {"Retry-After": str(retry_after)} if retry_after else {}
         if isinstance(exc, QuotaExceeded):  # a quota is a limit too: the same headers as the request rate
             headers |= {"RateLimit-Limit": str(exc.limit), "RateLimit-Remaining": str(exc.remaining),

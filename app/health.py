@@ -8,7 +8,7 @@
                             detail each), warnings and a performance summary
 ``GET /health/detailed``    the same with every check's numbers, the workers, queues, the
                             machine (psutil) and the settings an operator tunes
-``GET /health/components``  redis, broker, workers, engine, cache and disk checks only
+``GET /health/components``  redis, broker, workers, engine, cache, disk and result store checks only
 ``GET /health/voices``      every voice with whether its model files are on this machine
 
 Every check runs in a helper thread bounded by :data:`CHECK_TIMEOUT` (all of them at once,
@@ -20,7 +20,8 @@ whatever Redis does; a 503 carries an ``error`` object and ``Retry-After``, neve
 broker, the engine (no usable voice) or the workers (no heartbeat), i.e. when the service
 cannot accept or run jobs; otherwise 200, also while ``degraded``. Status: ``unhealthy`` when
 Redis, the broker or the engine fails; ``degraded`` when anything else is not healthy (no
-worker heartbeat, the cache above ``TTS_CACHE_MAX_BYTES``, little disk space, a slow Redis).
+worker heartbeat, the cache above ``TTS_CACHE_MAX_BYTES``, little disk space, a slow Redis,
+a result store that cannot be reached: ``results`` gives its ``url`` and ``reachable``).
 The workload is never a failure: a queue above ``TTS_ALERT_QUEUE_LENGTH``, dead letters and
 an error rate above ``TTS_ALERT_ERROR_RATE`` are listed under ``warnings`` and leave the
 status and the answer as they are.
@@ -165,12 +166,13 @@ def component_checks(runtime: Any, settings: Settings) -> dict[str, checks.Check
     return {
         # The queue length is a warning (collect_warnings), never a component status.
         "redis": lambda: checks.check_redis(runtime.redis, CHECK_TIMEOUT, write_key=write_key),
-        "broker": lambda: checks.check_broker(runtime.redis, QUEUES, CHECK_TIMEOUT),
+        "broker": lambda: checks.check_broker(runtime.redis, QUEUES, CHECK_TIMEOUT, settings=runtime.settings),
         "workers": lambda: checks.check_workers(registry, CHECK_TIMEOUT),
         "engine": lambda: checks.run_check(engine, CHECK_TIMEOUT),
         "cache": lambda: checks.check_cache(runtime.cache_redis, CHECK_TIMEOUT,
                                             max_bytes=settings.cache_max_bytes),
         "disk": lambda: checks.check_disk(settings.data_dir, CHECK_TIMEOUT),
+        "results": lambda: checks.check_result_store(runtime.result_store, CHECK_TIMEOUT),
     }
 
 

@@ -1,19 +1,33 @@
-"""``/v1/jobs``: submit, poll, download, cancel and list synthesis jobs."""
+"""``/v1/jobs``: submit, poll, download, cancel and list synthesis jobs.
+
+A download streams the audio from the result store (``tasks.result_store``), never holding
+the file in memory: the folder store's file goes out through ``send_file`` (ranges,
+conditional requests), the S3 store's object through ranged GETs in chunks. Both answer
+``Range`` requests (206 with ``Content-Range``; 416 in the API's error shape when nothing
+of the range exists) and ``If-None-Match`` (304); the ETag is the first 32 hex digits of the
+object's ref, the SHA-256 of the bytes, so nothing is hashed per request. With
+``TTS_RESULT_STORE_REDIRECT=1`` and an S3 store the answer is a 302 to a presigned URL of
+the object instead, valid ``TTS_RESULT_STORE_PRESIGN_SECONDS``, issued after the same
+key and tenant checks (the bytes then never pass through the API).
+"""
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from flask import Response, current_app, g, jsonify, request, url_for
+from flask import Response, current_app, g, jsonify, redirect, request, send_file, url_for
 from flask_openapi3 import APIBlueprint, Tag
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from engine import FORMATS
+from tasks.exceptions import AudioGone, ResultMissing
 from tasks.job import Job
 from tasks.job_request import JobInput
+from tasks.result_store import ResultStore
 from tasks.service import JobService
 
 from .auth import current_principal
 from .contract import SECURITY, answer, binary, error_responses, link
+from .errors import error_response
 from .requests import accepted_response, attachment
 from .schemas import DeletedBody, IdempotencyHeader, JobBody, JobListBody, JobListQuery, JobPath
 
@@ -30,6 +44,18 @@ JOB_LINKS = {
 #: The media type of every format a job's audio can have.
 AUDIO_MEDIA_TYPES = tuple(dict.fromkeys(fmt.media_type for fmt in FORMATS.values()))
 _SUBMITTED_HEADERS = {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}
+#: Bytes per read when a download streams an object that is not a local file (S3).
+STREAM_CHUNK = 256 * 1024
+_AUDIO_HEADERS = {
+    "ETag": {"description": "the first 32 hex digits of the audio's SHA-256", "schema": {"type": "string"}},
+    "Accept-Ranges": {"description": "bytes: Range requests are answered", "schema": {"type": "string"}},
+}
+_PARTIAL_HEADERS = {
+    **_AUDIO_HEADERS,
+    "Content-Range": {"description": "which bytes of the file this is", "schema": {"type": "string"}},
+}
+_REDIRECT_HEADERS = {"Location": {"description": "a presigned URL of the audio in the S3 result store, valid "
+                                                 "TTS_RESULT_STORE_PRESIGN_SECONDS", "schema": {"type": "string"}}}
 
 
 def service() -> JobService:
@@ -94,21 +120,89 @@ def get_job(path: JobPath) -> Any:
 
 
 @bp.get("/<job_id>/audio", operation_id="get_job_audio", summary="A job's audio",
-        responses={200: answer(None, "the audio file", media=binary(*AUDIO_MEDIA_TYPES)),
+        responses={200: answer(None, "the audio file", media=binary(*AUDIO_MEDIA_TYPES), headers=_AUDIO_HEADERS),
+                   206: answer(None, "the bytes the Range asked for", media=binary(*AUDIO_MEDIA_TYPES),
+                               headers=_PARTIAL_HEADERS),
+                   302: answer(None, "TTS_RESULT_STORE_REDIRECT with an S3 store: the audio is at Location",
+                               headers=_REDIRECT_HEADERS),
                    304: {"description": "not modified (If-None-Match)"},
-                   **error_responses(401, 403, 404, 409, 410, 429, 503)})
+                   **error_responses(401, 403, 404, 409, 410, 416, 429, 503)})
 def get_audio(path: JobPath) -> Any:
-    """The audio bytes of a succeeded job (409 while unfinished, 410 once expired or deleted)."""
-    job, data = service().audio(path.job_id, tenant())
-    etag = hashlib.sha256(data).hexdigest()[:32]
+    """The audio of a succeeded job (409 while unfinished, 410 once expired or deleted).
+
+    ``Range: bytes=...`` gets 206 with those bytes (one range); a presigned redirect (302)
+    when the server is set up for one.
+    """
+    svc = service()
+    job, ref = svc.audio_ref(path.job_id, tenant())
+    etag = ref[:32]
     if request.if_none_match.contains(etag):
         return Response(status=304, headers={"ETag": f'"{etag}"'})
     fmt = FORMATS[job.format]
-    response = Response(data, mimetype=job.media_type or fmt.media_type)
-    response.headers["Content-Disposition"] = attachment(job.name, fmt.extension, default=job.id)
-    response.set_etag(etag)
+    media_type = job.media_type or fmt.media_type
+    disposition = attachment(job.name, fmt.extension, default=job.id)
+    store = svc.rt.result_store
+    settings = current_app.extensions["tts"]["settings"]
+    if settings.result_store_redirect:
+        url = store.presigned_url(ref, filename=f"{job.id}.{fmt.extension}", media_type=media_type,
+                                  expires_in=settings.result_store_presign_seconds, disposition=disposition)
+        if url is not None:
+            moved = redirect(url, code=302)
+            moved.headers["Cache-Control"] = "no-store"
+            return moved
+    try:
+        response = _stored_file(store, job, ref, media_type, etag)
+    except RequestedRangeNotSatisfiable as exc:
+        return error_response(416, "range_not_satisfiable",
+                              f"the Range asks for bytes this file does not have (it has {exc.length} bytes)",
+                              headers={"Content-Range": f"bytes */{exc.length}"})
+    response.headers["Content-Disposition"] = disposition
     response.headers["Cache-Control"] = "private, max-age=3600"
+    response.headers.pop("Expires", None)
     return response
+
+
+def _stored_file(store: ResultStore, job: Job, ref: str, media_type: str, etag: str) -> Response:
+    """The object ``ref`` as a (possibly partial) answer: AudioGone when the store no longer has it;
+    RequestedRangeNotSatisfiable for a Range outside it."""
+    local = store.local_path(ref)
+    if local is not None:
+        try:
+            return send_file(local, mimetype=media_type, conditional=True, etag=etag)
+        except FileNotFoundError:  # swept between the two calls
+            raise AudioGone(job.id) from None
+    size = store.size(ref)
+    if size is None:
+        raise AudioGone(job.id)
+    span = _wanted_span(size, etag)
+    start, stop = span or (0, size)
+    try:
+        chunks = store.iter_range(ref, start, stop, chunk=STREAM_CHUNK)
+    except ResultMissing:
+        raise AudioGone(job.id) from None
+    response = Response(chunks, status=206 if span else 200, mimetype=media_type)
+    response.content_length = stop - start
+    if span:
+        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    response.accept_ranges = "bytes"
+    response.set_etag(etag)
+    return response
+
+
+def _wanted_span(size: int, etag: str) -> tuple[int, int] | None:
+    """The [start, stop) a Range header asks for, as werkzeug's ``send_file`` reads it: None for the
+    whole file (no Range, an If-Range that does not match, an empty file); RequestedRangeNotSatisfiable
+    for a range outside the file, several ranges or a malformed header."""
+    if "Range" not in request.headers or not size:
+        return None
+    if_range = request.if_range
+    if (if_range.etag is not None or if_range.date is not None) and if_range.etag != etag:
+        return None
+    wanted = request.range
+    span = wanted.range_for_length(size) if wanted is not None else None
+    if span is None:
+        raise RequestedRangeNotSatisfiable(length=size)
+    return span
 
 
 @bp.post("/<job_id>/cancel", operation_id="cancel_job", summary="Cancel a job",

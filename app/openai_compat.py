@@ -35,6 +35,7 @@ from engine.streaming import SENTENCE_ALIGNED
 from engine.synthesis import MAX_SPEED, MIN_SPEED
 from engine.text import looks_like_markdown
 from settings import Settings
+from tasks.exceptions import AudioGone, ResultMissing
 from tasks.job import Job
 from tasks.job_request import JobRequest
 from tasks.service import JobService
@@ -235,10 +236,20 @@ def _error(code: str, message: str, job_id: str, **details: Any) -> str:
 
 
 def _stored_deltas(service: JobService, job_id: str) -> Iterator[str]:
-    """A finished job's whole file as deltas (a cache hit, or a fanned-out text stitched elsewhere)."""
-    _, data = service.audio(job_id)
-    for start in range(0, len(data), STORED_DELTA_BYTES):
-        yield _delta(data[start:start + STORED_DELTA_BYTES])
+    """A finished job's whole file as deltas (a cache hit, or a fanned-out text stitched elsewhere),
+    streamed from the result store a delta at a time."""
+    job, ref = service.audio_ref(job_id)
+    try:
+        chunks = service.rt.result_store.iter_range(ref, chunk=STORED_DELTA_BYTES)
+    except ResultMissing:
+        raise AudioGone(job.id) from None
+    try:
+        for chunk in chunks:
+            yield _delta(chunk)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _final_error(service: JobService, job_id: str, status: JobStatus | None) -> str:

@@ -1,8 +1,18 @@
 """Jobs and the Redis store that keeps them.
 
 A job is a Redis hash (``tts:job:{id}``) holding the request, status, timings and
-outcome; its audio and attempt history sit beside it. All three expire
-``TTS_RESULT_TTL`` seconds after the job was last written.
+outcome; its attempt history sits beside it. Both expire ``TTS_RESULT_TTL`` seconds after
+the job was last written.
+
+Its audio is not in Redis: it lives in the result store (:mod:`tasks.result_store`, a
+folder or an S3 bucket), content-addressed, and the record names it by ``audio_ref`` (the
+sha256 of the bytes). The bytes are stored *before* the transaction that names them, so a
+record never names an object that was not written; a writer that then loses its
+transaction (a superseded attempt) leaves an object nobody references, which the store's
+own expiry index deletes after ``TTS_RESULT_TTL`` like any other. One object may be named
+by several records (identical audio, a cache hit) and by a cache entry: each reference
+extends the object's life (``ResultStore.retain`` never shortens it), so dropping one
+reference (``delete_audio``) never deletes bytes another one still needs.
 
 A batch item that reaches a final status also enters ``tts:batches:uncounted`` in the same
 transaction: its batch counts it later, from a hook (``tasks.batches``), and takes it out
@@ -30,9 +40,10 @@ import redis
 from engine.synthesis import SynthesisOptions
 
 from . import keys
-from .exceptions import JobNotFound
+from .exceptions import JobNotFound, ResultMissing
 from .outbound import public_callback
-from .redis_values import HashMapping, as_bytes, decode_hash, scored_members, text, text_or_none
+from .redis_values import HashMapping, decode_hash, scored_members, text, text_or_none
+from .result_store import ResultStore
 from .status import JobStatus
 from .tenants import DEFAULT_TENANT
 
@@ -94,6 +105,8 @@ class Job:
     cache_key: str | None = None
     cache_hit: bool = False
     audio_bytes: int | None = None
+    #: The result store's name for the job's audio (the sha256 of its bytes), once it succeeded.
+    audio_ref: str | None = None
     duration: float | None = None
     output_sample_rate: int | None = None
     media_type: str | None = None
@@ -237,22 +250,43 @@ COMPACT_DEFAULTS: dict[str, Any] = {
 
 
 class JobStore:
-    """Jobs in Redis. ``ttl``: seconds a job, its audio and history live after the last write."""
+    """Jobs in Redis, their audio in ``results``. ``ttl``: seconds a job, its audio and history live
+    after the last write."""
 
-    def __init__(self, client: redis.Redis, ttl: int = 24 * 3600) -> None:
+    def __init__(self, client: redis.Redis, ttl: int = 24 * 3600, *, results: ResultStore) -> None:
         self.redis = client
         self.ttl = ttl
+        self.results = results
 
-    def create(self, job: Job, audio: bytes | None = None, outbox: str | None = None) -> Job:
-        """Store a new job (and, for a cache hit, its audio) and index it for listing, globally and by tenant.
+    def put_audio(self, data: bytes) -> str:
+        """Store a job's audio in the result store for ``ttl`` seconds; returns its ref for ``audio_ref``.
 
-        ``outbox``: a member added to the outbox in the same transaction (see the module docstring).
+        Call it before the transaction that names the ref (module docstring).
         """
+        return self.results.put(data, now() + self.ttl)
+
+    def create(self, job: Job, audio: bytes | None = None, outbox: str | None = None, *,
+               audio_ref: str | None = None, audio_expires_at: float | None = None) -> Job:
+        """Store a new job and index it for listing, globally and by tenant.
+
+        A job stored finished with audio (a cache hit) names it: ``audio`` is put into the
+        result store first; or ``audio_ref`` names an object already stored (the cache's),
+        whose life is extended to the job's unless ``audio_expires_at`` (when the caller
+        knows the object lives until then) already covers it; an object gone by then raises
+        :class:`ResultMissing` and nothing is stored. ``outbox``: a member added to the
+        outbox in the same transaction (see the module docstring).
+        """
+        if audio is not None:
+            job.audio_ref = self.put_audio(audio)
+        elif audio_ref is not None:
+            lives_until = now() + self.ttl
+            if (audio_expires_at is None or audio_expires_at < lives_until) \
+                    and not self.results.retain(audio_ref, lives_until):
+                raise ResultMissing(audio_ref)
+            job.audio_ref = audio_ref
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job(job.id), mapping=job.to_redis())
         pipe.expire(keys.job(job.id), self.ttl)
-        if audio is not None:
-            pipe.set(keys.job_audio(job.id), audio, ex=self.ttl)
         self._index(pipe, [job])
         if job.batch_id and job.status.finished:  # a batch item served from the cache: owed to the count
             pipe.zadd(keys.BATCH_UNCOUNTED, {job.id: now()})
@@ -357,11 +391,16 @@ class JobStore:
         ``history``: an entry appended in the same transaction, so the record and its
         history never disagree; ``outbox``: a member added to the outbox in the same
         transaction, so a process killed right after the transition still leaves the work
-        it owes behind (module docstring); ``audio``: the job's audio, stored in the same
-        transaction, so only the attempt that wins the transition writes it (one round trip,
-        and a superseded attempt can never overwrite the current one's audio). A job that
-        reaches a final status leaves the index of unfinished jobs in the same transaction.
+        it owes behind (module docstring); ``audio``: the job's audio, put into the result
+        store before the transaction (:meth:`put_audio`) and named by ``audio_ref`` in it, so
+        only the attempt that wins the transition makes the record point at its audio, and a
+        superseded attempt can never replace the current one's (it leaves an unreferenced
+        object, which expires by itself). A caller that stored the audio already passes
+        ``audio_ref=`` among the changes instead. A job that reaches a final status leaves the
+        index of unfinished jobs in the same transaction.
         """
+        if audio is not None:
+            changes["audio_ref"] = self.put_audio(audio)
         key = keys.job(job_id)
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -395,8 +434,6 @@ class JobStore:
                         pipe.expire(keys.job_history(job_id), self.ttl)
                     if outbox is not None:
                         pipe.zadd(keys.CALLBACK_OUTBOX, {outbox: now()})
-                    if audio is not None:
-                        pipe.set(keys.job_audio(job_id), audio, ex=self.ttl)
                     new_status = changes.get("status")
                     tenant_active = keys.tenant_active(text_or_none(owner) or DEFAULT_TENANT)
                     if new_status is not None and JobStatus(new_status).finished:
@@ -428,14 +465,23 @@ class JobStore:
         """Every attempt's record, oldest first."""
         return [json.loads(text(raw)) for raw in self.redis.lrange(keys.job_history(job_id), 0, -1)]
 
+    def audio_ref(self, job_id: str) -> str | None:
+        """The result store's ref of the job's audio (one HGET), or None when it has none (any more)."""
+        return text_or_none(self.redis.hget(keys.job(job_id), "audio_ref"))
+
     def audio(self, job_id: str) -> bytes | None:
-        """The job's audio bytes, if still there."""
-        data = self.redis.get(keys.job_audio(job_id))
-        return None if data is None else as_bytes(data)
+        """The job's audio bytes, if still there (read whole from the result store)."""
+        ref = self.audio_ref(job_id)
+        return None if ref is None else self.results.read(ref)
 
     def delete_audio(self, job_id: str) -> bool:
-        """Drop the job's audio; True if there was some."""
-        return bool(self.redis.delete(keys.job_audio(job_id)))
+        """Drop the job's reference to its audio; True if it had one.
+
+        The audio is unreachable through the API at once (every download reads the ref from
+        the record). The object itself stays until its expiry in the store's index: other
+        records or a cache entry may name the same bytes.
+        """
+        return bool(self.redis.hdel(keys.job(job_id), "audio_ref"))
 
     def iter_recent(self, before: int | None = None, batch: int = 200,
                     tenant: str | None = None) -> Iterator[tuple[int, Job]]:

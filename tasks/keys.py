@@ -3,11 +3,12 @@
 ==============================  ======================================================
 key                             what
 ==============================  ======================================================
-``tts:job:{id}``                hash: the job record (TTL ``TTS_RESULT_TTL``)
-``tts:job:{id}:audio``          string: the job's encoded audio (same TTL)
+``tts:job:{id}``                hash: the job record (TTL ``TTS_RESULT_TTL``); its audio is in the result store
+                                (``tasks.result_store``), named by the record's ``audio_ref``, not in Redis
 ``tts:job:{id}:history``        list of JSON: one entry per attempt (same TTL)
 ``tts:jobs``                    sorted set: job ids by creation time (ms), for listing
-``tts:audio:{sha256}``          string: cached audio, content-addressed (TTL ``TTS_CACHE_TTL``)
+``tts:audio:{sha256}``          hash: a cache entry (TTL ``TTS_CACHE_TTL``): the result store ref of the audio, its
+                                size, metadata and how long the store keeps it (``tasks.cache``)
 ``tts:audio:index``             sorted set: cache keys by last use, for size-bounded eviction
 ``tts:audio:sizes``             hash: cache key -> bytes
 ``tts:audio:bytes``             integer: bytes held by the cache
@@ -77,11 +78,6 @@ LIMITS_PREFIX = PREFIX + "limits"
 def job(job_id: str) -> str:
     """The job record hash."""
     return f"{PREFIX}job:{job_id}"
-
-
-def job_audio(job_id: str) -> str:
-    """The job's encoded audio."""
-    return f"{PREFIX}job:{job_id}:audio"
 
 
 def job_history(job_id: str) -> str:

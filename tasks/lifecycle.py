@@ -286,17 +286,20 @@ def succeed(rt: Runtime, job: Job, result: engine.SynthesisResult, started: floa
     Only the current delivery may: an attempt that lost its lease (Redis paused, a
     worker cut off) while the reconciler sent the job again is superseded, and its
     result is dropped instead of overwriting the newer attempt's audio. The transition
-    checks that the record is still running under this attempt's task id and writes the
-    audio with the status, so there is no separate check that could be stale by the time
-    the audio is written.
+    checks that the record is still running under this attempt's task id and names the
+    audio (``audio_ref``) with the status, so there is no separate check that could be stale
+    by the time the audio is named. The bytes go to the result store once, before the
+    transition (a superseded attempt leaves an unnamed object that expires by itself); the
+    cache entry names the same object.
     """
+    audio_ref = rt.jobs.put_audio(result.audio)
     finished_at = now()
     duration = round(result.duration, 3)
     entry = {"attempt": job.attempts, "started_at": started, "finished_at": finished_at, "outcome": "succeeded",
              "worker": HOSTNAME}
     changed = rt.jobs.transition(
         job.id, {JobStatus.RUNNING}, task_id_is=job.task_id, history=entry, outbox=outbox_of(job),
-        audio=result.audio, status=JobStatus.SUCCEEDED, finished_at=finished_at,
+        audio_ref=audio_ref, status=JobStatus.SUCCEEDED, finished_at=finished_at,
         audio_bytes=len(result.audio), duration=duration, output_sample_rate=result.sample_rate,
         media_type=result.media_type, synthesis_seconds=round(result.synthesis_seconds, 3),
         error=None, error_type=None, error_code=None,
@@ -308,7 +311,7 @@ def succeed(rt: Runtime, job: Job, result: engine.SynthesisResult, started: floa
     if job.cache and job.cache_key:
         try:
             rt.cache.put(job.cache_key, result.audio,
-                         {"duration": round(result.duration, 3), "sample_rate": result.sample_rate})
+                         {"duration": round(result.duration, 3), "sample_rate": result.sample_rate}, ref=audio_ref)
         except Exception as exc:  # noqa: BLE001 - a cache failure must not fail the job
             log.warning("could not cache job %s audio: %s", job.id, exc)
     inject_fault_after_finish(rt, job)

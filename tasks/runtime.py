@@ -1,5 +1,9 @@
 """Process-wide handles built from settings: Redis clients, stores and the voice catalog.
 
+The result store (:mod:`tasks.result_store`, where audio lives) is one object per process,
+shared by the job store and the cache, with its expiry index in the main Redis (beside the
+job records that reference its objects) even when the cache has a Redis of its own.
+
 Built lazily, once per process (a prefork child builds its own after the fork), so
 that importing a module never opens a connection or loads a model.
 """
@@ -20,6 +24,7 @@ from .cache import AudioCache
 from .celery_app import celery_app, create_celery
 from .dlq import DeadLetterQueue
 from .job import JobStore
+from .result_store import ResultStore, open_result_store
 from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -59,16 +64,22 @@ class Runtime:
         return make_redis(self.settings.cache_url)
 
     @functools.cached_property
+    def result_store(self) -> ResultStore:
+        """Where audio and other large results live (a folder, or an S3 bucket)."""
+        return open_result_store(self.settings, self.redis)
+
+    @functools.cached_property
     def jobs(self) -> JobStore:
         """The job store."""
-        return JobStore(self.redis, ttl=self.settings.result_ttl)
+        return JobStore(self.redis, ttl=self.settings.result_ttl, results=self.result_store)
 
     @functools.cached_property
     def cache(self) -> AudioCache:
-        """The audio cache."""
+        """The audio cache (its objects must outlive a job served from it: ``hold``)."""
         s = self.settings
-        return AudioCache(self.cache_redis, ttl=s.cache_ttl, max_entry_bytes=s.cache_max_entry_bytes,
-                          max_bytes=s.cache_max_bytes)
+        return AudioCache(self.cache_redis, self.result_store, ttl=s.cache_ttl,
+                          max_entry_bytes=s.cache_max_entry_bytes, max_bytes=s.cache_max_bytes,
+                          hold=max(s.cache_ttl, s.result_ttl))
 
     @functools.cached_property
     def dlq(self) -> DeadLetterQueue:

@@ -22,7 +22,7 @@ from monitoring.recorder import CACHE_MISSES, JOBS_SUBMITTED
 
 from . import keys, lifecycle
 from .admission import Admission
-from .cache import cache_key
+from .cache import CachedAudio, cache_key
 from .callbacks import check_callback
 from .celery_app import BULK_QUEUE, SYNTHESIS_QUEUE
 from .exceptions import AudioGone, IdempotencyKeyInUse, JobNotFinished, JobNotFound, TextTooLong
@@ -114,13 +114,14 @@ class JobService:
     def submit_for_audio(self, request: JobRequest, correlation_id: str | None = None,
                          owner: Principal = OPEN_PRINCIPAL) -> tuple[Job, bytes | None]:
         """:meth:`submit` for a caller that answers with the audio itself (``/v1/audio/speech``):
-        also returns the audio when the cache answered, so it is not read back from the copy
-        just stored for the job."""
-        job, _, audio = self._submit(request, correlation_id, None, owner, None)
+        also returns the audio when the cache answered (read from the result store before the
+        job is stored: a hit whose bytes are gone is served as a miss)."""
+        job, _, audio = self._submit(request, correlation_id, None, owner, None, want_audio=True)
         return job, audio
 
     def _submit(self, request: JobRequest, correlation_id: str | None, idempotency_key: str | None,
-                owner: Principal, extra: dict[str, Any] | None) -> tuple[Job, bool, bytes | None]:
+                owner: Principal, extra: dict[str, Any] | None,
+                want_audio: bool = False) -> tuple[Job, bool, bytes | None]:
         _, key = self.prepare(request)
         job = self.build_job(request, correlation_id, owner, cache_key=key, idempotency_key=idempotency_key,
                              extra=dict(extra or {}))
@@ -131,7 +132,7 @@ class JobService:
                 return earlier, False, None
         try:
             self.admission.check(owner, jobs=1, characters=job.characters)
-            audio = self._accept(job)
+            audio = self._accept(job, want_audio)
         except BaseException:
             if claim:  # nothing was accepted: the key is free for the client's retry
                 self.idempotency.release(ResourceKind.JOB, claim, job.id)
@@ -169,12 +170,17 @@ class JobService:
         self._accept(job)
         return job
 
-    def _accept(self, job: Job) -> bytes | None:
-        """:meth:`accept`; returns the audio when the cache answered."""
-        cached = self._cached(job)
-        if cached is not None:
-            self._serve_from_cache(job, *cached)
-            return cached[0]
+    def _accept(self, job: Job, want_audio: bool = False) -> bytes | None:
+        """:meth:`accept`; with ``want_audio``, returns the audio when the cache answered."""
+        hit = self._cached(job)
+        if hit is not None:
+            audio = self.rt.result_store.read(hit.ref) if want_audio else None
+            if not want_audio or audio is not None:
+                self._serve_from_cache(job, hit)
+                return audio
+            log.warning("cache entry %s names audio %s that the result store no longer has; a miss",
+                        job.cache_key, hit.ref)
+            self.rt.cache.delete(job.cache_key or "")
         looked_up = bool(job.cache and job.cache_key)
         job.task_id = uuid.uuid4().hex  # known before the message is sent, so the record never lacks it
         self.rt.jobs.create(job)
@@ -218,21 +224,23 @@ class JobService:
                                   queue=SYNTHESIS_QUEUE)
         return served
 
-    def _serve_from_cache(self, job: Job, audio: bytes, meta: dict[str, Any]) -> None:
+    def _serve_from_cache(self, job: Job, hit: CachedAudio) -> None:
         job.status = JobStatus.SUCCEEDED
         job.cache_hit = True
         job.started_at = job.finished_at = now()
-        job.audio_bytes = len(audio)
+        job.audio_bytes = hit.size
         job.media_type = engine.FORMATS[job.format].media_type
-        job.output_sample_rate = meta.get("sample_rate")
-        job.duration = meta.get("duration")
-        self.rt.jobs.create(job, audio=audio, outbox=lifecycle.outbox_of(job))  # a callback owed survives a crash
+        job.output_sample_rate = hit.meta.get("sample_rate")
+        job.duration = hit.meta.get("duration")
+        # The job names the cache's object (stored once); the hit already keeps it alive for the job's life.
+        self.rt.jobs.create(job, audio_ref=hit.ref, audio_expires_at=hit.expires_at,
+                            outbox=lifecycle.outbox_of(job))  # a callback owed survives a crash
         lifecycle.bookkeeping("job_submitted", self.rt.metrics.job_submitted, job.voice, SYNTHESIS_QUEUE,
                               cache_hit=True, looked_up=True)
         log.info("job %s served from the cache", job.id)
         lifecycle.finished(self.rt, [job])
 
-    def _cached(self, job: Job) -> tuple[bytes, dict[str, Any]] | None:
+    def _cached(self, job: Job) -> CachedAudio | None:
         if not job.cache or not job.cache_key:
             return None
         return self.rt.cache.get(job.cache_key)  # counted with the submit (job_submitted's looked_up)
@@ -287,14 +295,30 @@ class JobService:
         return job, self.audio_of(job)
 
     def audio_of(self, job: Job) -> bytes:
-        """The audio of a job record already read (and checked against its caller's tenant):
-        JobNotFinished unless it succeeded, AudioGone when the audio expired or was deleted."""
-        if job.status is not JobStatus.SUCCEEDED:
-            raise JobNotFinished(job.id, job.status.value)
-        data = self.rt.jobs.audio(job.id)
+        """The audio of a job record already read (and checked against its caller's tenant), read
+        whole from the result store: JobNotFinished unless it succeeded, AudioGone when the audio
+        expired or was deleted."""
+        data = self.rt.result_store.read(self.audio_ref_of(job))
         if data is None:
             raise AudioGone(job.id)
         return data
+
+    def audio_ref(self, job_id: str, tenant: str | None = None) -> tuple[Job, str]:
+        """A succeeded job and the result store's ref of its audio, for a download that streams it:
+        JobNotFound (also another tenant's) / JobNotFinished / AudioGone (the ref dropped)."""
+        job = self.get(job_id, tenant)
+        return job, self.audio_ref_of(job)
+
+    def audio_ref_of(self, job: Job) -> str:
+        """The ref of a job record's audio: JobNotFinished unless it succeeded, AudioGone without one.
+
+        Whether the object is still in the store is for the reader to find out.
+        """
+        if job.status is not JobStatus.SUCCEEDED:
+            raise JobNotFinished(job.id, job.status.value)
+        if job.audio_ref is None:
+            raise AudioGone(job.id)
+        return job.audio_ref
 
     def list(self, status: str | None = None, limit: int = 50, cursor: int | None = None,
              tenant: str | None = None) -> tuple[list[Job], int | None]:
@@ -320,6 +344,10 @@ class JobService:
 
     def delete(self, job_id: str, tenant: str | None = None) -> Job:
         """Delete a job (``tenant``'s only): cancel it if unfinished, drop its audio, hide it from then on.
+
+        Its audio is unreachable through the API at once (the record no longer names it); the
+        bytes stay in the result store until they expire, since other jobs or a cache entry
+        may name the same object.
 
         The record is kept, marked ``deleted_at``, until it expires: a worker running the job
         reads it to see the cancellation. Every tenant-scoped read answers 404 for it, and it

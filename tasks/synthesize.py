@@ -3,7 +3,9 @@
 Idempotent: a redelivered message for a job that already finished does nothing. The
 state changes (attempt counting, success, retry, dead-letter) belong to
 :mod:`tasks.lifecycle`; this module only runs the engine, or hands a long text to
-:mod:`tasks.fanout`.
+:mod:`tasks.fanout`. A result store that cannot take the audio (``ResultStoreUnavailable``)
+fails the attempt like any transient error: it is retried by the retry policy, never
+acknowledged with the job left running.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from engine.synthesis import AudioChunk
 
 from . import lifecycle, speech_stream
 from .celery_app import celery_app
+from .exceptions import ResultStoreUnavailable
 from .fanout import fan_out, should_fan_out
 from .job import Job
 from .publish import SYNTHESIZE_TASK
@@ -102,4 +105,7 @@ def _run_attempt(task: Any, rt: Runtime, job: Job, attempt: lifecycle.Attempt) -
         raise  # not the attempt's fault: the message goes back (see synthesize_job)
     except Exception as exc:  # noqa: BLE001 - every failure is classified by the lifecycle
         return lifecycle.fail_or_retry(task, rt, job, exc, attempt.number, {"started_at": attempt.started_at})
-    return lifecycle.succeed(rt, job, result, attempt.started_at)
+    try:
+        return lifecycle.succeed(rt, job, result, attempt.started_at)
+    except ResultStoreUnavailable as exc:  # the audio could not be stored: a failed attempt, retried as any
+        return lifecycle.fail_or_retry(task, rt, job, exc, attempt.number, {"started_at": attempt.started_at})

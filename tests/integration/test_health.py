@@ -20,7 +20,7 @@ from tests.conftest import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
 
-COMPONENTS = {"redis", "broker", "workers", "engine", "cache", "disk"}
+COMPONENTS = {"redis", "broker", "workers", "engine", "cache", "disk", "results"}
 #: The brief: a health answer with a component down comes within this many seconds.
 QUICK = 2.5
 #: Liveness and readiness with a hung Redis answer 503 in about a second (one check timeout).

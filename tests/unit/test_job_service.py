@@ -96,8 +96,8 @@ def catalog():
 
 
 @pytest.fixture
-def rt(app, catalog) -> Runtime:
-    runtime = Runtime(Settings(redis_url="redis://fake/0"))
+def rt(app, catalog, tmp_path) -> Runtime:
+    runtime = Runtime(Settings(redis_url="redis://fake/0", data_dir=str(tmp_path)))
     runtime.redis = fakeredis.FakeRedis()  # cached properties, set before first use
     runtime.celery = app
     runtime.catalog = catalog

@@ -31,9 +31,9 @@ UNFINISHED = {JobStatus.QUEUED, JobStatus.RUNNING}
 
 
 @pytest.fixture
-def rt() -> Runtime:
+def rt(tmp_path) -> Runtime:
     runtime = Runtime(Settings(redis_url="redis://fake/0", retry_jitter=False, max_attempts=3, base_delay_ms=100,
-                               max_delay_ms=5000, exponential_base=2.0))
+                               max_delay_ms=5000, exponential_base=2.0, data_dir=str(tmp_path)))
     runtime.redis = fakeredis.FakeRedis()  # the cached property, set before first use
     runtime.celery = memory_app("test-lifecycle")  # retries are published: read back with drain()
     drain(runtime.celery)
@@ -131,7 +131,7 @@ def test_update_sets_deletes_and_history_is_oldest_first(rt):
 
 
 def test_create_many_get_and_delete(rt):
-    store = JobStore(rt.redis, ttl=100)
+    store = JobStore(rt.redis, ttl=100, results=rt.result_store)
     jobs = [Job(id=f"m{i}", text="t", voice="heart", created_at=now() - i) for i in range(3)]
     store.create_many(jobs)
     assert [store.get(j.id) for j in jobs] == jobs

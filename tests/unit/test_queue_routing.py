@@ -31,8 +31,9 @@ AUDIO = b"ID3\x04fake mp3 bytes"
 
 
 @pytest.fixture
-def rt() -> Runtime:
-    runtime = Runtime(Settings(redis_url="redis://fake/0", lease_seconds=LEASE, retry_jitter=False, max_attempts=3))
+def rt(tmp_path) -> Runtime:
+    runtime = Runtime(Settings(redis_url="redis://fake/0", lease_seconds=LEASE, retry_jitter=False, max_attempts=3,
+                               data_dir=str(tmp_path)))
     runtime.redis = fakeredis.FakeRedis()  # cached properties, set before first use
     runtime.celery = memory_app("test-queue-routing")
     return runtime
