@@ -78,7 +78,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -449,18 +449,22 @@ class WorkerProcess:
     """A ``celery worker`` subprocess with its own environment."""
 
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2,
-                 queues: str = ",".join(WORKER_QUEUES)) -> None:
+                 queues: str = ",".join(WORKER_QUEUES), prefix: Sequence[str] = (), node: str = "") -> None:
+        """``prefix``: a command the worker runs under (e.g. ``ip netns exec`` into another host, ``tests/netns.py``);
+        ``node``: its Celery node name (default ``test-<random>@localhost``)."""
         self.env = env
         self.log_path = log_path
         self.concurrency = concurrency
         self.queues = queues
+        self.prefix = list(prefix)
+        self.node = node
         self.proc: subprocess.Popen[bytes] | None = None
         self.hostname = ""
 
     def start(self) -> WorkerProcess:
         """Start and wait until the worker's heartbeat shows it is ready."""
-        self.hostname = f"test-{uuid.uuid4().hex[:8]}@localhost"
-        cmd = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", self.queues,
+        self.hostname = self.node or f"test-{uuid.uuid4().hex[:8]}@localhost"
+        cmd = [*self.prefix, sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", self.queues,
                "-c", str(self.concurrency), "-n", self.hostname, "--without-gossip", "--without-mingle",
                "-E", "--loglevel", "INFO"]
         with open(self.log_path, "ab") as log_file:  # the worker has its own copy once started
