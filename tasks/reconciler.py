@@ -33,6 +33,14 @@ from here, a lease period after it was owed, so no process of its own is needed.
 a batch item whose final state committed but whose count in its batch did not
 (:func:`tasks.batches.sweep_uncounted`): without it the batch would stay running for good.
 
+The same worker also sweeps the result store (:func:`sweep_results_if_due`): objects whose
+expiry passed are deleted (``ResultStore.sweep``), at most every
+``TTS_RESULT_STORE_SWEEP_INTERVAL`` seconds whatever the reconcile interval, remembered in
+Redis (``tts:results:swept``, set with NX for that long) so that the workers taking the lock
+in turn do not each sweep again. Two sweeps that overlap anyway (one outlasting the interval)
+are harmless: each claims the refs it deletes (``tasks.result_store``). A store that cannot be
+reached is logged and tried again at the next interval; the job sweep is not held up by it.
+
 A fanned-out job's parts are not covered by rule 1 (their recovery is the part task's
 own redelivery); rule 3 needs the Redis broker (it reads kombu's lists), and is skipped
 for any other broker.
@@ -49,6 +57,7 @@ from monitoring.queues import UNACKED_KEY, priority_queue_names
 
 from . import batches, callbacks, keys, lifecycle
 from .celery_app import SYNTHESIS_QUEUES
+from .exceptions import ResultStoreUnavailable
 from .job import now
 from .redis_values import HashMapping, members, text, text_or_none
 from .runtime import Runtime
@@ -56,7 +65,7 @@ from .status import JobStatus
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SweepReport", "start_reconciler", "sweep", "sweep_if_due"]
+__all__ = ["SweepReport", "start_reconciler", "sweep", "sweep_if_due", "sweep_results_if_due"]
 
 #: Job ids read per pipeline.
 WINDOW = 500
@@ -182,11 +191,25 @@ def sweep(rt: Runtime) -> SweepReport:
     pipe.execute()
     callbacks.sweep_outbox(rt)
     batches.sweep_uncounted(rt)
+    sweep_results_if_due(rt)
     if report.sent_again:
         log.warning("reconciler: sent %d job(s) again (%d lost workers, %d overdue retries, %d missing messages)",
                     report.sent_again, len(report.lost), len(report.overdue), len(report.unsent),
                     extra={"lost": report.lost[:20], "overdue": report.overdue[:20], "unsent": report.unsent[:20]})
     return report
+
+
+def sweep_results_if_due(rt: Runtime) -> int | None:
+    """Delete the result store's expired objects unless that was done within ``TTS_RESULT_STORE_SWEEP_INTERVAL``
+    seconds; how many it deleted, or None when it was not due (or the store could not be reached)."""
+    interval = max(1, rt.settings.result_store_sweep_interval)
+    if not rt.redis.set(keys.RESULTS_SWEPT, lifecycle.HOSTNAME, nx=True, ex=interval):
+        return None
+    try:
+        return rt.result_store.sweep()
+    except ResultStoreUnavailable as exc:
+        log.warning("result store sweep failed (tried again in %d s): %s", interval, exc)
+        return None
 
 
 def sweep_if_due(rt: Runtime, holder: str) -> SweepReport | None:

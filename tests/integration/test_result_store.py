@@ -420,3 +420,29 @@ def test_open_result_store_default_is_the_data_dir(tmp_path: Path, client: Any) 
     assert isinstance(plain, FileStore) and plain.root == (tmp_path / "plain").resolve()
     ref = plain.put(DATA, FUTURE)
     assert (tmp_path / "plain" / ref[:2] / ref).read_bytes() == DATA
+
+
+def test_the_reconciler_sweeps_the_store_at_most_every_interval(kind: str, store_env: dict[str, str],
+                                                                 redis_url: str, client: Any, tmp_path: Path) -> None:
+    """The worker holding the reconcile lock sweeps the store too, once per TTS_RESULT_STORE_SWEEP_INTERVAL."""
+    from tasks import reconciler
+    from tasks.runtime import Runtime
+
+    settings = load_settings({**store_env, "REDIS_URL": redis_url, "TTS_DATA_DIR": str(tmp_path),
+                              "TTS_RESULT_STORE_SWEEP_INTERVAL": "600"})
+    rt = Runtime(settings)
+    store = rt.result_store
+    expired = store.put(b"expired a second ago", time.time() - 1)
+    kept = store.put(b"still wanted", FUTURE)
+    assert reconciler.sweep_if_due(rt, "this-worker") is not None
+    assert store.read(expired) is None
+    assert store.read(kept) == b"still wanted"
+    assert 590 < client.ttl(keys.RESULTS_SWEPT) <= 600
+    # within the interval the next reconcile sweep leaves the store alone
+    again = store.put(b"expired as well", time.time() - 1)
+    reconciler.sweep(rt)
+    assert store.read(again) == b"expired as well"
+    client.delete(keys.RESULTS_SWEPT)  # the interval is over
+    assert reconciler.sweep_results_if_due(rt) == 1
+    assert store.read(again) is None
+    assert reconciler.sweep_results_if_due(rt) is None
