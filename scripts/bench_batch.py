@@ -208,8 +208,9 @@ def family(key: str) -> str:
     if key.startswith("tts:batch:"):
         rest = key[len("tts:batch:"):]
         return "batch record" if ":" not in rest else "batch " + rest.split(":", 1)[1]
-    if key.startswith("tts:"):
-        return key  # one shared structure each: indexes, metrics, ...
+    if key.startswith("tts:"):  # a shared structure (indexes, metrics) by its name; per-id keys (cache) as name:*
+        return ":".join("*" if len(part) >= 32 and all(c in "0123456789abcdef" for c in part) else part
+                        for part in key.split(":"))
     return "broker " + key
 
 
@@ -233,6 +234,12 @@ def memory_by_family(client: redis.Redis) -> dict[str, int]:
     if batch:
         flush()
     return dict(sums)
+
+
+def _per_item(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
+    """Each family's growth divided by ``n`` (families that did not change left out)."""
+    return {name: round((after.get(name, 0) - before.get(name, 0)) / n, 1) for name in sorted(set(after) | set(before))
+            if after.get(name, 0) != before.get(name, 0)}
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -265,9 +272,7 @@ def bench_submit(sizes: list[int], probes: int, rate: float, settings: dict[str,
             load = loadavg()
             quiet, answer = submit_batch(stack.url, texts(size, uuid.uuid4().hex[:8]))
             after, fam_after = used_memory(client), memory_by_family(client)
-            families = {name: round((fam_after.get(name, 0) - fam_before.get(name, 0)) / size, 1)
-                        for name in sorted(set(fam_after) | set(fam_before))
-                        if fam_after.get(name, 0) != fam_before.get(name, 0)}
+            families = _per_item(fam_before, fam_after, size)
             with Probes(stack.url, job_id, probes, rate) as during:
                 busy, _ = submit_batch(stack.url, texts(size, uuid.uuid4().hex[:8]))
             out[str(size)] = {
@@ -336,19 +341,25 @@ def bench_zip(seed_items: int, zip_items: int, settings: dict[str, str]) -> dict
     out: dict[str, Any] = {"seed_items": seed_items}
     with BenchStack("batch-zip", concurrency=2, **settings) as stack:
         seed = [f"Zip item {i}." for i in range(seed_items)]
+        client = redis.Redis.from_url(stack.redis_url)
+        fam_before = memory_by_family(client)
         started = time.perf_counter()
         _, answer = submit_batch(stack.url, seed)
         done = wait_batch(stack.url, answer["id"], timeout=1800)
         out["seed_seconds"] = round(time.perf_counter() - started, 1)
         out["seed_counts"] = done["counts"]
-        client = redis.Redis.from_url(stack.redis_url)
+        out["seed_memory_usage_by_family"] = _per_item(fam_before, memory_by_family(client), seed_items)
+        out["seed_memory_usage_bytes_per_item"] = round(sum(out["seed_memory_usage_by_family"].values()), 1)
         for n in (100, zip_items):
-            before = used_memory(client)
+            before, fam_before = used_memory(client), memory_by_family(client)
             seconds, answer = submit_batch(stack.url, [seed[i % seed_items] for i in range(n)])
             body = wait_batch(stack.url, answer["id"], timeout=600)
+            families = _per_item(fam_before, memory_by_family(client), n)
             figures = download_rss(stack, answer["id"])
             figures.update(submit_seconds_cached=round(seconds, 2), counts=body["counts"],
-                           used_memory_bytes_per_item=round((used_memory(client) - before) / n, 1))
+                           used_memory_bytes_per_item=round((used_memory(client) - before) / n, 1),
+                           memory_usage_bytes_per_item=round(sum(families.values()), 1),
+                           memory_usage_by_family=families)
             out[str(n)] = figures
             log.info("zip of %d items: %s", n, figures)
         client.close()

@@ -83,7 +83,7 @@ UNCOUNTED_SWEEP_LIMIT = 1000
 MAX_LISTED_ERRORS = 1000
 _ITEM_FIELDS = ("status", "name", "attempts", "duration", "error_code", "error", "error_type", "characters",
                 "audio_bytes", "format", "output_sample_rate", "cache_hit", "started_at", "finished_at", "voice",
-                "task_id", "callback_url")
+                "task_id", "callback_url", "audio_ref")
 
 
 # --- the lifecycle's hooks -------------------------------------------------------------------------
@@ -425,6 +425,9 @@ class ItemMeta:
     voice: str | None = None
     task_id: str | None = None
     callback_url: str | None = None
+    #: The result store's name of the item's audio (``Job.audio_ref``), so a zip streams it without
+    #: reading the record again.
+    audio_ref: str | None = None
 
     @classmethod
     def from_fields(cls, index: int, job_id: str, values: list[bytes | None]) -> ItemMeta:
@@ -441,7 +444,7 @@ class ItemMeta:
                    audio_bytes=num("audio_bytes", int), format=f["format"] or COMPACT_DEFAULTS["format"], sample_rate=num("output_sample_rate", int),
                    cache_hit=f["cache_hit"] == "1", error_code=f["error_code"], error=f["error"],
                    started_at=num("started_at"), finished_at=num("finished_at"), voice=f["voice"],
-                   task_id=f["task_id"], callback_url=f["callback_url"])
+                   task_id=f["task_id"], callback_url=f["callback_url"], audio_ref=f["audio_ref"])
 
     @property
     def error_body(self) -> dict[str, Any] | None:

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
+from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
-from tasks.batch_result import MANIFEST, FileNamer, _info, _Sink, safe_name
+from tasks.batch_result import MANIFEST, FileNamer, ResultPlan, _info, _Sink, iter_zip, safe_name
+from tasks.batches import Batch, ItemMeta
+from tasks.exceptions import ResultMissing
 
 
 @pytest.mark.parametrize(
@@ -73,3 +78,54 @@ def test_zip_written_to_an_unseekable_sink_is_valid_and_streams():
     assert archive.read("0002.wav") == b"\x02" * 100_000
     assert archive.getinfo("0001.wav").compress_type == zipfile.ZIP_STORED
     assert sink.written == sum(len(c) for c in chunks)
+
+
+class _ChunkedStore:
+    """A result store's reading side: objects handed out in small chunks, and who closed them."""
+
+    def __init__(self, objects: dict[str, bytes], chunk: int) -> None:
+        self.objects, self.chunk, self.closed = objects, chunk, []
+
+    def iter_range(self, ref: str) -> Iterator[bytes]:
+        if ref not in self.objects:
+            raise ResultMissing(ref)
+        data, chunk, closed = self.objects[ref], self.chunk, self.closed
+
+        class Chunks:
+            def __init__(self) -> None:
+                self.pieces = iter([data[i:i + chunk] for i in range(0, len(data), chunk)])
+
+            def __iter__(self) -> Chunks:
+                return self
+
+            def __next__(self) -> bytes:
+                return next(self.pieces)
+
+            def close(self) -> None:
+                closed.append(ref)
+
+        return Chunks()
+
+
+def test_each_zip_entry_streams_from_the_store_in_chunks():
+    audio = {"a" * 64: bytes(range(256)) * 1000, "b" * 64: b"\x07" * 70_000}
+    store = _ChunkedStore(audio, chunk=16_384)
+    service = SimpleNamespace(rt=SimpleNamespace(jobs=SimpleNamespace(results=store)))
+    items = [ItemMeta(index=0, job_id="j0", status="succeeded", audio_ref="a" * 64, format="mp3"),
+             ItemMeta(index=1, job_id="j1", status="succeeded", audio_ref="c" * 64, format="mp3"),  # swept
+             ItemMeta(index=2, job_id="j2", status="succeeded", audio_ref="b" * 64, format="mp3"),
+             ItemMeta(index=3, job_id="j3", status="failed", error="no", format="mp3")]
+    plan = ResultPlan(batch=Batch(id="batch", total=4, created_at=1.0), items=items,
+                      files=["0001.mp3", "0002.mp3", "0003.mp3", "0004.mp3"], concatenate=False, gap_ms=0)
+    pieces = list(iter_zip(service, plan))  # type: ignore[arg-type]
+    assert len(pieces) > 256_000 // 16_384  # sent chunk by chunk, not an entry at a time
+    assert max(len(p) for p in pieces[:-1]) <= 16_384 + 200  # a chunk plus at most a header or descriptor
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(pieces)))
+    assert archive.testzip() is None
+    assert archive.namelist() == ["0001.mp3", "0003.mp3", MANIFEST]
+    assert archive.read("0001.mp3") == audio["a" * 64] and archive.read("0003.mp3") == audio["b" * 64]
+    manifest = json.loads(archive.read(MANIFEST))
+    assert [(e["file"], e["bytes"]) for e in manifest["items"]] == [("0001.mp3", 256_000), (None, None),
+                                                                    ("0003.mp3", 70_000), (None, None)]
+    assert manifest["items"][1]["error"]["code"] == "audio_gone"
+    assert store.closed == ["a" * 64, "b" * 64]
