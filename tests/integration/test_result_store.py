@@ -10,6 +10,7 @@ import hashlib
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -446,3 +447,51 @@ def test_the_reconciler_sweeps_the_store_at_most_every_interval(kind: str, store
     assert reconciler.sweep_results_if_due(rt) == 1
     assert store.read(again) is None
     assert reconciler.sweep_results_if_due(rt) is None
+
+
+def test_a_stack_on_s3_keeps_its_audio_in_the_bucket(make_stack: Any, s3_bucket: Any) -> None:
+    """A real worker (a subprocess) writes a job's audio into moto's bucket; the API streams it back,
+    ranges included, and with TTS_RESULT_STORE_REDIRECT sends the client to a presigned URL instead."""
+    from app import create_app
+
+    stack = make_stack(**s3_bucket.env)
+    client = stack.client
+    submitted = client.post("/v1/jobs", json={"text": f"A result kept in a bucket, {uuid.uuid4().hex[:6]}.",
+                                              "voice": "heart", "format": "wav", "name": "bucket"})
+    assert submitted.status_code == 202, submitted.get_json()
+    job_id = submitted.get_json()["id"]
+    assert stack.wait_for(job_id)["status"] == "succeeded"
+
+    whole = client.get(f"/v1/jobs/{job_id}/audio")
+    assert whole.status_code == 200 and whole.mimetype == "audio/wav"
+    data = whole.data
+    ref = sha(data)
+    assert len(data) > 10_000
+    assert s3_bucket.keys() == [f"results/{ref[:2]}/{ref}"]  # the job's audio and its cache entry: one object
+    assert stack.redis.zscore(keys.RESULTS_EXPIRY, ref) > time.time() + 3600
+    big = [k for k in stack.redis.scan_iter(count=1000) if stack.redis.memory_usage(k) > len(data) // 2]
+    assert big == [], f"audio-sized keys in Redis: {big}"
+
+    part = client.get(f"/v1/jobs/{job_id}/audio", headers={"Range": "bytes=100-1099"})
+    assert part.status_code == 206
+    assert part.data == data[100:1100]
+
+    redirecting = create_app(load_settings({**stack.env, "TTS_RESULT_STORE_REDIRECT": "1"})).test_client()
+    moved = redirecting.get(f"/v1/jobs/{job_id}/audio")
+    assert moved.status_code == 302
+    fetched = requests.get(moved.headers["Location"], timeout=10)
+    assert fetched.status_code == 200
+    assert fetched.content == data
+    assert fetched.headers["Content-Type"] == "audio/wav"
+    assert fetched.headers["Content-Disposition"].startswith("attachment; filename=")
+
+
+def test_check_names_a_missing_bucket(s3_bucket: Any, client: Any) -> None:
+    """The bucket is not created for the operator: a store in one that does not exist is unavailable."""
+    env = {**s3_bucket.env, "TTS_RESULT_STORE": f"s3://{s3_bucket.name}-absent/results"}
+    store = open_result_store(load_settings(env), client)
+    with pytest.raises(ResultStoreUnavailable, match="absent"):
+        store.check()
+    with pytest.raises(ResultStoreUnavailable):
+        store.put(b"nowhere to go", FUTURE)
+    assert store.url == f"s3://{s3_bucket.name}-absent/results/ at {s3_bucket.endpoint}"
