@@ -43,6 +43,13 @@ class SettingsError(ValueError):
     """An environment variable holds a value that cannot be used."""
 
 
+#: RabbitMQ's delivery limit beyond ``max_attempts``: returns of a message that never reached the
+#: attempt counter (a worker's connection lost with prefetched messages, a Redis error that gives
+#: the message back). ``tasks.lifecycle.begin_attempt`` dead-letters a job at ``max_attempts`` + 1
+#: counted deliveries itself; the broker's limit is the backstop for the returns it cannot count.
+BROKER_REDELIVERY_HEADROOM = 10
+
+
 def _project_root() -> Path:
     return Path(__file__).resolve().parent
 
@@ -75,6 +82,20 @@ class Settings:
     embedded_redis_user: str = "tts"
     #: Password of that user; empty: no ACL, and the embedded Redis may bind loopback only.
     embedded_redis_password: str = ""
+
+    # --- broker (``tasks.celery_app``) ------------------------------------------------------
+    #: Celery's broker. Empty: the Redis of the job store (``REDIS_URL`` or the embedded one), as
+    #: before. ``amqp://user:password@host:5672/vhost``: RabbitMQ (quorum queues, publisher
+    #: confirms); the job store, leases and cache stay in Redis whatever the broker.
+    broker_url: str = ""
+    #: RabbitMQ only: ``x-delivery-limit`` of the work queues, the returns of one message after which
+    #: RabbitMQ dead-letters it into ``tts.dead-letter`` (and the worker fails its job). 0: derived,
+    #: ``max_attempts`` + :data:`BROKER_REDELIVERY_HEADROOM`.
+    broker_delivery_limit: int = 0
+    #: RabbitMQ only: the server's ``consumer_timeout`` in seconds as set in ``rabbitmq.conf`` (RabbitMQ's
+    #: default: 1800). It must exceed ``task_time_limit``, else RabbitMQ closes the channel of a
+    #: worker running a long job; the settings refuse anything lower.
+    broker_consumer_timeout: int = 1800
 
     # --- result store (``tasks.result_store``) ----------------------------------------------
     #: Where audio and other large results live; Redis keeps only records and small entries.
@@ -226,9 +247,25 @@ class Settings:
         return Path(self.data_dir)
 
     @property
-    def broker_url(self) -> str:
-        """The Redis URL in use: ``REDIS_URL``, or the embedded Redis that ``make up`` starts."""
+    def effective_redis_url(self) -> str:
+        """The Redis in use for the job store, leases and cache: ``REDIS_URL``, or the embedded
+        Redis that ``make up`` starts."""
         return self.redis_url or self.embedded_redis_url
+
+    @property
+    def celery_broker_url(self) -> str:
+        """Celery's broker: ``TTS_BROKER_URL``, else the Redis in use (:attr:`effective_redis_url`)."""
+        return self.broker_url.strip() or self.effective_redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """True when the broker is RabbitMQ (``amqp://``, ``amqps://``, ``pyamqp://``)."""
+        return self.celery_broker_url.startswith(AMQP_SCHEMES)
+
+    @property
+    def delivery_limit(self) -> int:
+        """RabbitMQ's ``x-delivery-limit``: the setting, or ``max_attempts`` + the redelivery headroom."""
+        return self.broker_delivery_limit or self.max_attempts + BROKER_REDELIVERY_HEADROOM
 
     @property
     def embedded_redis_url(self) -> str:
@@ -253,7 +290,7 @@ class Settings:
     @property
     def audio_cache_url(self) -> str:
         """The Redis holding the audio cache (``TTS_CACHE_URL``, else the main one)."""
-        return self.cache_url or self.broker_url
+        return self.cache_url or self.effective_redis_url
 
     @property
     def model_cache(self) -> Path:
@@ -280,6 +317,8 @@ class Settings:
 
 
 _ENV_NAMES: dict[str, str] = {"redis_url": "REDIS_URL"}
+#: URL schemes of a RabbitMQ broker (kombu's pyamqp transport).
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 _WILDCARDS = frozenset({"0.0.0.0", "::", "*"})
 
 
@@ -386,6 +425,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("TTS_MAX_QUEUED must be at least 1")
     if not 0.1 <= settings.redis_memory_high_water <= 1.0:
         raise SettingsError("TTS_REDIS_MEMORY_HIGH_WATER must be between 0.1 and 1.0")
+    broker = settings.broker_url.strip()
+    if broker and not broker.startswith((*AMQP_SCHEMES, "redis://", "rediss://", "unix://")):
+        raise SettingsError(f"TTS_BROKER_URL must be an amqp:// (RabbitMQ) or redis:// URL, not {broker.split(':')[0]!r}")
+    if settings.broker_delivery_limit < 0:
+        raise SettingsError("TTS_BROKER_DELIVERY_LIMIT must be 0 (derived from TTS_MAX_ATTEMPTS) or at least 1")
+    if settings.broker_is_amqp and settings.broker_consumer_timeout <= settings.task_time_limit:
+        # RabbitMQ would close the channel of a worker whose job runs longer, and redeliver the job meanwhile.
+        raise SettingsError(f"TTS_BROKER_CONSUMER_TIMEOUT ({settings.broker_consumer_timeout} s, RabbitMQ's "
+                            f"consumer_timeout) must exceed TTS_TASK_TIME_LIMIT ({settings.task_time_limit} s): raise "
+                            "consumer_timeout in rabbitmq.conf (docs/operations.md) and this setting with it")
     bind = [a.lstrip("-") for a in settings.embedded_redis_bind.split()]
     if not settings.redis_url and not all(_is_loopback(a) for a in bind or [""]) and not settings.embedded_redis_password:
         # An open Redis on a network is a remote shell (CONFIG SET dir + SAVE writes files anywhere).

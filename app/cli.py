@@ -370,7 +370,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         elif args.dlq_command == "purge":
             print(f"purged {rt.dlq.purge()} record(s)")
 
-    return run_on_redis("dlq", rt.settings.broker_url, run)
+    return run_on_redis("dlq", rt.settings.effective_redis_url, run)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -405,7 +405,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             record = store.revoke(args.key_id)
             print(f"revoked {record.id} (tenant {record.tenant!r})")
 
-    return run_on_redis("keys", rt.settings.broker_url, run)
+    return run_on_redis("keys", rt.settings.effective_redis_url, run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -138,8 +138,8 @@ def metrics_document(runtime: Any, settings: Settings, started: float) -> dict[s
     now = time.time()
     client = runtime.redis
     summary = runtime.metrics.summary()
-    lengths = broker.queue_lengths(client, QUEUES)
-    reserved = broker.reserved_count(client)
+    lengths = broker.broker_queue_lengths(settings, client, QUEUES)
+    reserved = broker.broker_reserved_count(settings, client)  # None on RabbitMQ: AMQP does not tell
     dead = broker.dead_letter_count(client)
     cache = broker.cache_stats(runtime.cache_redis)
     workers = WorkerRegistry(client).list()
@@ -230,7 +230,7 @@ def status_summary() -> Any:
     components = run_checks({
         "redis": lambda: check_redis(runtime.redis, STATUS_TIMEOUT),
         "broker": lambda: check_broker(runtime.redis, QUEUES, STATUS_TIMEOUT,
-                                       max_queue_length=settings.alert_queue_length),
+                                       max_queue_length=settings.alert_queue_length, settings=settings),
         "workers": lambda: check_workers(registry, STATUS_TIMEOUT),
         "summary": lambda: {"status": HEALTHY, "summary": runtime.metrics.summary()},
     }, timeout=STATUS_TIMEOUT + 0.25)

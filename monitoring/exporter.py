@@ -123,7 +123,7 @@ def _parse_args(argv: Sequence[str] | None, settings: Settings) -> argparse.Name
     )
     parser.add_argument("--host", default=settings.exporter_host, help="address to bind")
     parser.add_argument("--port", type=int, default=settings.exporter_port, help="port to bind")
-    parser.add_argument("--redis-url", default=settings.broker_url, help="Redis to read")
+    parser.add_argument("--redis-url", default=settings.effective_redis_url, help="Redis to read")
     parser.add_argument(
         "--queue", action="append", default=[], help="a queue to report even before it exists"
     )

@@ -32,6 +32,7 @@ import redis
 from monitoring import queues as broker
 from monitoring.workers import DEFAULT_TTL as HEARTBEAT_TTL
 from monitoring.workers import WorkerRegistry
+from settings import Settings
 from tasks import keys
 from tasks.exceptions import ResultStoreUnavailable
 from tasks.result_store import ResultStore
@@ -223,12 +224,21 @@ def check_broker(
     queues: Sequence[str],
     timeout: float = DEFAULT_TIMEOUT,
     max_queue_length: int | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Queue lengths and reserved messages; degraded when a queue exceeds ``max_queue_length``."""
+    """Queue lengths and reserved messages; degraded when a queue exceeds ``max_queue_length``.
+
+    ``settings``: with a RabbitMQ broker (``TTS_BROKER_URL=amqp://``) the lengths come from
+    RabbitMQ and ``reserved`` is None (AMQP does not tell); without, kombu's Redis lists.
+    """
 
     def probe() -> dict[str, Any]:
-        lengths = broker.queue_lengths(client, queues)
-        reserved = broker.reserved_count(client)
+        if settings is not None:
+            lengths = broker.broker_queue_lengths(settings, client, queues)
+            reserved = broker.broker_reserved_count(settings, client)
+        else:
+            lengths = broker.queue_lengths(client, queues)
+            reserved = broker.reserved_count(client)
         dead = broker.dead_letter_count(client)
         extra = {"queues": lengths, "reserved": reserved, "dead_letter": dead}
         if max_queue_length is not None:

@@ -6,16 +6,24 @@ A queue's length is the sum of their ``LLEN``. Messages a worker has taken but n
 acknowledged (prefetched or running, with ``acks_late``) are not in those lists: kombu
 keeps them in the ``unacked`` hash, so they are reported apart.
 
+With RabbitMQ as the broker (``TTS_BROKER_URL=amqp://``) none of those lists exist:
+:func:`broker_queue_lengths` then asks RabbitMQ (a passive ``queue_declare`` per queue gives
+its ready messages), and :func:`broker_reserved_count` answers None, since AMQP does not
+tell how many messages are delivered but unacknowledged; callers report that as unknown.
+
 The tts-batch key names come from ``tasks.keys``, the one table of Redis keys: the only
 module of ``tasks`` that monitoring imports (plain names, no Celery, no connection).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 
 import redis
+from kombu.connection import Connection
 
+from settings import Settings
 from tasks import keys
 
 __all__ = [
@@ -25,6 +33,9 @@ __all__ = [
     "KOMBU_SEPARATOR",
     "PRIORITY_STEPS",
     "UNACKED_KEY",
+    "amqp_queue_lengths",
+    "broker_queue_lengths",
+    "broker_reserved_count",
     "cache_stats",
     "dead_letter_count",
     "discover_queues",
@@ -130,3 +141,43 @@ def discover_queues(client: redis.Redis, limit: int = MAX_DISCOVERED_QUEUES) -> 
             logger.warning("more than %d queues declared on the broker; reporting the first %d", limit, limit)
             break
     return sorted(found)[:limit]
+
+
+# --- whichever broker the settings name ------------------------------------------------------
+
+
+def amqp_queue_lengths(broker_url: str, queues: Iterable[str], timeout: float = 2.0) -> dict[str, int]:
+    """Messages ready in each queue of a RabbitMQ broker: a passive ``queue_declare`` per queue.
+
+    A passive declare creates nothing; a queue that does not exist yet counts 0. Messages
+    delivered but not acknowledged are not in the count (AMQP does not tell them; RabbitMQ's
+    management API would). Raises kombu/amqp connection errors when RabbitMQ is unreachable.
+    """
+    names = list(dict.fromkeys(queues))
+    lengths: dict[str, int] = {}
+    with Connection(broker_url, connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]
+        conn.ensure_connection(max_retries=1)
+        for name in names:
+            channel = conn.channel()
+            try:
+                lengths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
+            except conn.channel_errors:  # NOT_FOUND: declared by nobody yet, so nothing waits in it
+                lengths[name] = 0
+            finally:
+                with contextlib.suppress(*conn.channel_errors, *conn.connection_errors):  # closed by a NOT_FOUND
+                    channel.close()
+    return lengths
+
+
+def broker_queue_lengths(settings: Settings, client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting per queue on the configured broker: kombu's Redis lists, or RabbitMQ's queues."""
+    if settings.broker_is_amqp:
+        return amqp_queue_lengths(settings.celery_broker_url, queues)
+    return queue_lengths(client, queues)
+
+
+def broker_reserved_count(settings: Settings, client: redis.Redis) -> int | None:
+    """Messages delivered but unacknowledged on the Redis broker; None on RabbitMQ (AMQP cannot tell)."""
+    if settings.broker_is_amqp:
+        return None
+    return reserved_count(client)

@@ -44,6 +44,18 @@ reached is logged and tried again at the next interval; the job sweep is not hel
 A fanned-out job's parts are not covered by rule 1 (their recovery is the part task's
 own redelivery); rule 3 needs the Redis broker (it reads kombu's lists), and is skipped
 for any other broker.
+
+With RabbitMQ as the broker (``TTS_BROKER_URL=amqp://``) rule 3 is off: AMQP cannot list a
+queue's messages without taking them, so "is this job's message still in the broker?" has
+no answer. What rule 3 covers on Redis is covered there by the broker itself or not needed:
+a message held by a worker that died comes back as soon as RabbitMQ sees its connection
+close (no visibility timeout to wait for), and with publisher confirms the API answers 2xx
+only once RabbitMQ has the message. The one window left is an API process dying between
+the job record and the confirmed publish: the client got no 2xx, so no promise is broken,
+and the record stays ``queued`` without a message (the operator sees it in
+``/v1/jobs?status=queued``; a replay sends it). Rules 1 and 2 do not read the broker and
+work as on Redis: a lost worker's job is sent again when its lease expires, whether or not
+RabbitMQ redelivers the old message (which is then stale and dropped).
 """
 from __future__ import annotations
 
@@ -92,7 +104,7 @@ class SweepReport:
 
 def _reads_kombu_redis(rt: Runtime) -> bool:
     """True when the broker is the Redis whose lists rule 3 reads."""
-    return rt.settings.broker_url.startswith(("redis://", "rediss://", "unix://"))
+    return rt.settings.celery_broker_url.startswith(("redis://", "rediss://", "unix://"))
 
 
 def _broker_task_ids(rt: Runtime, grace: float) -> set[str]:

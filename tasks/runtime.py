@@ -54,7 +54,7 @@ class Runtime:
     @functools.cached_property
     def redis(self) -> Redis:
         """The main Redis (broker, job store, dead-letter queue, metrics)."""
-        return make_redis(self.settings.broker_url)
+        return make_redis(self.settings.effective_redis_url)
 
     @functools.cached_property
     def cache_redis(self) -> Redis:  # ``redis`` in this class is the property above

@@ -24,7 +24,7 @@ from celery import Task
 
 from monitoring.alerts import evaluate_thresholds
 from monitoring.correlation import bind, current
-from monitoring.queues import discover_queues, queue_lengths
+from monitoring.queues import broker_queue_lengths, discover_queues
 from monitoring.webhooks import (
     DELIVERIES_METRIC,
     RETRY_BASE,
@@ -176,8 +176,9 @@ def evaluate_alerts() -> int:
     rt = get_runtime()
     queues = list(QUEUES)
     try:
-        queues += discover_queues(rt.redis)
-        lengths = queue_lengths(rt.redis, queues)
+        if not rt.settings.broker_is_amqp:  # kombu's binding tables exist on a Redis broker only
+            queues += discover_queues(rt.redis)
+        lengths = broker_queue_lengths(rt.settings, rt.redis, queues)
         payloads = evaluate_thresholds(rt.metrics, lengths, rt.settings)
     except Exception as exc:  # noqa: BLE001 - the next run tries again
         log.warning("alert evaluation failed: %s", exc)

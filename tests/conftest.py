@@ -46,7 +46,18 @@ Workers
     database, and a Flask test client of an app with the same settings.
 ``make_stack`` (function scope)
     A factory for stacks with extra settings, e.g. ``make_stack(TTS_FAULT_INJECTION="permanent")``,
-    each on a fresh database; all are stopped after the test.
+    each on a fresh database; all are stopped after the test. ``make_stack(broker="amqp")``
+    uses RabbitMQ as the broker (the job store stays in Redis).
+
+Brokers
+-------
+``@pytest.mark.both_brokers``
+    Runs the test twice, ``[redis]`` and ``[amqp]``: the ``broker`` fixture is then the
+    broker's name, ``stack`` the session stack on that broker and ``make_stack`` defaults to
+    it. RabbitMQ is the local one at 127.0.0.1:5672 (guest/guest, ``RABBITMQ_URL`` overrides);
+    each amqp stack gets its own vhost (``rabbitmqctl add_vhost``, deleted after), so runs
+    never share queues. Where RabbitMQ does not answer the ``[amqp]`` runs skip, and fail
+    under ``CI=true`` (``missing()``).
 
 Callback receivers
 ------------------
@@ -428,6 +439,73 @@ def _flushdb(url: str) -> None:
         client.close()
 
 
+# --- RabbitMQ ----------------------------------------------------------------------------
+#: The RabbitMQ the ``amqp`` runs use (this machine kind runs one for CI); a vhost per stack.
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+from urllib.parse import unquote  # noqa: E402
+
+
+def rabbitmq_answers(url: str = RABBITMQ_URL) -> bool:
+    """Whether something accepts TCP connections at the RabbitMQ's host and port."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_rabbitmq() -> None:
+    """Skip (fail under CI) unless RabbitMQ answers and ``rabbitmqctl`` can make vhosts."""
+    if not rabbitmq_answers():
+        missing(f"no RabbitMQ answers at {RABBITMQ_URL.split('@')[-1]} (RABBITMQ_URL): the amqp runs need one")
+    if not os.path.exists(RABBITMQCTL) or not os.access(RABBITMQCTL, os.X_OK):
+        missing("rabbitmqctl is not installed: the amqp runs make a vhost per stack with it")
+
+
+def _rabbitmqctl(*args: str) -> str:
+    out = subprocess.run([RABBITMQCTL, "-q", *args], capture_output=True, text=True, timeout=60, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
+    return out.stdout
+
+
+def rabbitmq_vhost_url() -> str:
+    """A new vhost of its own (guest may use it) and the broker URL of it."""
+    vhost = f"tts-test-{uuid.uuid4().hex[:10]}"
+    _rabbitmqctl("add_vhost", vhost)
+    user = urlsplit(RABBITMQ_URL).username or "guest"
+    _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    return urlunsplit(urlsplit(RABBITMQ_URL)._replace(path=f"/{vhost}"))
+
+
+def _vhost_of(url: str) -> str:
+    return unquote(urlsplit(url).path.lstrip("/")) or "/"
+
+
+def rabbitmq_queue_messages(url: str) -> dict[str, int]:
+    """Messages (ready + unacknowledged) per queue of the vhost of ``url``."""
+    out = _rabbitmqctl("list_queues", "-p", _vhost_of(url), "name", "messages", "--no-table-headers")
+    counts: dict[str, int] = {}
+    for line in out.splitlines():
+        name, _, number = line.rpartition("\t")
+        if name and number.strip().isdigit():
+            counts[name] = int(number)
+    return counts
+
+
+def drop_stack_broker(stack: Stack) -> None:
+    """Delete the vhost of an amqp stack (its queues and messages with it); nothing for a Redis one."""
+    if stack.settings.broker_is_amqp:
+        vhost = _vhost_of(stack.settings.celery_broker_url)
+        if vhost.startswith("tts-test-"):
+            try:
+                _rabbitmqctl("delete_vhost", vhost)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                log.warning("could not delete RabbitMQ vhost %s: %s", vhost, exc)
+
+
 # --- workers -----------------------------------------------------------------------------
 import contextlib  # noqa: E402
 import shlex  # noqa: E402
@@ -590,8 +668,14 @@ class Stack:
 
         Unacknowledged covers a task that is running (tasks ack late), one held for a retry
         countdown, and a webhook delivery between attempts: when this is true, no task of
-        this stack can still start or write anything.
+        this stack can still start or write anything. On RabbitMQ: no message (ready or
+        unacknowledged) in any queue of the stack's vhost but Celery's own event and
+        remote-control queues, the delay queues of countdowns included.
         """
+        if self.settings.broker_is_amqp:
+            counts = rabbitmq_queue_messages(self.settings.celery_broker_url)
+            return not any(n for name, n in counts.items() if not name.startswith(("celeryev", "celery@")) and
+                           ".pidbox" not in name)
         client = self.redis
         try:
             return reserved_count(client) == 0 and not any(queue_lengths(client, WORKER_QUEUES).values())
@@ -725,9 +809,15 @@ def _stack_env(redis_url: str, tmp: Path, model_cache: Path, **overrides: str) -
     return env
 
 
-def _new_stack(dbs: Databases, tmp: Path, model_cache: Path, start: bool = True, **overrides: str) -> Stack:
-    """A stack on a database from ``dbs``; the caller stops it and then releases ``stack.redis_url``."""
+def _new_stack(dbs: Databases, tmp: Path, model_cache: Path, start: bool = True, broker: str = "redis",
+               **overrides: str) -> Stack:
+    """A stack on a database from ``dbs``; the caller stops it, releases ``stack.redis_url`` and
+    (``broker="amqp"``) deletes its vhost (:func:`drop_stack_broker`)."""
     tmp.mkdir(parents=True, exist_ok=True)
+    if broker == "amqp":
+        overrides.setdefault("TTS_BROKER_URL", rabbitmq_vhost_url())
+    elif broker != "redis":
+        raise ValueError(f"broker must be redis or amqp, not {broker!r}")
     url = dbs.acquire()
     env = _stack_env(url, tmp, model_cache, **overrides)
     stack = Stack(redis_url=url, settings=load_settings(env), env=env, workers=[], tmp=tmp)
@@ -743,7 +833,8 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(redis_dbs: Databases, tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Stack]:
+def redis_broker_stack(redis_dbs: Databases, tmp_path_factory: pytest.TempPathFactory,
+                       model_cache: Path) -> Iterator[Stack]:
     """The shared stack: one real worker (2 children) and an app on a dedicated database."""
     s = _new_stack(redis_dbs, tmp_path_factory.mktemp("stack"), model_cache)
     try:
@@ -753,16 +844,61 @@ def stack(redis_dbs: Databases, tmp_path_factory: pytest.TempPathFactory, model_
         redis_dbs.release(s.redis_url)
 
 
+@pytest.fixture(scope="session")
+def amqp_broker_stack(redis_dbs: Databases, tmp_path_factory: pytest.TempPathFactory,
+                      model_cache: Path) -> Iterator[Stack]:
+    """The shared stack with RabbitMQ as its broker (its own vhost), started on first use."""
+    require_rabbitmq()
+    s = _new_stack(redis_dbs, tmp_path_factory.mktemp("amqp-stack"), model_cache, broker="amqp")
+    try:
+        yield s
+    finally:
+        s.stop()
+        redis_dbs.release(s.redis_url)
+        drop_stack_broker(s)
+
+
 @pytest.fixture
-def make_stack(redis_dbs: Databases, tmp_path: Path, model_cache: Path) -> Iterator[Any]:
+def broker(request: pytest.FixtureRequest) -> str:
+    """The broker of this run of a ``both_brokers`` test (``redis`` for every other test)."""
+    name = str(getattr(request, "param", "redis"))
+    if name == "amqp":
+        require_rabbitmq()
+    return name
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, broker: str) -> Stack:
+    """The session's shared stack on this test's broker (:func:`redis_broker_stack`, :func:`amqp_broker_stack`)."""
+    return request.getfixturevalue("amqp_broker_stack" if broker == "amqp" else "redis_broker_stack")  # type: ignore[no-any-return]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``both_brokers`` marker."""
+    config.addinivalue_line("markers", "both_brokers: run the test with Redis and with RabbitMQ as the broker")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A ``both_brokers`` test runs as ``[redis]`` and ``[amqp]`` (through the ``broker`` fixture)."""
+    if metafunc.definition.get_closest_marker("both_brokers") is not None:
+        if "broker" not in metafunc.fixturenames:
+            metafunc.fixturenames.append("broker")
+        metafunc.parametrize("broker", ["redis", "amqp"], indirect=True)
+
+
+@pytest.fixture
+def make_stack(redis_dbs: Databases, tmp_path: Path, model_cache: Path, broker: str) -> Iterator[Any]:
     """A factory of stacks with extra settings; every stack is stopped, and its database released, after the test."""
     made: list[tuple[Stack, Databases]] = []
     others: dict[int, Databases] = {}
 
-    def factory(start: bool = True, server: Any = None, **overrides: str) -> Stack:
-        """``server``: another Redis (e.g. one the test may kill) instead of the session's."""
+    def factory(start: bool = True, server: Any = None, broker: str = broker, **overrides: str) -> Stack:
+        """``server``: another Redis (e.g. one the test may kill) instead of the session's; ``broker``:
+        ``redis`` or ``amqp`` (default: the test's ``broker``)."""
+        if broker == "amqp":
+            require_rabbitmq()
         dbs = redis_dbs if server is None else others.setdefault(id(server), EmbeddedDatabases(server))
-        s = _new_stack(dbs, tmp_path / f"stack{len(made)}", model_cache, start=start, **overrides)
+        s = _new_stack(dbs, tmp_path / f"stack{len(made)}", model_cache, start=start, broker=broker, **overrides)
         made.append((s, dbs))
         return s
 
@@ -772,6 +908,7 @@ def make_stack(redis_dbs: Databases, tmp_path: Path, model_cache: Path) -> Itera
         for s, dbs in made:
             s.stop()
             dbs.release(s.redis_url)
+            drop_stack_broker(s)
 
 
 @pytest.fixture
@@ -977,11 +1114,13 @@ class S3Bucket:
 
 class S3Server:
     """``python -m moto.server`` on a free loopback port, in a process (group) of its own, so that worker
-    and API subprocesses reach it as they would a real S3-compatible service."""
+    and API subprocesses reach it as they would a real S3-compatible service. ``host``: the address to
+    listen on instead (the three-host test's bridge, which its network namespaces reach)."""
 
-    def __init__(self, log_path: Path) -> None:
-        self.port = find_free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+    def __init__(self, log_path: Path, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = find_free_port(host)
+        self.endpoint = f"http://{host}:{self.port}"
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -994,7 +1133,7 @@ class S3Server:
         """Start and wait until it answers; it creates nothing (each test makes its bucket)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
                                          cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         try:

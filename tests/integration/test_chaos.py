@@ -315,6 +315,7 @@ def test_redis_sigstopped_for_ten_seconds(chaos):
     _finish_and_check(round_, time.monotonic())
 
 
+@pytest.mark.both_brokers
 def test_worker_main_process_sigkilled_and_a_new_worker_started(chaos):
     round_ = chaos("worker-main-kill")
     round_.clients.start()
@@ -327,6 +328,7 @@ def test_worker_main_process_sigkilled_and_a_new_worker_started(chaos):
     _finish_and_check(round_, time.monotonic())
 
 
+@pytest.mark.both_brokers
 def test_one_worker_child_sigkilled(chaos):
     round_ = chaos("worker-child-kill")
     round_.clients.start()

@@ -21,6 +21,7 @@ def submit(client, **body):
     return client.post("/v1/jobs", json=body)
 
 
+@pytest.mark.both_brokers
 def test_submit_poll_download_decode(stack):
     client = stack.client
     r = submit(client, text=unique("The quick brown fox jumps over the lazy dog."), voice="heart", format="mp3")
@@ -110,6 +111,7 @@ def test_idempotency_key(stack):
     assert c.get_json()["error"]["code"] == "idempotency_key_reused"
 
 
+@pytest.mark.both_brokers
 def test_cancel_a_queued_job_and_delete_a_finished_one(stack):
     client = stack.client
     # Fill both worker processes with long jobs so the next one is still queued when cancelled

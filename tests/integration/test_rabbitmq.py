@@ -1,0 +1,110 @@
+"""RabbitMQ as the broker: what only it has (quorum queues, the delivery limit into our DLQ,
+publisher confirms, the consumer timeout), against the local RabbitMQ, each stack in a vhost.
+
+The shared pipeline, fault and chaos tests run on RabbitMQ too (``@pytest.mark.both_brokers``
+in test_jobs.py, test_faults.py and test_chaos.py); this file holds what has no Redis twin.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from kombu import Connection
+
+from monitoring.queues import broker_queue_lengths
+from settings import SettingsError, load_settings
+from tasks.celery_app import DEAD_LETTER_QUEUE, QUEUES, SYNTHESIS_QUEUE, celery_config
+from tests.conftest import RABBITMQCTL, _rabbitmqctl, _vhost_of, require_rabbitmq
+
+pytestmark = pytest.mark.integration
+
+
+def unique(text: str) -> str:
+    return f"{text} Rabbit {uuid.uuid4().hex[:6]}."
+
+
+def _queues(stack) -> dict[str, tuple[str, str]]:
+    """name -> (type, arguments) of the queues of the stack's vhost."""
+    out = _rabbitmqctl("list_queues", "-p", _vhost_of(stack.settings.celery_broker_url), "name", "type", "arguments",
+                       "--no-table-headers")
+    queues = {}
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            queues[parts[0]] = (parts[1], parts[2])
+    return queues
+
+
+def test_work_queues_are_quorum_with_a_delivery_limit_into_the_dead_letter_queue(make_stack):
+    stack = make_stack(broker="amqp", TTS_MAX_ATTEMPTS="4")
+    job_id = stack.client.post("/v1/jobs", json={"text": unique("Quorum."), "voice": "heart"}).get_json()["id"]
+    assert stack.wait_for(job_id)["status"] == "succeeded"
+    queues = _queues(stack)
+    for name in QUEUES:
+        kind, arguments = queues[name]
+        assert kind == "quorum", (name, kind)
+        assert re.search(r"x-delivery-limit.{0,8}?14\b", arguments), arguments  # 4 attempts + 10 returns
+        assert "tts.dead-letter" in arguments and "at-least-once" in arguments
+    assert queues[DEAD_LETTER_QUEUE][0] == "quorum"
+    # Celery's native delayed delivery (countdowns of retries) made its delay queues.
+    assert any(name.startswith("celery_delayed_") for name in queues)
+    # Publisher confirms: a publish returns once RabbitMQ has the message.
+    assert celery_config(stack.settings)["broker_transport_options"]["confirm_publish"] is True
+
+
+def test_a_message_past_the_delivery_limit_reaches_our_dead_letter_queue(make_stack):
+    """A message that keeps coming back without ever being counted (its consumer dies first, here a
+    consumer that returns it) is dead-lettered by RabbitMQ; the worker fails the job through the one
+    failure path: failed, worker_lost, one DLQ record."""
+    stack = make_stack(broker="amqp", TTS_BROKER_DELIVERY_LIMIT="1", TTS_MAX_ATTEMPTS="5")
+    stack.workers[0].stop()  # it declared the queues and the dead-letter exchange; now nobody consumes
+    job_id = stack.client.post("/v1/jobs", json={"text": unique("Returned again and again."),
+                                                 "voice": "heart"}).get_json()["id"]
+    with Connection(stack.settings.celery_broker_url) as conn:
+        (synthesis,) = [q for q in celery_config(stack.settings)["task_queues"] if q.name == SYNTHESIS_QUEUE]
+        queue = conn.SimpleQueue(synthesis, no_ack=False)
+        for _ in range(2):  # returned twice: past the limit of 1
+            message = queue.get(timeout=10)
+            assert message.headers["task"] == "tts.synthesize"
+            message.requeue()
+        queue.close()
+    stack.start_worker()
+    done = stack.wait_for(job_id, timeout=60)
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "worker_lost"
+    records = stack.client.get("/v1/dlq").get_json()["items"]
+    assert [r["job_id"] for r in records] == [job_id]
+    assert records[0]["error_type"] == "DeliveryLimitExceeded"
+    assert "delivery_limit" in records[0]["error"]
+    stack.wait_idle(30)  # the dead letter was acknowledged: nothing left in any queue
+
+
+def test_queue_lengths_come_from_rabbitmq(make_stack):
+    stack = make_stack(broker="amqp", start=False)
+    assert broker_queue_lengths(stack.settings, stack.redis, QUEUES) == dict.fromkeys(QUEUES, 0)
+    worker = stack.start_worker()
+    worker.stop()
+    for n in range(3):
+        stack.client.post("/v1/jobs", json={"text": unique(f"Waiting {n}."), "voice": "heart"})
+    assert broker_queue_lengths(stack.settings, stack.redis, QUEUES)[SYNTHESIS_QUEUE] == 3
+
+
+def test_consumer_timeout_must_exceed_the_hard_time_limit() -> None:
+    amqp = {"TTS_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/x"}
+    with pytest.raises(SettingsError, match="consumer_timeout"):
+        load_settings({**amqp, "TTS_BROKER_CONSUMER_TIMEOUT": "600"})  # hard limit 660 s
+    assert load_settings(amqp).broker_consumer_timeout == 1800
+    # On Redis the RabbitMQ setting is irrelevant.
+    assert load_settings({"TTS_BROKER_CONSUMER_TIMEOUT": "10"}).celery_broker_url.startswith("redis://")
+    with pytest.raises(SettingsError, match="TTS_BROKER_URL"):
+        load_settings({"TTS_BROKER_URL": "sqs://queue"})
+
+
+def test_the_local_rabbitmq_consumer_timeout_is_above_the_hard_time_limit() -> None:
+    """What TTS_BROKER_CONSUMER_TIMEOUT assumes, checked on the server CI runs."""
+    require_rabbitmq()
+    out = _rabbitmqctl("eval", "application:get_env(rabbit, consumer_timeout).")
+    match = re.search(r"(\d+)", out)
+    assert match, f"{RABBITMQCTL} eval gave {out!r}"
+    assert int(match.group(1)) / 1000 > load_settings({}).task_time_limit
