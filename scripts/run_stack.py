@@ -5,7 +5,9 @@ Reads :func:`settings.get_settings`. When ``REDIS_URL`` is empty it adds a ``red
 under ``TTS_DATA_DIR/redis``, ``appendfsync`` from ``TTS_EMBEDDED_REDIS_FSYNC``, port
 ``TTS_EMBEDDED_REDIS_PORT``, 6390 by default) and hands ``REDIS_URL=redis://127.0.0.1:PORT/0``
 to every other process, each of which starts only once that Redis answers PING. When
-``REDIS_URL`` is set, no Redis is started.
+``REDIS_URL`` is set, no Redis is started. ``TTS_BROKER_URL=amqp://...`` makes RabbitMQ
+Celery's broker; the Redis (embedded or not) is still started or used for the job store,
+leases and cache, and the banner shows both.
 
 The embedded Redis listens on ``TTS_EMBEDDED_REDIS_BIND`` (127.0.0.1). Any other address needs
 ``TTS_EMBEDDED_REDIS_PASSWORD`` (the settings refuse to start without it); with one, the server
@@ -253,6 +255,8 @@ def _urls(settings: Settings, names: Sequence[str], redis_url: str, embedded: bo
     else:
         where = "external, from REDIS_URL"
     urls.append(("Redis", f"{_redact(redis_url)}  ({where})"))
+    if settings.broker_is_amqp:  # the job store, leases and cache stay in the Redis above
+        urls.append(("Broker", f"{_redact(settings.celery_broker_url)}  (RabbitMQ, from TTS_BROKER_URL)"))
     return urls
 
 

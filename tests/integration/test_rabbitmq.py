@@ -108,3 +108,16 @@ def test_the_local_rabbitmq_consumer_timeout_is_above_the_hard_time_limit() -> N
     match = re.search(r"(\d+)", out)
     assert match, f"{RABBITMQCTL} eval gave {out!r}"
     assert int(match.group(1)) / 1000 > load_settings({}).task_time_limit
+
+
+def test_make_up_with_rabbitmq_still_starts_the_redis_of_the_job_store(tmp_path) -> None:
+    from scripts.run_stack import build_plan
+
+    settings = load_settings({"TTS_BROKER_URL": "amqp://tts:s3cret@127.0.0.1:5672/tts", "TTS_EMBEDDED_REDIS_PORT": "0",
+                              "TTS_DATA_DIR": str(tmp_path)})
+    plan = build_plan(settings, only="web,worker")
+    assert "redis" in plan.processes and plan.embedded_redis
+    assert plan.env["REDIS_URL"] == plan.redis_url
+    urls = dict(plan.urls)
+    assert urls["Broker"].startswith("amqp://tts:***@127.0.0.1:5672/tts")
+    assert all("s3cret" not in url for url in urls.values())
