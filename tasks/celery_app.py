@@ -36,7 +36,8 @@ RabbitMQ (``TTS_BROKER_URL=amqp://...``; the job store, leases and cache stay in
   that gives the message back). A message returned more often than that is dead-lettered
   by RabbitMQ (``x-dead-letter-strategy: at-least-once``, so it cannot be lost on the way)
   into the ``tts.dead-letter`` exchange and quorum queue, which ``tasks.dead_letters``
-  (a consumer bootstep in every worker) empties into the job's one failure path,
+  (a consumer bootstep in every worker) empties: one lost attempt of the job, sent again
+  while attempts remain, else failed through the one failure path,
   ``tasks.lifecycle.dead_letter``;
 * **publisher confirms** (``confirm_publish``): a publish returns only once RabbitMQ has
   the message (a quorum queue confirms after a majority wrote it), so a 2xx of the API

@@ -4,10 +4,21 @@ On RabbitMQ the work queues are quorum queues with a delivery limit (``tasks.cel
 a message returned more often than that (workers keep dying under it, or keep giving it
 back) is dead-lettered by RabbitMQ into the ``tts.dead-letter`` queue. Nothing would ever
 look at it there, and its job would stay ``queued`` or ``running`` for good, breaking the
-promise of a 2xx. So every worker consumes that queue with :class:`DeadLetterConsumer`
-and fails the job through :func:`tasks.lifecycle.dead_letter`, the same function the
-poison-job and last-attempt paths use: one failed status, one dead-letter record, one
-alert, whichever path gets there first (the status transition is the lock).
+promise of a 2xx. So every worker consumes that queue with :class:`DeadLetterConsumer`.
+
+A dead-lettered message counts as one lost attempt of its job (``worker_lost`` in its
+history, the attempt counter incremented, as :func:`tasks.lifecycle.begin_attempt` counts
+a delivery). While attempts remain, the job is sent again as a new message
+(:func:`tasks.lifecycle.send_again`, with the retry backoff), which gets a fresh delivery
+budget; after the last, the job is failed through :func:`tasks.lifecycle.dead_letter`, the
+same function the poison-job and last-attempt paths use: one failed status, one
+dead-letter record, one alert, whichever path gets there first (the status transition is
+the lock). Why not fail at once: the returns the limit catches include a worker's Redis
+errors (``tasks.synthesize`` gives the message back while Redis is away), so a Redis
+outage of a few seconds can burn a message's whole budget; it must cost a job one attempt,
+not the job. A job whose lease is live is being worked on by a newer delivery of the same
+message and is left alone (sending it again would make that attempt's result stale).
+A fanned-out job's part has no message of its own to resend here: its job is failed.
 
 Why a consumer bootstep and not a task on that queue: a dead-lettered message is still a
 ``tts.synthesize`` (or ``tts.synthesize_part``) message; a Celery consumer of its queue
@@ -37,8 +48,9 @@ from kombu.messaging import Consumer
 
 from settings import get_settings
 
-from . import lifecycle
+from . import keys, lifecycle
 from .celery_app import celery_app, dead_letter_queue
+from .job import now
 from .publish import SYNTHESIZE_PART_TASK, SYNTHESIZE_TASK
 from .runtime import Runtime, get_runtime
 
@@ -88,9 +100,22 @@ def handle_dead_letter(rt: Runtime, headers: Mapping[str, Any], body: Any) -> st
         log.info("dead letter %s of job %s is stale (the job was sent again as %s); dropped", task_id, job_id,
                  job.task_id)
         return "stale"
+    if rt.redis.exists(keys.lease(job_id)):
+        log.info("dead letter %s of job %s: a live attempt holds the job; dropped", task_id, job_id)
+        return "running"
     subject = f"part {int(args[1]) + 1}: " if task == SYNTHESIZE_PART_TASK and len(args) > 1 else ""
     message = (f"{subject}RabbitMQ dead-lettered its message ({reason}) after {deliveries} returns: "
                f"its workers kept being lost")
+    if task == SYNTHESIZE_TASK:
+        number = rt.jobs.incr_attempts(job_id)
+        rt.jobs.add_history(job_id, {"attempt": number, "outcome": "worker_lost", "at": now(), "error": message})
+        if number < job.max_attempts:
+            delay = rt.retry_policy.delay_seconds(number)
+            if lifecycle.send_again(rt, job_id, set(lifecycle.UNFINISHED), job.task_id,
+                                    "its message passed RabbitMQ's delivery limit", delay):
+                return "sent_again"
+            return "moved_on"
+        job.attempts = number
     lifecycle.dead_letter(rt, job, ERROR_TYPE, message, code=ERROR_CODE)
     return "dead_lettered"
 

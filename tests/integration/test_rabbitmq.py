@@ -53,22 +53,44 @@ def test_work_queues_are_quorum_with_a_delivery_limit_into_the_dead_letter_queue
     assert celery_config(stack.settings)["broker_transport_options"]["confirm_publish"] is True
 
 
-def test_a_message_past_the_delivery_limit_reaches_our_dead_letter_queue(make_stack):
-    """A message that keeps coming back without ever being counted (its consumer dies first, here a
-    consumer that returns it) is dead-lettered by RabbitMQ; the worker fails the job through the one
-    failure path: failed, worker_lost, one DLQ record."""
-    stack = make_stack(broker="amqp", TTS_BROKER_DELIVERY_LIMIT="1", TTS_MAX_ATTEMPTS="5")
-    stack.workers[0].stop()  # it declared the queues and the dead-letter exchange; now nobody consumes
-    job_id = stack.client.post("/v1/jobs", json={"text": unique("Returned again and again."),
-                                                 "voice": "heart"}).get_json()["id"]
+def _return_past_the_limit(stack, times: int = 2) -> None:
+    """Take the job's message and give it back ``times`` times, as a consumer that dies before the
+    attempt counter would (here one that returns it): with a limit of 1, RabbitMQ dead-letters it."""
     with Connection(stack.settings.celery_broker_url) as conn:
         (synthesis,) = [q for q in celery_config(stack.settings)["task_queues"] if q.name == SYNTHESIS_QUEUE]
         queue = conn.SimpleQueue(synthesis, no_ack=False)
-        for _ in range(2):  # returned twice: past the limit of 1
+        for _ in range(times):
             message = queue.get(timeout=10)
             assert message.headers["task"] == "tts.synthesize"
             message.requeue()
         queue.close()
+
+
+def test_a_message_past_the_delivery_limit_costs_one_attempt_and_is_sent_again(make_stack):
+    """The dead-lettered message counts as a lost attempt; with attempts left the job gets a new
+    message and succeeds (a Redis outage that burns a message's returns costs an attempt, not the job)."""
+    stack = make_stack(broker="amqp", TTS_BROKER_DELIVERY_LIMIT="1", TTS_MAX_ATTEMPTS="3", TTS_BASE_DELAY_MS="10")
+    stack.workers[0].stop()  # it declared the queues and the dead-letter exchange; now nobody consumes
+    job_id = stack.client.post("/v1/jobs", json={"text": unique("Returned, then sent again."),
+                                                 "voice": "heart"}).get_json()["id"]
+    _return_past_the_limit(stack)
+    stack.start_worker()
+    done = stack.wait_for(job_id, timeout=60)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert [h["outcome"] for h in done["history"]] == ["worker_lost", "succeeded"]
+    assert "delivery_limit" in done["history"][0]["error"]
+    assert stack.client.get("/v1/dlq").get_json()["total"] == 0
+
+
+def test_a_message_past_the_delivery_limit_on_the_last_attempt_reaches_our_dead_letter_queue(make_stack):
+    """With no attempt left the worker fails the job through the one failure path: failed,
+    worker_lost, one DLQ record."""
+    stack = make_stack(broker="amqp", TTS_BROKER_DELIVERY_LIMIT="1", TTS_MAX_ATTEMPTS="1")
+    stack.workers[0].stop()
+    job_id = stack.client.post("/v1/jobs", json={"text": unique("Returned again and again."),
+                                                 "voice": "heart"}).get_json()["id"]
+    _return_past_the_limit(stack)
     stack.start_worker()
     done = stack.wait_for(job_id, timeout=60)
     assert done["status"] == "failed", done
