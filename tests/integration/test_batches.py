@@ -120,6 +120,7 @@ def test_bad_input_is_reported_and_the_rest_is_zipped_in_order(stack, corpus):
         assert entry["status"] == "succeeded" and entry["error"] is None
 
 
+@pytest.mark.both_brokers  # a batch's items go out in pipelined publishes (tasks.publish.send_tasks)
 def test_items_pagination_and_status_filter(stack):
     client = stack.client
     run = tag()
