@@ -291,6 +291,7 @@ def _finish_and_check(round_: Round, fault_ended: float) -> dict[str, Any]:
     return figures
 
 
+@pytest.mark.both_brokers  # on RabbitMQ: workers give messages back while Redis is away (tasks.dead_letters)
 def test_redis_sigkilled_mid_synthesis_and_restarted(chaos):
     round_ = chaos("redis-kill")
     round_.clients.start()

@@ -31,8 +31,12 @@ the kernel refuses); under ``CI=true`` that fails instead (``conftest.missing``)
 from __future__ import annotations
 
 import collections
+import importlib.util
 import logging
 import secrets
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +46,7 @@ from typing import Any
 import netns
 import pytest
 import redis
-from conftest import Corpus, Stack, WorkerProcess, _stack_env, missing
+from conftest import Corpus, S3Bucket, S3Server, Stack, WorkerProcess, _stack_env, missing
 
 from engine.audio import decode
 from engine.text import normalize, split_sentences
@@ -72,6 +76,7 @@ class MultiHost:
 
     network: netns.Network
     redis_server: EmbeddedRedis
+    bucket: S3Bucket
     stack: Stack
     workers: dict[str, WorkerProcess]
 
@@ -100,13 +105,18 @@ def network() -> Iterator[netns.Network]:
 
 @pytest.fixture
 def multihost(network: netns.Network, tmp_path: Path, model_cache: Path) -> Iterator[MultiHost]:
-    """Redis on the bridge address with a password, and one worker (``-c 1``) in each host's namespace."""
+    """Redis and an S3 store (moto) on the bridge address, Redis with a password, and one worker
+    (``-c 1``) in each host's namespace."""
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask_cors") is None:
+        missing("moto's server mode is not installed (pip install 'moto[server]'; the dev extra has it)")
     server = EmbeddedRedis(port=0, data_dir=tmp_path / "redis", bind=network.address,
                            password=secrets.token_urlsafe(18))
-    server.start()
+    s3 = S3Server(tmp_path / "moto.log", host=network.address)
     workers: dict[str, WorkerProcess] = {}
     try:
-        env = _stack_env(server.url, tmp_path / "data", model_cache)
+        server.start()
+        bucket = s3.start().new_bucket()
+        env = _stack_env(server.url, tmp_path / "data", model_cache, **bucket.env)
         (tmp_path / "data").mkdir()
         stack = Stack(redis_url=server.url, settings=load_settings(env), env=env, workers=[], tmp=tmp_path)
         for host in network.hosts:
@@ -114,10 +124,11 @@ def multihost(network: netns.Network, tmp_path: Path, model_cache: Path) -> Iter
                                    node=f"worker@{host.hostname}")
             stack.workers.append(worker)
             workers[host.hostname] = worker.start()
-        yield MultiHost(network=network, redis_server=server, stack=stack, workers=workers)
+        yield MultiHost(network=network, redis_server=server, bucket=bucket, stack=stack, workers=workers)
     finally:
         for worker in workers.values():
             worker.stop()
+        s3.stop()
         server.stop()
 
 
@@ -254,8 +265,46 @@ def test_a_batch_spreads_over_three_hosts_and_survives_one_dropping_off(multihos
         else:
             assert job.attempts == 1, (job_id, job.attempts, histories[job_id])
     assert len(rt.dlq) == 0, rt.dlq.list()
+    # The audio is in the one store, which every host reached over the bridge.
+    stored = set(multihost.bucket.keys())
+    missing_audio = [j for j, job in final.items() if not job.audio_ref or
+                     next((k for k in stored if k.endswith("/" + job.audio_ref)), None) is None]
+    assert not missing_audio, missing_audio[:5]
     for job_id in held:
         audio = stack.client.get(f"/v1/jobs/{job_id}/audio")
         assert audio.status_code == 200, audio.get_json()
         samples, rate = decode(audio.data, "mp3")
         assert rate == 24000 and len(samples) > rate // 2, (job_id, len(samples), rate)
+
+
+def _connects(host: netns.Host, address: str, port: int) -> bool:
+    """Whether a process on ``host`` can open a TCP connection to ``address:port`` within a second."""
+    probe = f"import socket; socket.create_connection(({address!r}, {port}), timeout=1).close()"
+    return subprocess.run([*host.prefix, sys.executable, "-c", probe], capture_output=True, timeout=30,
+                          check=False).returncode == 0
+
+
+def test_hosts_reach_the_bridge_only_while_linked_and_leftovers_are_swept(network: netns.Network) -> None:
+    host = network.hosts[0]
+    with socket.create_server((network.address, 0)) as listener:
+        port = listener.getsockname()[1]
+        assert _connects(host, network.address, port)
+        assert not _connects(host, "127.0.0.1", port), "the host's loopback must not be this machine's"
+        named = subprocess.run([*host.prefix, "hostname"], capture_output=True, text=True, timeout=30, check=True)
+        assert named.stdout.strip() == host.hostname != socket.gethostname()
+        network.cut(host)
+        assert not _connects(host, network.address, port)
+        network.restore(host)
+        assert _connects(host, network.address, port)
+
+    # A namespace left by a run whose process is gone is swept; this run's own are kept.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover = f"{netns.NS_PREFIX}-{gone.pid}-dead-host1"
+    netns.ip("netns", "add", leftover)
+    try:
+        assert netns.sweep_leftovers() >= 1
+        names = netns.ip("netns", "list").stdout
+        assert leftover not in names and all(h.namespace in names for h in network.hosts), names
+    finally:
+        netns.ip("netns", "del", leftover, check=False)
