@@ -49,7 +49,7 @@ VETH_PREFIX = "tmv"
 #: The alias a bridge carries: who made it (a leftover's maker is gone when its pid is).
 ALIAS_PREFIX = "tts-multihost pid="
 #: The /16 the networks' subnets are taken from.
-SUPERNET = ipaddress.ip_network("10.213.0.0/16")
+SUPERNET = ipaddress.IPv4Network("10.213.0.0/16")
 #: Seconds any one ``ip`` command may take.
 IP_TIMEOUT = 15
 
@@ -132,9 +132,10 @@ def _used_subnets() -> set[ipaddress.IPv4Network]:
     used: set[ipaddress.IPv4Network] = set()
     for link in json.loads(ip("-j", "-4", "addr", "show", check=False).stdout or "[]"):
         for addr in link.get("addr_info", []):
-            net = ipaddress.ip_interface(f"{addr['local']}/{addr.get('prefixlen', 32)}").network
-            if net.overlaps(SUPERNET):
-                used.add(ipaddress.ip_network(f"{addr['local']}/24", strict=False))
+            net = ipaddress.IPv4Interface(f"{addr['local']}/{addr.get('prefixlen', 32)}").network
+            if net.overlaps(SUPERNET):  # a wider one takes every /24 it covers
+                used.update(net.subnets(new_prefix=24) if net.prefixlen < 24 else
+                            [ipaddress.IPv4Network(f"{addr['local']}/24", strict=False)])
     return used
 
 

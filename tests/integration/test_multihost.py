@@ -3,7 +3,9 @@
 Three worker hosts are network namespaces (``tests/netns.py``): each has its own address
 on a private bridge, its own hostname, and reaches the one Redis and the one result store
 only over that bridge, at the bridge's address, as machines on a LAN would. Redis listens
-on the bridge address alone, with a password (a Redis other hosts reach needs one). The
+on the bridge address alone, with a password (a Redis other hosts reach needs one); the
+result store is an S3 bucket on moto's server, also on the bridge address (a folder store
+would not prove the network path: the namespaces share this machine's filesystem). The
 API is the test's Flask client on this side of the bridge.
 
 One test, in the order an operator would see it:
@@ -23,7 +25,13 @@ One test, in the order an operator would see it:
 Then every item must have succeeded exactly once: one ``succeeded`` entry in its history,
 one count in the batch, nothing in the dead-letter queue, a second attempt only for what
 the cut host held. The split per host, the recovery time and the totals are printed (``-s``
-shows them) and go to the log.
+shows them) and go to the log. Whatever the cut host wrote to Redis during the cut and TCP
+delivers after the link is back (about 1.1 KB in the runs so far) must have arrived before
+the checks run: they wait until its sockets hold nothing unacknowledged.
+
+A second, quick test checks the namespaces themselves: a host reaches the bridge only while
+its link is up, has its own hostname and loopback, and leftovers of a run whose process is
+gone are swept.
 
 Skips, with the reason, only where network namespaces cannot be made (not root, no ``ip``,
 the kernel refuses); under ``CI=true`` that fails instead (``conftest.missing``).
@@ -56,6 +64,7 @@ from settings import load_settings
 from tasks import keys
 from tasks.job import JobStore
 from tasks.lease import holder
+from tasks.redis_values import text
 from tasks.runtime import Runtime
 
 pytestmark = pytest.mark.integration
@@ -162,7 +171,7 @@ def running_on(client: redis.Redis, batch_id: str, hostname: str) -> list[str]:
     """The batch's items whose lease ``hostname`` holds right now."""
     held = []
     for raw in client.smembers(keys.batch_running(batch_id)):
-        job_id = raw.decode()
+        job_id = text(raw)
         lease = holder(client, job_id)
         if lease is not None and lease.host == hostname:
             held.append(job_id)
@@ -183,7 +192,7 @@ def test_a_batch_spreads_over_three_hosts_and_survives_one_dropping_off(multihos
                                                "defaults": {"voice": "heart", "format": "mp3"}})
     assert r.status_code == 202, r.get_json()
     batch_id = r.get_json()["id"]
-    ids = [raw.decode() for raw in client.lrange(keys.batch_items(batch_id), 0, -1)]
+    ids = [text(raw) for raw in client.lrange(keys.batch_items(batch_id), 0, -1)]
     assert len(ids) == ITEMS
 
     # 1. Every host takes part before anything goes wrong.
