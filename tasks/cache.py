@@ -102,9 +102,8 @@ class AudioCache:
             return None
         ref = text(entry[b"ref"])
         expires_at = float(entry.get(b"expires") or 0)
-        wanted = time.time() + self.hold
-        if expires_at < wanted:
-            expires_at = wanted + self.hold * RETAIN_HEADROOM
+        if expires_at < time.time() + self.hold:
+            expires_at = self.keep_until()
             if not self.results.retain(ref, expires_at):
                 log.info("cache entry %s names audio %s that the result store no longer has; dropped", key, ref)
                 self.delete(key)
@@ -112,20 +111,28 @@ class AudioCache:
             self.redis.hset(keys.audio(key), "expires", repr(expires_at))
         return CachedAudio(ref, int(entry.get(b"size") or 0), json.loads(entry.get(b"meta") or b"{}"), expires_at)
 
-    def put(self, key: str, data: bytes, meta: dict[str, Any] | None = None, *, ref: str | None = None) -> bool:
+    def keep_until(self) -> float:
+        """Until when an object is kept when the cache extends it: ``hold`` from now, plus headroom."""
+        return time.time() + self.hold * (1 + RETAIN_HEADROOM)
+
+    def put(self, key: str, data: bytes, meta: dict[str, Any] | None = None, *, ref: str | None = None,
+            expires_at: float | None = None) -> bool:
         """Cache audio (and a little metadata: duration, rate) unless it is larger than the entry
         limit; evict least recently used entries past the size bound.
 
         The bytes go to the result store for ``hold`` seconds, unless ``ref`` says they are
-        there already (a job's audio just stored): then only the object's life is extended.
+        there already (a job's audio just stored): then the object's life is only extended,
+        and not even that when ``expires_at`` (until when the caller stored it) covers ``hold``
+        (pass :meth:`keep_until`).
         """
         size = len(data)
         if size > self.max_entry_bytes:
             log.debug("not caching %s: %d bytes is over the %d-byte entry limit", key, size, self.max_entry_bytes)
             return False
-        expires_at = time.time() + self.hold
-        if ref is None or not self.results.retain(ref, expires_at):
-            ref = self.results.put(data, expires_at)
+        if ref is None or expires_at is None or expires_at < time.time() + self.hold:
+            expires_at = self.keep_until()
+            if ref is None or not self.results.retain(ref, expires_at):
+                ref = self.results.put(data, expires_at)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(keys.audio(key))  # no field of an older layout survives
         pipe.hset(keys.audio(key), mapping={"ref": ref, "size": size, "meta": json.dumps(meta or {}),

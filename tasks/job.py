@@ -258,12 +258,13 @@ class JobStore:
         self.ttl = ttl
         self.results = results
 
-    def put_audio(self, data: bytes) -> str:
-        """Store a job's audio in the result store for ``ttl`` seconds; returns its ref for ``audio_ref``.
+    def put_audio(self, data: bytes, lives_until: float | None = None) -> str:
+        """Store a job's audio in the result store for ``ttl`` seconds (or until ``lives_until``, when
+        something else names it longer: its cache entry); returns its ref for ``audio_ref``.
 
         Call it before the transaction that names the ref (module docstring).
         """
-        return self.results.put(data, now() + self.ttl)
+        return self.results.put(data, max(now() + self.ttl, lives_until or 0.0))
 
     def create(self, job: Job, audio: bytes | None = None, outbox: str | None = None, *,
                audio_ref: str | None = None, audio_expires_at: float | None = None) -> Job:

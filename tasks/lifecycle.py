@@ -280,8 +280,8 @@ def send_again(rt: Runtime, job_id: str, expected: set[JobStatus], seen_task_id:
 
 # --- success ------------------------------------------------------------------------------------
 def succeed(rt: Runtime, job: Job, result: engine.SynthesisResult, started: float) -> dict[str, Any]:
-    """Store a running job's audio and mark it succeeded, in one transaction (once: the transition guards
-    it), then cache the audio.
+    """Store a running job's audio, cache it, and mark the job succeeded in one transaction (once: the
+    transition guards it).
 
     Only the current delivery may: an attempt that lost its lease (Redis paused, a
     worker cut off) while the reconciler sent the job again is superseded, and its
@@ -289,10 +289,22 @@ def succeed(rt: Runtime, job: Job, result: engine.SynthesisResult, started: floa
     checks that the record is still running under this attempt's task id and names the
     audio (``audio_ref``) with the status, so there is no separate check that could be stale
     by the time the audio is named. The bytes go to the result store once, before the
-    transition (a superseded attempt leaves an unnamed object that expires by itself); the
-    cache entry names the same object.
+    transition (a superseded attempt leaves an unnamed object that expires by itself), for as
+    long as the job and its cache entry need them; the cache entry names the same object and
+    is written before the transition too, so whoever sees the job succeed (a waiting
+    ``/v1/audio/speech``) and asks again for the same text finds it cached. A superseded
+    attempt's audio is as good an answer for its cache key as the current one's.
     """
-    audio_ref = rt.jobs.put_audio(result.audio)
+    caching = bool(job.cache and job.cache_key)
+    lives_until = rt.cache.keep_until() if caching else None
+    audio_ref = rt.jobs.put_audio(result.audio, lives_until)
+    if caching:
+        try:
+            rt.cache.put(job.cache_key or "", result.audio,
+                         {"duration": round(result.duration, 3), "sample_rate": result.sample_rate},
+                         ref=audio_ref, expires_at=lives_until)
+        except Exception as exc:  # noqa: BLE001 - a cache failure must not fail the job
+            log.warning("could not cache job %s audio: %s", job.id, exc)
     finished_at = now()
     duration = round(result.duration, 3)
     entry = {"attempt": job.attempts, "started_at": started, "finished_at": finished_at, "outcome": "succeeded",
@@ -308,12 +320,6 @@ def succeed(rt: Runtime, job: Job, result: engine.SynthesisResult, started: floa
         log.warning("job %s: attempt %d is no longer the job's current one (sent again, cancelled or deleted "
                     "meanwhile); its result is dropped", job.id, job.attempts)
         return {"job_id": job.id, "status": "superseded"}
-    if job.cache and job.cache_key:
-        try:
-            rt.cache.put(job.cache_key, result.audio,
-                         {"duration": round(result.duration, 3), "sample_rate": result.sample_rate}, ref=audio_ref)
-        except Exception as exc:  # noqa: BLE001 - a cache failure must not fail the job
-            log.warning("could not cache job %s audio: %s", job.id, exc)
     inject_fault_after_finish(rt, job)
     job.status, job.finished_at, job.duration = JobStatus.SUCCEEDED, finished_at, duration
     bookkeeping("job_succeeded", rt.metrics.job_succeeded, job.voice, SYNTHESIS_QUEUE,

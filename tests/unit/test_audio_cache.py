@@ -236,6 +236,18 @@ def test_put_with_a_known_ref_extends_the_object_instead_of_writing_it_again(cli
     assert store.index.expires_at(ref) >= time.time() + TTL - 5
 
 
+def test_put_with_a_ref_stored_long_enough_makes_no_store_call(client, make, store):
+    """The worker stores a job's audio for as long as its cache entry needs (keep_until), then caches it."""
+    cache = make(hold=2 * TTL)
+    until = cache.keep_until()
+    ref = store.put(b"job audio", until)
+    puts, retains = store.puts, store.retains
+    cache.put("a", b"job audio", ref=ref, expires_at=until)
+    hit = cache.get("a")
+    assert (store.puts, store.retains) == (puts, retains)
+    assert hit.ref == ref and hit.expires_at == until
+
+
 def test_put_with_a_ref_that_is_gone_stores_the_bytes(client, make, store):
     cache = make()
     ref = store.put(b"job audio", time.time() + 60)
