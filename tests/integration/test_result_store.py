@@ -306,38 +306,61 @@ def test_a_failed_delete_puts_the_ref_back(store: ResultStore, client: Any, monk
 
 
 def test_concurrent_put_and_sweep_never_lose_a_referenced_object(store: ResultStore) -> None:
-    """Two threads, many rounds: a writer of three blobs in turn, and a sweeper sweeping as fast as it can.
+    """Two threads, many rounds: a writer of three blobs in turn, and a sweeper sweeping all the time.
 
     The writer drives the expiry clock: round ``n`` sets it to ``n`` and puts blob ``n % 3`` to
-    expire at ``n + 1.5``, so the blob's previous reference (from round ``n - 3``) has just expired
-    and the sweeper may be claiming or deleting it at that moment. The sweeper's clock never passes
-    ``n`` during round ``n``, so right after the put the object must be there, every time.
+    expire at ``n + 2.5``, so the blob's previous reference (from round ``n - 3``, at ``n - 0.5``)
+    expires in this very round, and the sweeper may be claiming or deleting it at that moment.
+    The sweeper's clock never passes ``n`` during round ``n``, so right after the put the object
+    must be there, every time. Every fifth round the writer first waits for a sweep at ``n`` to end
+    (so that reference is certainly deleted before the put); the other rounds race the sweeper.
+    Between rounds the writer waits for the sweeper to go round once more, so it cannot outrun it.
     """
     blobs = [f"blob {n}".encode() * 50 for n in range(3)]
-    rounds = 300
+    rounds = 200
     clock = [0.0]
     lost: list[tuple[int, str]] = []
     stop = threading.Event()
+    progress = threading.Condition()
+    swept = [0, -1.0]  # sweeps done, the clock of the last one
 
     def sweeper() -> int:
         deleted = 0
         while not stop.is_set():
-            deleted += store.sweep(now=clock[0])
+            now = clock[0]
+            deleted += store.sweep(now=now)
+            with progress:
+                swept[0] += 1
+                swept[1] = now
+                progress.notify_all()
         return deleted
+
+    def wait(what: str, done: Any) -> None:
+        with progress:  # bounded: the sweeper may have died (its error is raised below)
+            if not progress.wait_for(lambda: done() or sweeping.done(), timeout=30):
+                raise AssertionError(f"{what}: not within 30 s")
 
     with ThreadPoolExecutor(1) as pool:
         sweeping = pool.submit(sweeper)
         try:
             for n in range(rounds):
                 clock[0] = float(n)
-                ref = store.put(blobs[n % len(blobs)], n + 1.5)
+                if n % 5 == 0:
+                    wait(f"round {n}: a sweep at {n}", lambda n=n: swept[1] >= n)
+                with progress:
+                    before = swept[0]
+                ref = store.put(blobs[n % len(blobs)], n + 2.5)
                 if store.size(ref) is None:
                     lost.append((n, ref))
+                wait(f"round {n}: the next sweep", lambda b=before: swept[0] >= b + 2)
+                if sweeping.done():
+                    break
         finally:
             stop.set()
         deleted = sweeping.result(30)  # re-raises what the sweeper raised
     assert not lost, f"{len(lost)} referenced object(s) missing right after their put: {lost[:5]}"
-    assert deleted > rounds // 10, f"the sweeper deleted only {deleted} object(s): the race was hardly run"
+    certain = len(range(5, rounds, 5))
+    assert deleted >= certain, f"the sweeper deleted {deleted} object(s); rounds that waited for it: {certain}"
 
 
 def test_invalid_refs_are_refused(store: ResultStore) -> None:
