@@ -210,7 +210,7 @@ def metrics_prometheus() -> Any:
     """The Prometheus exposition (text 0.0.4, or OpenMetrics when ``Accept`` asks for it)."""
     runtime, _, _ = _context()
     body, content_type = render(runtime.redis, QUEUES, cache_client=runtime.cache_redis,
-                                accept=request.headers.get("Accept"))
+                                accept=request.headers.get("Accept"), settings=runtime.settings)
     return Response(body, status=200, content_type=content_type, headers={"Cache-Control": "no-store"})
 
 

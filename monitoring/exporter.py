@@ -31,7 +31,7 @@ from monitoring import system
 from monitoring.history import MetricsHistory, take_sample
 from monitoring.logs import configure_logging
 from monitoring.prometheus import build_registry
-from monitoring.queues import discover_queues, queue_lengths
+from monitoring.queues import broker_queue_lengths, discover_queues
 from monitoring.recorder import MetricsRecorder
 from settings import Settings, get_settings
 
@@ -146,8 +146,8 @@ def start_sampler(
     interval = max(1, settings.metrics_sample_interval)
 
     def build() -> dict[str, Any]:
-        names = list(queues) + (discover_queues(client) if discover else [])
-        return take_sample(recorder, queue_lengths(client, names), system.snapshot(settings.data_dir))
+        names = list(queues) + (discover_queues(client) if discover and not settings.broker_is_amqp else [])
+        return take_sample(recorder, broker_queue_lengths(settings, client, names), system.snapshot(settings.data_dir))
 
     def loop() -> None:
         while not stop.is_set():
@@ -167,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = connect(args.redis_url)
     cache_client = connect(settings.cache_url) if settings.cache_url else None
     queues = default_queues(settings, args.queue)
-    registry = build_registry(client, queues, cache_client=cache_client, discover=not args.no_discover)
+    registry = build_registry(client, queues, cache_client=cache_client, discover=not args.no_discover,
+                              settings=settings)
     try:
         server, thread = serve(registry, args.host, args.port)
     except OSError as exc:

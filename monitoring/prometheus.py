@@ -32,6 +32,7 @@ from monitoring import recorder as names
 from monitoring.recorder import MetricsRecorder
 from monitoring.webhooks import DELIVERIES_METRIC
 from monitoring.workers import WorkerRegistry
+from settings import Settings
 from tasks import keys
 
 __all__ = ["COUNTER_HELP", "HISTOGRAM_HELP", "RedisStateCollector", "build_registry", "render"]
@@ -85,7 +86,9 @@ class RedisStateCollector(Collector):
         cache_client: redis.Redis | None = None,
         discover: bool = True,
         prefix: str = keys.METRICS_PREFIX,
+        settings: Settings | None = None,
     ) -> None:
+        self.settings = settings  # with a RabbitMQ broker, queue lengths come from RabbitMQ
         self.redis = redis_client
         self.cache_redis = cache_client if cache_client is not None else redis_client
         self.queues = list(queues)
@@ -121,9 +124,13 @@ class RedisStateCollector(Collector):
     def _collect_redis(self) -> Iterator[Metric]:
         self.redis.ping()
         queue_names = list(self.queues)
-        if self.discover:
+        amqp = self.settings is not None and self.settings.broker_is_amqp
+        if self.discover and not amqp:  # kombu's binding tables exist on a Redis broker only
             queue_names += broker.discover_queues(self.redis)
-        lengths = broker.queue_lengths(self.redis, queue_names)
+        if self.settings is not None:
+            lengths = broker.broker_queue_lengths(self.settings, self.redis, queue_names)
+        else:
+            lengths = broker.queue_lengths(self.redis, queue_names)
         queue_length = GaugeMetricFamily(
             "celery_queue_length",
             "Messages waiting in a Celery queue (all priorities; not counting reserved ones).",
@@ -133,11 +140,12 @@ class RedisStateCollector(Collector):
             queue_length.add_metric([queue], float(length))
         yield queue_length
 
-        yield GaugeMetricFamily(
-            "celery_task_reserved",
-            "Messages delivered to workers and not yet acknowledged (prefetched or running).",
-            value=float(broker.reserved_count(self.redis)),
-        )
+        if not amqp:  # AMQP does not tell how many are unacknowledged: no value rather than a wrong 0
+            yield GaugeMetricFamily(
+                "celery_task_reserved",
+                "Messages delivered to workers and not yet acknowledged (prefetched or running).",
+                value=float(broker.reserved_count(self.redis)),
+            )
         yield GaugeMetricFamily(
             "tts_dead_letter_queue_length",
             "Dead-lettered jobs waiting for an operator.",
@@ -233,15 +241,18 @@ def build_registry(
     queues: Sequence[str],
     cache_client: redis.Redis | None = None,
     discover: bool = True,
+    settings: Settings | None = None,
 ) -> CollectorRegistry:
     """A registry holding only the Redis-backed collector (no process metrics).
 
     ``queues`` are always reported (0 when empty); with ``discover`` the queues declared
     on the broker are added. ``cache_client`` is the audio cache's Redis when it is separate.
+    ``settings``: with a RabbitMQ broker the queue lengths are RabbitMQ's (ready messages) and
+    ``celery_task_reserved`` is left out.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        RedisStateCollector(redis_client, queues, cache_client=cache_client, discover=discover)
+        RedisStateCollector(redis_client, queues, cache_client=cache_client, discover=discover, settings=settings)
     )
     return registry
 
@@ -252,12 +263,13 @@ def render(
     cache_client: redis.Redis | None = None,
     discover: bool = True,
     accept: str | None = None,
+    settings: Settings | None = None,
 ) -> tuple[bytes, str]:
     """The exposition and its content type, for ``/metrics/prometheus``.
 
     Pass the request's ``Accept`` header as ``accept`` to answer OpenMetrics when the scraper
     asks for it; without it the classic text format 0.0.4 is returned.
     """
-    registry = build_registry(redis_client, queues, cache_client=cache_client, discover=discover)
+    registry = build_registry(redis_client, queues, cache_client=cache_client, discover=discover, settings=settings)
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type

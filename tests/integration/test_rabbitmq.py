@@ -12,6 +12,7 @@ import uuid
 import pytest
 from kombu import Connection
 
+from monitoring.prometheus import render
 from monitoring.queues import broker_queue_lengths
 from settings import SettingsError, load_settings
 from tasks.celery_app import DEAD_LETTER_QUEUE, QUEUES, SYNTHESIS_QUEUE, celery_config
@@ -110,6 +111,13 @@ def test_queue_lengths_come_from_rabbitmq(make_stack):
     for n in range(3):
         stack.client.post("/v1/jobs", json={"text": unique(f"Waiting {n}."), "voice": "heart"})
     assert broker_queue_lengths(stack.settings, stack.redis, QUEUES)[SYNTHESIS_QUEUE] == 3
+    # The Prometheus exposition (API and exporter) and /metrics/json say the same, and no wrong reserved 0.
+    body, _ = render(stack.redis, QUEUES, settings=stack.settings)
+    text = body.decode()
+    assert 'celery_queue_length{queue="synthesis"} 3.0' in text
+    assert "celery_task_reserved" not in text
+    queues = stack.client.get("/metrics/json").get_json()["queues"]
+    assert queues["lengths"][SYNTHESIS_QUEUE] == 3 and queues["reserved"] is None
 
 
 def test_consumer_timeout_must_exceed_the_hard_time_limit() -> None:
