@@ -334,7 +334,8 @@ def run_on_redis(command: str, broker_url: str, action: Callable[[], None]) -> i
     except PipelineError as exc:
         raise UsageError(str(exc)) from exc
     except redis.exceptions.RedisError as exc:
-        print(f"{PROG} {command}: error: cannot reach Redis at {broker_url}: {exc}", file=sys.stderr)
+        where = broker_url.rsplit("@", 1)[-1]  # never the password of the URL (TTS_EMBEDDED_REDIS_PASSWORD, ACL users)
+        print(f"{PROG} {command}: error: cannot reach Redis at {where}: {exc}", file=sys.stderr)
         return 1
     return 0
 
