@@ -540,7 +540,7 @@ def markdown(cases: Sequence[Case], ceiling: Sequence[dict[str, Any]], meta: dic
                      f"| {c.audio_bytes / c.audio_minutes:,.0f} | {c.jobs_per_second:.2f} | {c.realtime:.1f} "
                      f"| {c.load} |")
     lines += ["", "Commands per job by command (the first stack's cases):", ""]
-    first = [c for c in cases if c.processes == cases[0].processes]
+    first = [c for c in cases if c.processes == cases[0].processes] if cases else []
     for c in first:
         top = ", ".join(f"{k} {v:.1f}" for k, v in sorted(c.calls.items(), key=lambda kv: -kv[1]))
         lines.append(f"- {c.voice} {c.fmt} {c.kind}: {top}")
@@ -681,7 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.redis_ceiling:
                 ceiling = redis_ceiling(args.ceiling_requests)
         except KeyboardInterrupt:
-            print("bench_capacity: interrupted; stopping what it started", file=sys.stderr)
+            print("bench_capacity: interrupted; stopping what it started; the cases measured so far:", file=sys.stderr)
+            meta["idle_events"], meta["monitor"] = events, monitored
+            print(markdown(cases, ceiling, meta))
             return 130
         except (RuntimeError, requests.RequestException, redis.RedisError, subprocess.SubprocessError) as exc:
             print(f"bench_capacity: {exc}", file=sys.stderr)
