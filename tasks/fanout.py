@@ -15,13 +15,18 @@ counted the attempt and marked the job running, calls :func:`fan_out`:
 3. The synthesize task itself then *leads* (:func:`_lead`): it holds the job's one
    encoder and feeds it the parts in order. It synthesizes the lowest part nobody has
    claimed yet (``HSETNX claim:{n}`` in the plan), encodes every part that is ready in
-   order (its own from memory, the helpers' from ``tts:job:{id}:part:{n}``), and when
+   order (its own from memory, the helpers' from the result store), and when
    every part left is claimed by a helper it blocks on ``tts:job:{id}:parts:ready``
    until the next one is stored. After the last part it finishes the job through the
    whole job's own finish path (audio, cache, metrics, history, batch counts).
 4. A part task claims its part (or finds the leader took it and drops the message),
-   synthesizes it, and stores 16-bit PCM at the output rate, marks it done and
-   announces it (SET, SADD, RPUSH in one transaction).
+   synthesizes it, and stores 16-bit PCM at the output rate in the result store
+   (``tasks.result_store``: a long chapter's parts hold hundreds of MB of PCM, which must
+   not sit in Redis), then names it in the plan (``ref:{n}``), marks it done and announces
+   it (HSET, SADD, RPUSH in one transaction). The object is content-addressed and expires
+   with the plan (``TTS_RESULT_TTL``); a cleaned-up plan only forgets its refs. A part
+   marked done whose object is gone (or that has no ref: stored by an older version in
+   Redis) is forgotten and made again by the leader.
 
 Every format is encoded once from the samples of every part in order, so the file is
 exactly the samples the parts made: no encoder delay or padding at part boundaries
@@ -69,7 +74,7 @@ from . import keys, lifecycle
 from .celery_app import celery_app
 from .job import Job, now
 from .publish import PART_QUEUE, SYNTHESIZE_PART_TASK, send_tasks
-from .redis_values import HashMapping, as_bytes, decode_hash, text_or_none
+from .redis_values import HashMapping, decode_hash, text_or_none
 from .runtime import Runtime, get_runtime
 from .status import JobStatus
 
@@ -159,13 +164,9 @@ def _make_plan(rt: Runtime, job: Job) -> PartPlan:
 
 
 def cleanup(rt: Runtime, job_id: str, total: int | None = None) -> None:
-    """Drop a fanned-out job's plan, claims and part audio."""
-    if total is None:
-        raw = rt.redis.hget(keys.job_parts(job_id), "total")
-        total = int(raw) if raw is not None else 0
-    names = [keys.job_parts(job_id), keys.job_parts_done(job_id), keys.job_parts_ready(job_id)]
-    names += [keys.job_part(job_id, i) for i in range(total)]
-    rt.redis.delete(*names)
+    """Drop a fanned-out job's plan, claims and the refs of its parts' audio (the objects expire by
+    themselves: content-addressed, they may be another job's too). ``total`` is not needed any more."""
+    rt.redis.delete(keys.job_parts(job_id), keys.job_parts_done(job_id), keys.job_parts_ready(job_id))
 
 
 @lifecycle.on_finished
@@ -301,11 +302,12 @@ def _lead(rt: Runtime, job: Job, plan: PartPlan) -> dict[str, Any] | None:
     while index < plan.total:
         samples = leader.own.pop(index, None)
         if samples is None:
-            stored = rt.redis.get(keys.job_part(job.id, index))
+            stored = _stored_part(rt, job.id, index)
             if stored is not None:
-                samples = decode(as_bytes(stored), "pcm", pcm_rate=plan.rate)[0]
-                raw = rt.redis.hget(keys.job_parts(job.id), f"seconds:{index}")
-                helper_seconds += float(raw or 0)
+                samples = decode(stored[0], "pcm", pcm_rate=plan.rate)[0]
+                helper_seconds += stored[1]
+            elif index in leader.helped and _forgot_part(rt, job.id, index):
+                leader.helped.discard(index)  # claimable again: made here, or by the helper retrying
         if samples is not None:
             tick = now()
             encoder.write(samples)
@@ -432,12 +434,43 @@ def _part_history(plan: PartPlan, index: int, attempt: int, started: float, fini
             "audio_seconds": round(samples / plan.rate, 3), "synthesis_seconds": round(finished - started, 3)}
 
 
-def _store_part(rt: Runtime, job_id: str, index: int, data: bytes, samples: int, seconds: float) -> None:
-    """Keep a part's PCM, mark it done and announce it to the leader, in one transaction."""
-    ttl = rt.settings.result_ttl
+def _stored_part(rt: Runtime, job_id: str, index: int) -> tuple[bytes, float] | None:
+    """A helper's part as (16-bit PCM, seconds it took), or None while it is not stored."""
+    ref, seconds = rt.redis.hmget(keys.job_parts(job_id), [f"ref:{index}", f"seconds:{index}"])
+    if ref is None:
+        return None
+    data = rt.result_store.read(text_or_none(ref) or "")
+    if data is None:
+        return None  # gone from the store: _forgot_part sees to it
+    return data, float(seconds or 0)
+
+
+def _forgot_part(rt: Runtime, job_id: str, index: int) -> bool:
+    """Forget a part marked done whose audio cannot be read (its object is gone, or it was stored in
+    Redis by an older version): its claim, ref and mark go, so it is made again. True if it was marked."""
+    parts = keys.job_parts(job_id)
+    ref = text_or_none(rt.redis.hget(parts, f"ref:{index}"))
+    if not rt.redis.sismember(keys.job_parts_done(job_id), str(index)):
+        return False
+    if ref is not None and rt.result_store.size(ref) is not None:
+        return False  # stored meanwhile: read it on the next turn
+    log.warning("job %s: part %d is marked done but its audio is not in the result store; making it again",
+                job_id, index)
     pipe = rt.redis.pipeline(transaction=True)
-    pipe.set(keys.job_part(job_id, index), data, ex=ttl)
-    pipe.hset(keys.job_parts(job_id), mapping={f"samples:{index}": samples, f"seconds:{index}": round(seconds, 4)})
+    pipe.srem(keys.job_parts_done(job_id), str(index))
+    pipe.hdel(parts, f"ref:{index}", f"claim:{index}")
+    pipe.execute()
+    return True
+
+
+def _store_part(rt: Runtime, job_id: str, index: int, data: bytes, samples: int, seconds: float) -> None:
+    """Keep a part's PCM in the result store, then name it in the plan, mark it done and announce it to the
+    leader, in one transaction."""
+    ttl = rt.settings.result_ttl
+    ref = rt.result_store.put(data, now() + ttl)
+    pipe = rt.redis.pipeline(transaction=True)
+    pipe.hset(keys.job_parts(job_id), mapping={f"ref:{index}": ref, f"samples:{index}": samples,
+                                               f"seconds:{index}": round(seconds, 4)})
     pipe.sadd(keys.job_parts_done(job_id), index)
     pipe.expire(keys.job_parts_done(job_id), ttl)
     pipe.rpush(keys.job_parts_ready(job_id), index)

@@ -19,8 +19,8 @@ key                             what
 ``tts:batch:{id}:items``        list: job ids in input order
 ``tts:batch:{id}:done``         hash: item job id -> the status it was counted as finished with
 ``tts:batch:{id}:running``      set: item job ids started and not yet finished
-``tts:job:{id}:parts``          hash: a fanned-out job's plan (part texts, rate, attempts per part)
-``tts:job:{id}:part:{n}``       string: part n's audio (16-bit PCM at the output rate), until stitched
+``tts:job:{id}:parts``          hash: a fanned-out job's plan (part texts, rate, attempts per part, and ``ref:{n}``:
+                                the result store ref of part n's audio, 16-bit PCM at the output rate)
 ``tts:job:{id}:parts:done``     set: part numbers whose audio is stored
 ``tts:job:{id}:parts:ready``    list: part numbers as they are stored, for the stitching task's blocking wait
 ``tts:job:{id}:speech``         stream: a streamed speech job's encoded audio deltas, tagged by attempt, for the
@@ -123,11 +123,6 @@ def batch_running(batch_id: str) -> str:
 def job_parts(job_id: str) -> str:
     """A fanned-out job's plan: part texts, output rate, attempts per part."""
     return f"{PREFIX}job:{job_id}:parts"
-
-
-def job_part(job_id: str, index: int) -> str:
-    """The audio of one part of a fanned-out job (until the job is stitched)."""
-    return f"{PREFIX}job:{job_id}:part:{index}"
 
 
 def job_parts_done(job_id: str) -> str:

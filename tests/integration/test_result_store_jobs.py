@@ -31,6 +31,9 @@ pytestmark = pytest.mark.integration
 
 #: The issue's bound on what a job may keep in Redis.
 MAX_KEY_BYTES = 2048
+#: A long text is itself in its record, its fan-out plan and the queued part messages (a few KB
+#: each); a part's audio would be hundreds of KB (250 characters, about 15 s of 16-bit PCM).
+LONG_TEXT_KEY_BYTES = 16 * 1024
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -76,13 +79,13 @@ def objects_in(stack: Any, store_kind: str, bucket: Any) -> set[str]:
     return {p.name for p in root.glob("??/*") if p.is_file()}
 
 
-def big_keys(stack: Any) -> dict[str, int]:
-    """Every key of the stack's database with its MEMORY USAGE above :data:`MAX_KEY_BYTES`."""
+def big_keys(stack: Any, limit: int = MAX_KEY_BYTES) -> dict[str, int]:
+    """Every key of the stack's database with its MEMORY USAGE above ``limit``."""
     client = stack.redis
     out = {}
     for key in client.scan_iter(count=1000):
         size = client.memory_usage(key, samples=0) or 0
-        if size > MAX_KEY_BYTES:
+        if size > limit:
             out[key.decode()] = size
     return out
 
@@ -233,3 +236,32 @@ def test_redirect_mode_answers_302_to_a_presigned_url(make_stack, s3_bucket):
     assert ranged.status_code == 206 and ranged.content == data[:10]
     # The same checks as a download: another tenant's or an unknown job is a 404, not a URL.
     assert client.get(f"/v1/jobs/{uuid.uuid4().hex}/audio").status_code == 404
+
+
+def test_a_fanned_out_job_keeps_its_parts_in_the_store(make_stack, store_kind, store_env, corpus, request):
+    stack = make_stack(TTS_CHUNK_FANOUT_CHARS="600", TTS_FANOUT_PART_CHARS="250", **store_env)
+    client = stack.client
+    bucket = request.getfixturevalue("s3_bucket") if store_kind == "s3" else None
+    text = corpus.text("long/chapter.txt")[:1500] + f" Copy {uuid.uuid4().hex[:6]}."
+    job_id = submit(client, text=text, format="wav", cache=False)["id"]
+    refs: set[str] = set()
+    largest: dict[str, int] = {}
+
+    def finished() -> bool:
+        # While it runs: the helpers' parts are named in the plan and no key holds audio.
+        plan = {k.decode(): v.decode() for k, v in stack.redis.hgetall(f"tts:job:{job_id}:parts").items()}
+        refs.update(v for k, v in plan.items() if k.startswith("ref:"))
+        largest.update(big_keys(stack, LONG_TEXT_KEY_BYTES))
+        return client.get(f"/v1/jobs/{job_id}").get_json()["status"] in ("succeeded", "failed")
+
+    stack.wait_until(finished, timeout=240, what="the fanned-out job to finish", interval=0.2)
+    body = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert body["status"] == "succeeded", body
+    assert sum(1 for h in body["history"] if h.get("outcome") == "part_succeeded") >= 3
+    assert largest == {}
+    assert not stack.redis.exists(f"tts:job:{job_id}:parts")  # the plan is cleaned up, the objects expire
+    final = audio_ref(stack, job_id)
+    assert client.get(f"/v1/jobs/{job_id}/audio").data == store_of(stack).read(final)
+    stored = objects_in(stack, store_kind, bucket)
+    assert refs, "no helper stored a part (both worker children should have taken some)"
+    assert final in stored and refs <= stored  # every part a helper made went through the store

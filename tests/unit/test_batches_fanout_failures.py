@@ -15,8 +15,8 @@ from tasks.status import JobStatus
 
 
 @pytest.fixture
-def rt() -> Runtime:
-    runtime = Runtime(Settings(redis_url="redis://fake/0"))
+def rt(tmp_path) -> Runtime:
+    runtime = Runtime(Settings(redis_url="redis://fake/0", data_dir=str(tmp_path)))
     runtime.redis = fakeredis.FakeRedis()  # the cached property, set before first use
     return runtime
 
@@ -31,7 +31,7 @@ def test_a_permanent_part_failure_dead_letters_the_job_once_and_drops_the_parts(
     assert failed.error == "part 2 of 3: bad option"
     assert rt.dlq.get(job.id)["error_type"] == "OptionError"
     assert rt.redis.zcard(keys.DLQ_INDEX) == 1
-    assert not rt.redis.exists(keys.job_parts(job.id), keys.job_part(job.id, 0), keys.job_parts_done(job.id))
+    assert not rt.redis.exists(keys.job_parts(job.id), keys.job_parts_done(job.id))
 
     # Another part failing afterwards changes nothing: still one dead-letter record, one failure.
     fanout._part_failed(None, rt, job, plan, 2, 1, OptionError("also bad"), now())
@@ -45,7 +45,7 @@ def test_parts_of_a_finished_job_are_dropped(rt):
     job, _ = fanned_out_job(rt, "j1")
     rt.jobs.update(job.id, status=JobStatus.CANCELLED)
     assert fanout._run_part(None, rt, rt.jobs.get(job.id), 1) is None
-    assert not rt.redis.exists(keys.job_parts(job.id), keys.job_part(job.id, 0))
+    assert not rt.redis.exists(keys.job_parts(job.id))
 
 
 def test_a_part_without_a_plan_is_dropped(rt):

@@ -75,6 +75,6 @@ def fanned_out_job(rt: Runtime, job_id: str = "long", batch_id: str | None = Non
     plan = PartPlan(job_id=job.id, groups=[["One."], ["Two."], ["Three."]], format="mp3", rate=24000,
                     voice_rate=24000)
     rt.redis.hset(keys.job_parts(job.id), mapping=plan.to_redis())
-    rt.redis.set(keys.job_part(job.id, 0), b"audio of part one")
+    rt.redis.hset(keys.job_parts(job.id), "ref:0", rt.result_store.put(b"audio of part one", now() + 60))
     rt.redis.sadd(keys.job_parts_done(job.id), 0)
     return job, plan
