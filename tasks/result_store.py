@@ -20,7 +20,7 @@ Reliability choices
 * **Expiry by the same TTLs as before** (a job's audio by ``TTS_RESULT_TTL``, a cache entry by
   ``TTS_CACHE_TTL``). One object may be referenced by several jobs and a cache entry, so its
   expiry is the latest of theirs: the index, a sorted set in the job store's Redis
-  (``tts:results:expiry``, ref -> expires_at, about 100 bytes an object), only ever grows a
+  (``tts:results:expiry``, ref -> expires_at, 156 bytes an object), only ever grows a
   score (``ZADD GT``). :meth:`ResultStore.sweep` deletes the objects whose score has passed;
   one worker runs it, from the reconciler (``tasks.reconciler``), at most every
   ``TTS_RESULT_STORE_SWEEP_INTERVAL`` seconds. Both stores keep expiry in this one index
