@@ -50,6 +50,8 @@ from monitoring.history import MetricsHistory
 from monitoring.workers import WorkerRegistry
 from settings import Settings
 from tasks.celery_app import QUEUES
+from tasks.exceptions import ResultStoreUnavailable
+from tasks.result_store import ResultStore
 
 from .contract import SECURITY, answer, error_responses, report_with_error
 from .schemas import AnyBody
@@ -150,6 +152,23 @@ def engine_check(catalog: VoiceCatalog, settings: Settings) -> Callable[[], dict
     return probe
 
 
+def result_store_check(store: ResultStore, timeout: float = CHECK_TIMEOUT) -> dict[str, Any]:
+    """The result store (where audio lives), with its ``url`` and ``reachable``: unhealthy when it
+    cannot be reached or written (no job can store its audio, no download can read it)."""
+
+    def probe() -> dict[str, Any]:
+        try:
+            store.check()
+        except ResultStoreUnavailable as exc:
+            return {"status": checks.UNHEALTHY, "detail": str(exc), "url": store.url, "reachable": False}
+        return {"status": checks.HEALTHY, "detail": "reachable", "url": store.url, "reachable": True}
+
+    result = checks.run_check(probe, timeout)
+    result.setdefault("url", store.url)  # a probe that timed out or raised
+    result.setdefault("reachable", False)
+    return result
+
+
 # --- running the checks ----------------------------------------------------------------------
 
 
@@ -172,7 +191,7 @@ def component_checks(runtime: Any, settings: Settings) -> dict[str, checks.Check
         "cache": lambda: checks.check_cache(runtime.cache_redis, CHECK_TIMEOUT,
                                             max_bytes=settings.cache_max_bytes),
         "disk": lambda: checks.check_disk(settings.data_dir, CHECK_TIMEOUT),
-        "results": lambda: checks.check_result_store(runtime.result_store, CHECK_TIMEOUT),
+        "results": lambda: result_store_check(runtime.result_store),
     }
 
 

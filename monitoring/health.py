@@ -34,8 +34,6 @@ from monitoring.workers import DEFAULT_TTL as HEARTBEAT_TTL
 from monitoring.workers import WorkerRegistry
 from settings import Settings
 from tasks import keys
-from tasks.exceptions import ResultStoreUnavailable
-from tasks.result_store import ResultStore
 
 __all__ = [
     "CRITICAL_COMPONENTS",
@@ -319,23 +317,6 @@ def check_cache(
         return {"status": HEALTHY, "detail": f"{stats['entries']} entries", **extra}
 
     return run_check(probe, timeout)
-
-
-def check_result_store(store: ResultStore, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """The result store (where audio lives): ``url`` and ``reachable``; unhealthy when it cannot
-    be reached or written (no job can store its audio, no download can read it)."""
-
-    def probe() -> dict[str, Any]:
-        try:
-            store.check()
-        except ResultStoreUnavailable as exc:
-            return {"status": UNHEALTHY, "detail": str(exc), "url": store.url, "reachable": False}
-        return {"status": HEALTHY, "detail": "reachable", "url": store.url, "reachable": True}
-
-    result = run_check(probe, timeout)
-    result.setdefault("url", store.url)  # a probe that timed out or raised
-    result.setdefault("reachable", False)
-    return result
 
 
 def overall(components: Mapping[str, Mapping[str, Any]]) -> str:
