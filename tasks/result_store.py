@@ -415,31 +415,46 @@ class FileStore(ResultStore):
         self.root = Path(root).resolve()
         self.tmp = self.root / "tmp"
         self.url = self.root.as_uri()
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # not fatal here: check() reports it, and writes fail as unavailable
+            log.warning("result store %s: cannot create its folder: %s", self.url, exc)
 
     def path(self, ref: str) -> Path:
         """Where the object ``ref`` lives (whether or not it exists)."""
         validate_ref(ref)
         return self.root / ref[:2] / ref
 
+    def _unavailable(self, ref: str, exc: OSError) -> ResultStoreUnavailable:
+        return ResultStoreUnavailable(f"result store {self.url}: cannot read {ref}: {exc}")
+
     def size(self, ref: str) -> int | None:
+        path = self.path(ref)
         try:
-            return self.path(ref).stat().st_size
+            return path.stat().st_size
         except FileNotFoundError:
             return None
+        except OSError as exc:  # EIO, a stale NFS handle, a folder that is not one: not "gone"
+            raise self._unavailable(ref, exc) from exc
 
     def read(self, ref: str) -> bytes | None:
+        path = self.path(ref)
         try:
-            return self.path(ref).read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise self._unavailable(ref, exc) from exc
 
     def iter_range(self, ref: str, start: int = 0, end: int | None = None,
                    chunk: int = 256 * 1024) -> Iterator[bytes]:
+        path = self.path(ref)
         try:
-            f = open(self.path(ref), "rb")  # noqa: SIM115 (closed by the iterator)
+            f = open(path, "rb")  # noqa: SIM115 (closed by the iterator)
         except FileNotFoundError:
             raise ResultMissing(ref) from None
+        except OSError as exc:
+            raise self._unavailable(ref, exc) from exc
         start = max(0, start)
         if start:
             f.seek(start)
@@ -461,7 +476,7 @@ class FileStore(ResultStore):
     def _exists_with_size(self, final: Path, size: int) -> bool:
         try:
             return final.stat().st_size == size
-        except FileNotFoundError:
+        except OSError:  # missing, or unreadable: write it (which says what is wrong if it cannot)
             return False
 
     def _write_bytes(self, ref: str, data: bytes) -> None:

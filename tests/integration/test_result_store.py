@@ -518,3 +518,30 @@ def test_check_names_a_missing_bucket(s3_bucket: Any, client: Any) -> None:
     with pytest.raises(ResultStoreUnavailable):
         store.put(b"nowhere to go", FUTURE)
     assert store.url == f"s3://{s3_bucket.name}-absent/results/ at {s3_bucket.endpoint}"
+
+
+def test_a_broken_folder_is_unavailable_not_missing(tmp_path: Path, client: Any) -> None:
+    """An error other than "no such file" (EIO, a stale NFS handle, here a file where a folder should
+    be) is ResultStoreUnavailable (a 503), never "gone" (a 410) nor a bare OSError (a 500)."""
+    store = FileStore(tmp_path / "results", ExpiryIndex(client))
+    ref = sha(b"under a broken folder")
+    (store.root / ref[:2]).write_text("a file where the folder should be")
+    for call in (store.size, store.read, store.iter_range):
+        with pytest.raises(ResultStoreUnavailable):
+            call(ref)
+    with pytest.raises(ResultStoreUnavailable):
+        store.put(b"under a broken folder", FUTURE)
+    assert store.local_path(ref) is None
+
+
+def test_a_folder_store_that_cannot_be_created_still_opens(tmp_path: Path, client: Any) -> None:
+    """The process starts; check() and writes say what is wrong."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    store = FileStore(blocker / "results", ExpiryIndex(client))
+    with pytest.raises(ResultStoreUnavailable):
+        store.check()
+    with pytest.raises(ResultStoreUnavailable):
+        store.put(b"nowhere", FUTURE)
+    with pytest.raises(ResultStoreUnavailable):  # a path through a file: not "gone"
+        store.read(sha(b"nowhere"))
