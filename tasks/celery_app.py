@@ -45,7 +45,9 @@ RabbitMQ (``TTS_BROKER_URL=amqp://...``; the job store, leases and cache stay in
 * **consumer timeout**: RabbitMQ 3.10 has no per-queue timeout; the server-wide
   ``consumer_timeout`` (default 30 minutes) must exceed the hard time limit, which the
   settings check against ``TTS_BROKER_CONSUMER_TIMEOUT`` (docs/operations.md has the
-  ``rabbitmq.conf`` line) and the worker logs at start;
+  ``rabbitmq.conf`` line); a worker also reads the server's own value where it can (a
+  broker on its host, ``rabbitmqctl``: ``tasks.dead_letters``) and refuses to start when
+  it is too low;
 * **retries with a countdown**: quorum queues turn off global QoS, so a worker could not
   hold ETA messages past its prefetch; Celery (5.5+) then publishes a countdown through its
   native delayed delivery (``celery_delayed_0..27`` quorum queues with TTLs, one per bit of

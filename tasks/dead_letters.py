@@ -34,19 +34,31 @@ those have their own retry and outbox paths.
 While Redis is unreachable the message is given back after a pause of
 :data:`REDIS_RETRY_PAUSE` (the dead-letter queue has no delivery limit), so no dead
 letter is lost and the consumer does not spin.
+
+The consumer's start also checks RabbitMQ's ``consumer_timeout`` where it can be read:
+AMQP does not tell it, so only when the broker is on this host and ``rabbitmqctl`` answers
+(:func:`server_consumer_timeout`). A server value at or below the hard time limit stops
+the worker with the ``rabbitmq.conf`` line to change (RabbitMQ would otherwise close the
+channel of every long job and redeliver it while it runs); a value that cannot be read
+leaves the settings' check (``TTS_BROKER_CONSUMER_TIMEOUT``) as the only one, and says so.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import bootsteps
 from kombu.message import Message
 from kombu.messaging import Consumer
 
-from settings import get_settings
+from settings import Settings, get_settings
 
 from . import keys, lifecycle
 from .celery_app import celery_app, dead_letter_queue
@@ -56,13 +68,53 @@ from .runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeadLetterConsumer", "handle_dead_letter"]
+__all__ = ["DeadLetterConsumer", "check_consumer_timeout", "handle_dead_letter", "server_consumer_timeout"]
 
 #: Seconds before a dead letter is given back while Redis cannot be reached.
 REDIS_RETRY_PAUSE = 1.0
 #: The error type and code a job failed by the delivery limit gets.
 ERROR_TYPE = "DeliveryLimitExceeded"
 ERROR_CODE = "worker_lost"
+
+
+def server_consumer_timeout(broker_url: str, timeout: float = 15.0) -> int | None:
+    """RabbitMQ's ``consumer_timeout`` in seconds, read with ``rabbitmqctl`` when the broker is on
+    this host; None when it cannot be read (another host, no ``rabbitmqctl``, not allowed) or is off."""
+    host = urlsplit(broker_url).hostname or "localhost"
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    ctl = shutil.which("rabbitmqctl") or ("/usr/sbin/rabbitmqctl" if shutil.which("/usr/sbin/rabbitmqctl") else None)
+    if not local or ctl is None:
+        return None
+    try:
+        out = subprocess.run([ctl, "-q", "eval", "application:get_env(rabbit, consumer_timeout)."], capture_output=True,
+                             text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\{ok,\s*(\d+)\}", out.stdout)
+    return int(match.group(1)) // 1000 if out.returncode == 0 and match else None
+
+
+def check_consumer_timeout(settings: Settings) -> int | None:
+    """Compare the server's ``consumer_timeout`` (when readable) with the hard time limit; returns it.
+
+    :raises RuntimeError: the server's timeout is at or below ``TTS_TASK_TIME_LIMIT``.
+    """
+    seconds = server_consumer_timeout(settings.celery_broker_url)
+    if seconds is None:
+        log.info("RabbitMQ's consumer_timeout cannot be read from here; assuming TTS_BROKER_CONSUMER_TIMEOUT=%d s, "
+                 "above the hard time limit of %d s", settings.broker_consumer_timeout, settings.task_time_limit)
+        return None
+    if seconds <= settings.task_time_limit:
+        raise RuntimeError(
+            f"RabbitMQ's consumer_timeout is {seconds} s, not above TTS_TASK_TIME_LIMIT ({settings.task_time_limit} s): "
+            f"it would close the channel of every job running longer and redeliver it. Set "
+            f"'consumer_timeout = {(settings.task_time_limit * 2) * 1000}' in /etc/rabbitmq/rabbitmq.conf "
+            "(milliseconds) and restart RabbitMQ")
+    log.info("RabbitMQ's consumer_timeout is %d s, above the hard time limit of %d s", seconds, settings.task_time_limit)
+    return seconds
 
 
 def _death(headers: Mapping[str, Any]) -> tuple[str, int]:
@@ -123,6 +175,8 @@ def handle_dead_letter(rt: Runtime, headers: Mapping[str, Any], body: Any) -> st
 class DeadLetterConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery is untyped
     """Consumes ``tts.dead-letter`` in the worker's main process (RabbitMQ brokers only)."""
 
+    _timeout_checked = False
+
     def include_if(self, parent: Any) -> bool:
         """Only on a RabbitMQ broker (a Redis broker has no delivery limit to dead-letter by)."""
         return get_settings().broker_is_amqp
@@ -130,9 +184,10 @@ class DeadLetterConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]  # celer
     def get_consumers(self, channel: Any) -> list[Consumer]:
         """One consumer of the dead-letter queue (declared here: exchange, queue and binding)."""
         settings = get_settings()
-        log.info("RabbitMQ broker: quorum queues with delivery limit %d; consumer_timeout assumed %d s "
-                 "(TTS_BROKER_CONSUMER_TIMEOUT), above the hard time limit of %d s", settings.delivery_limit,
-                 settings.broker_consumer_timeout, settings.task_time_limit)
+        log.info("RabbitMQ broker: quorum queues with delivery limit %d", settings.delivery_limit)
+        if not self._timeout_checked:  # once per worker, not on every reconnection
+            check_consumer_timeout(settings)
+            self._timeout_checked = True
         consumer = Consumer(channel, queues=[dead_letter_queue()], callbacks=[self.on_message],  # type: ignore[no-untyped-call]
                             accept=["json"], prefetch_count=1)
         return [consumer]

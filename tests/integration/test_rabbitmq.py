@@ -6,7 +6,11 @@ in test_jobs.py, test_faults.py and test_chaos.py); this file holds what has no 
 """
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -151,3 +155,24 @@ def test_make_up_with_rabbitmq_still_starts_the_redis_of_the_job_store(tmp_path)
     urls = dict(plan.urls)
     assert urls["Broker"].startswith("amqp://tts:***@127.0.0.1:5672/tts")
     assert all("s3cret" not in url for url in urls.values())
+
+
+def test_a_worker_refuses_to_start_when_the_servers_consumer_timeout_is_below_the_hard_limit(make_stack):
+    """TTS_BROKER_CONSUMER_TIMEOUT claims 3000 s, the local server has its default 1800 s, and the
+    hard limit is 2000 s: the worker reads the server's value and stops, naming the rabbitmq.conf line."""
+    stack = make_stack(broker="amqp", start=False, TTS_TASK_SOFT_TIME_LIMIT="1900", TTS_TASK_TIME_LIMIT="2000",
+                       TTS_BROKER_CONSUMER_TIMEOUT="3000")
+    log_path = stack.tmp / "refusing-worker.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", "synthesis",
+                                 "-c", "1", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+                                env=stack.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    assert proc.returncode != 0, text[-3000:]
+    assert "consumer_timeout is 1800 s" in text and "consumer_timeout = 4000000" in text, text[-3000:]
