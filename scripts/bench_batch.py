@@ -109,9 +109,18 @@ def gunicorn_workers(stack: BenchStack) -> list[psutil.Process]:
     return [p for p in guns if p.ppid() in pids]
 
 
+#: Characters of each text (``--chars``); 0: one short sentence.
+TEXT_CHARS = 0
+FILLER = "The quick brown fox jumps over the lazy dog, and then it runs back home again. "
+
+
 def texts(n: int, tag: str) -> list[str]:
-    """``n`` unique one-sentence texts."""
-    return [f"Item {i} of batch {tag} is here." for i in range(n)]
+    """``n`` unique texts: one short sentence each, or :data:`TEXT_CHARS` characters (900: about a minute)."""
+    head = [f"Item {i} of batch {tag} is here. " for i in range(n)]
+    if not TEXT_CHARS:
+        return [h.strip() for h in head]
+    body = FILLER * (TEXT_CHARS // len(FILLER) + 1)
+    return [(h + body)[:TEXT_CHARS].rstrip() for h in head]
 
 
 def submit_batch(api: str, inputs: list[str], **extra: Any) -> tuple[float, dict[str, Any]]:
@@ -375,6 +384,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed-items", type=int, default=100, help="distinct texts synthesized for the zip part")
     parser.add_argument("--zip-items", type=int, default=10_000, help="items of the big zip (default 10000)")
     parser.add_argument("--no-zip", action="store_true", help="skip the zip part (no worker needed)")
+    parser.add_argument("--chars", type=int, default=0,
+                        help="characters per submitted text (default: one short sentence; 900: a minute of speech)")
     parser.add_argument("--no-submit", action="store_true", help="skip the submit part")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_setting_option(parser, "the started stacks")
@@ -386,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     settings = dict(args.setting)
+    global TEXT_CHARS  # one option, read by texts()
+    TEXT_CHARS = args.chars
     result: dict[str, Any] = {"load_start": loadavg()}
     if not args.no_submit:
         result["submit"] = bench_submit([int(s) for s in args.sizes.split(",")], args.probes, args.probe_rate, settings)
