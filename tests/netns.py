@@ -216,6 +216,16 @@ class Network:
         ip("link", "set", host.veth, "up")
         return host
 
+    def unread(self, host: Host, port: int) -> int:
+        """Bytes from ``host`` that arrived at this side's server on ``port`` and it has not read yet.
+
+        After :meth:`cut`, 0 means the server has read (Redis: run) everything the host sent
+        before the link went down; what it sent later is stuck on the host's side (:meth:`Host.unsent`).
+        """
+        out = subprocess.run(["ss", "-tnH", "src", f"{self.address}:{port}", "dst", host.address], capture_output=True,
+                             text=True, timeout=IP_TIMEOUT, check=True).stdout
+        return sum(int(line.split()[1]) for line in out.splitlines() if len(line.split()) >= 2)
+
     def cut(self, host: Host) -> None:
         """Take ``host`` off the network: the bridge-side end of its veth pair goes down."""
         ip("link", "set", host.veth, "down")
