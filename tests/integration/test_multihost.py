@@ -332,3 +332,13 @@ def test_hosts_reach_the_bridge_only_while_linked_and_leftovers_are_swept(networ
         assert leftover not in names and all(h.namespace in names for h in network.hosts), names
     finally:
         netns.ip("netns", "del", leftover, check=False)
+
+
+def test_where_namespaces_cannot_be_made_the_reason_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    with pytest.raises(netns.NetnsUnavailable, match=r"need root \(running as uid 1000\)"):
+        netns.require()
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 0)  # past the root check, the missing tool is named
+    monkeypatch.setattr(netns.shutil, "which", lambda tool: None if tool == "ip" else f"/usr/bin/{tool}")
+    with pytest.raises(netns.NetnsUnavailable, match=r"`ip` is not on PATH"):
+        netns.require()
