@@ -31,7 +31,7 @@ the checks run: they wait until its sockets hold nothing unacknowledged.
 
 A second, quick test checks the namespaces themselves: a host reaches the bridge only while
 its link is up, has its own hostname and loopback, and leftovers of a run whose process is
-gone are swept.
+gone are swept. A third checks the skip reasons (not root, no ``ip``).
 
 Skips, with the reason, only where network namespaces cannot be made (not root, no ``ip``,
 the kernel refuses); under ``CI=true`` that fails instead (``conftest.missing``).
