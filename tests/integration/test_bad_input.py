@@ -55,8 +55,9 @@ def nested(depth: int, inner: str = "1") -> str:
 
 
 @pytest.fixture(scope="module")
-def done_job(stack: Any) -> dict[str, Any]:
+def done_job(redis_broker_stack: Any) -> dict[str, Any]:
     """A succeeded job (its audio, history and record keys all exist), with its ``text``."""
+    stack = redis_broker_stack  # module scope: the session's Redis-broker stack itself, not the per-test ``stack``
     text = unique("Bad input is no reason to fail.")
     r = stack.client.post("/v1/jobs", json={"text": text, "voice": "heart", "format": "wav", "name": "greeting"})
     assert r.status_code in (200, 202), r.get_json()
@@ -66,8 +67,9 @@ def done_job(stack: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def done_batch(stack: Any, done_job: dict[str, Any]) -> dict[str, Any]:
+def done_batch(redis_broker_stack: Any, done_job: dict[str, Any]) -> dict[str, Any]:
     """A batch of one input served from the cache (its record and item keys exist)."""
+    stack = redis_broker_stack
     r = stack.client.post("/v1/batches", json={"inputs": [{"text": done_job["text"], "name": "one"}],
                                                "defaults": {"voice": "heart", "format": "wav"}})
     assert r.status_code in (200, 202), r.get_json()

@@ -30,9 +30,10 @@ def client_for(base: str, api_key: str = "unused") -> OpenAI:
 
 
 @pytest.fixture(scope="module")
-def base_url(stack: Any) -> Iterator[str]:
-    """The shared stack's app, served over HTTP for the whole module."""
-    with stack.serve() as url:
+def base_url(redis_broker_stack: Any) -> Iterator[str]:
+    """The shared stack's app, served over HTTP for the whole module (the session's Redis-broker stack:
+    the per-test ``stack`` fixture cannot serve a module-scoped one)."""
+    with redis_broker_stack.serve() as url:
         yield url
 
 

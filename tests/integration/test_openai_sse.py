@@ -37,8 +37,9 @@ def client_for(base: str) -> OpenAI:
 
 
 @pytest.fixture(scope="module")
-def base_url(stack: Any) -> Iterator[str]:
-    with stack.serve() as url:
+def base_url(redis_broker_stack: Any) -> Iterator[str]:
+    """The session's Redis-broker stack served over HTTP for the whole module."""
+    with redis_broker_stack.serve() as url:
         yield url
 
 
