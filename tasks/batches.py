@@ -780,6 +780,7 @@ class BatchService:
             pipe = self.rt.redis.pipeline(transaction=False)
             for job_id in job_ids[start:start + READ_WINDOW]:
                 pipe.hdel(keys.job(job_id), "audio_ref")  # as JobStore.delete_audio does
+                pipe.delete(keys.legacy_job_audio(job_id))
                 pipe.hset(keys.job(job_id), "deleted_at", deleted_at)
                 pipe.expire(keys.job(job_id), self.rt.jobs.ttl)  # as JobStore.update does
             pipe.zrem(keys.tenant_jobs(batch.tenant), *job_ids[start:start + READ_WINDOW])

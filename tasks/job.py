@@ -42,7 +42,7 @@ from engine.synthesis import SynthesisOptions
 from . import keys
 from .exceptions import JobNotFound, ResultMissing
 from .outbound import public_callback
-from .redis_values import HashMapping, decode_hash, scored_members, text, text_or_none
+from .redis_values import HashMapping, as_bytes, decode_hash, scored_members, text, text_or_none
 from .result_store import ResultStore
 from .status import JobStatus
 from .tenants import DEFAULT_TENANT
@@ -475,14 +475,53 @@ class JobStore:
         ref = self.audio_ref(job_id)
         return None if ref is None else self.results.read(ref)
 
+    def adopt_legacy_audio(self, job_id: str) -> str | None:
+        """Move audio an earlier version kept in Redis (``tts:job:{id}:audio``) into the result store
+        and name it in the record; returns its ref, or None when there is none (any more).
+
+        An upgrade leaves the jobs finished before it with their audio in Redis for up to
+        ``TTS_RESULT_TTL``; the first download of each moves it (the bytes are stored first,
+        then the record names them and the old key goes in one transaction, only while the
+        record still exists and names no audio, so a record that expired meanwhile is not
+        brought back as a fragment). Nothing writes the old key any more.
+        """
+        legacy = keys.legacy_job_audio(job_id)
+        data = self.redis.get(legacy)
+        if data is None:
+            return None
+        ref = self.put_audio(as_bytes(data))
+        key = keys.job(job_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if not pipe.exists(key):
+                        pipe.unwatch()
+                        return None
+                    current = text_or_none(pipe.hget(key, "audio_ref"))
+                    pipe.multi()
+                    if current is None:
+                        pipe.hset(key, "audio_ref", ref)
+                    pipe.delete(legacy)
+                    pipe.execute()
+                    log.info("job %s: audio of an earlier version moved from Redis into the result store", job_id)
+                    return current or ref
+                except redis.WatchError:
+                    continue
+
     def delete_audio(self, job_id: str) -> bool:
         """Drop the job's reference to its audio; True if it had one.
 
         The audio is unreachable through the API at once (every download reads the ref from
         the record). The object itself stays until its expiry in the store's index: other
-        records or a cache entry may name the same bytes.
+        records or a cache entry may name the same bytes. Audio an earlier version kept in
+        Redis for this job (:meth:`adopt_legacy_audio`) is deleted outright.
         """
-        return bool(self.redis.hdel(keys.job(job_id), "audio_ref"))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(keys.job(job_id), "audio_ref")
+        pipe.delete(keys.legacy_job_audio(job_id))
+        dropped, legacy = pipe.execute()
+        return bool(dropped or legacy)
 
     def iter_recent(self, before: int | None = None, batch: int = 200,
                     tenant: str | None = None) -> Iterator[tuple[int, Job]]:

@@ -80,6 +80,11 @@ def job(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
 
 
+def legacy_job_audio(job_id: str) -> str:
+    """Where versions before the result store kept a job's audio (read once, to move it: ``JobStore``)."""
+    return f"{PREFIX}job:{job_id}:audio"
+
+
 def job_history(job_id: str) -> str:
     """The job's attempt history."""
     return f"{PREFIX}job:{job_id}:history"

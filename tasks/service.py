@@ -317,7 +317,11 @@ class JobService:
         if job.status is not JobStatus.SUCCEEDED:
             raise JobNotFinished(job.id, job.status.value)
         if job.audio_ref is None:
-            raise AudioGone(job.id)
+            # A job finished by a version that kept audio in Redis: moved into the store on first read.
+            adopted = self.rt.jobs.adopt_legacy_audio(job.id)
+            if adopted is None:
+                raise AudioGone(job.id)
+            job.audio_ref = adopted
         return job.audio_ref
 
     def list(self, status: str | None = None, limit: int = 50, cursor: int | None = None,
