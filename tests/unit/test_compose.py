@@ -48,6 +48,11 @@ def test_services_images_and_build(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) == SERVICES
     assert services["redis"]["image"] == "redis:7"
+    redis_args = command(services["redis"])
+    # the settings the embedded Redis runs with (records compact up to 2 KB values: docs/scaling.md)
+    assert redis_args[redis_args.index("--hash-max-listpack-value") + 1] == "2048"
+    assert redis_args[redis_args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis_args[redis_args.index("--appendonly") + 1] == "yes"
     assert services["prometheus"]["image"].startswith("prom/prometheus")
     assert services["grafana"]["image"].startswith("grafana/grafana")
     for name in TTS_SERVICES:
