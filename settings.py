@@ -428,6 +428,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     broker = settings.broker_url.strip()
     if broker and not broker.startswith((*AMQP_SCHEMES, "redis://", "rediss://", "unix://")):
         raise SettingsError(f"TTS_BROKER_URL must be an amqp:// (RabbitMQ) or redis:// URL, not {broker.split(':')[0]!r}")
+    if broker and not settings.broker_is_amqp and broker != settings.effective_redis_url:
+        # Queue lengths (health, metrics, alerts) and the reconciler's "queued with no message" check read
+        # kombu's lists in the job store's Redis: on another Redis they would find none and send jobs again.
+        raise SettingsError("TTS_BROKER_URL names a Redis other than the job store's; that is not supported "
+                            "(queue lengths and the reconciler read the job store's Redis): leave it empty to "
+                            "use REDIS_URL, or give an amqp:// RabbitMQ (docs/scaling.md)")
     if settings.broker_delivery_limit < 0:
         raise SettingsError("TTS_BROKER_DELIVERY_LIMIT must be 0 (derived from TTS_MAX_ATTEMPTS) or at least 1")
     if settings.broker_is_amqp and settings.broker_consumer_timeout <= settings.task_time_limit:

@@ -135,6 +135,15 @@ def test_consumer_timeout_must_exceed_the_hard_time_limit() -> None:
         load_settings({"TTS_BROKER_URL": "sqs://queue"})
 
 
+def test_a_broker_on_another_redis_is_refused() -> None:
+    """Queue lengths and the reconciler's message scan read the job store's Redis: a second Redis
+    as the broker would look empty to both, so the settings refuse it; the job store's own is fine."""
+    with pytest.raises(SettingsError, match="other than the job store"):
+        load_settings({"REDIS_URL": "redis://records:6379/0", "TTS_BROKER_URL": "redis://queues:6379/0"})
+    same = load_settings({"REDIS_URL": "redis://records:6379/0", "TTS_BROKER_URL": "redis://records:6379/0"})
+    assert same.celery_broker_url == "redis://records:6379/0" and not same.broker_is_amqp
+
+
 def test_the_local_rabbitmq_consumer_timeout_is_above_the_hard_time_limit() -> None:
     """What TTS_BROKER_CONSUMER_TIMEOUT assumes, checked on the server CI runs."""
     require_rabbitmq()
