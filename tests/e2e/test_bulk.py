@@ -54,8 +54,10 @@ EDGE = {
 
 
 @pytest.fixture(scope="module")
-def api(stack: Any) -> Iterator[str]:
-    """The shared stack's API, served over HTTP."""
+def api(redis_broker_stack: Any) -> Iterator[str]:
+    """The shared stack's API, served over HTTP (the session's Redis-broker stack by name: the per-test
+    ``stack`` fixture cannot serve a module-scoped one)."""
+    stack = redis_broker_stack
     with stack.serve() as url:
         yield url
 
