@@ -73,7 +73,7 @@ class Settings:
     embedded_redis_fsync: str = "everysec"
     #: ``maxmemory`` of the embedded Redis (``noeviction``: a full Redis refuses writes loudly, it
     #: never drops a job or a queued message). The API stops admitting jobs at
-    #: ``redis_memory_high_water`` of it, and the audio cache evicts by its own byte bound first.
+    #: ``redis_memory_high_water`` of it. Audio is in the result store, not here.
     embedded_redis_maxmemory: str = "2gb"
     #: Address(es) the embedded Redis listens on, space-separated. Anything but loopback (a bridge
     #: address for workers on other hosts, ``0.0.0.0``) requires ``embedded_redis_password``.
@@ -408,10 +408,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     maxmemory = redis_size_bytes(settings.embedded_redis_maxmemory)
     if maxmemory is None:
         raise SettingsError("TTS_EMBEDDED_REDIS_MAXMEMORY must be a size such as 2gb, 512mb or 0 (no limit)")
-    if maxmemory and not settings.redis_url and not settings.cache_url and settings.cache_max_bytes > maxmemory // 2:
-        # The cache shares the embedded Redis: it must leave room for the job store and the broker.
-        raise SettingsError("TTS_CACHE_MAX_BYTES must be at most half of TTS_EMBEDDED_REDIS_MAXMEMORY "
-                            "(the audio cache shares the embedded Redis with jobs and queues)")
+    # TTS_CACHE_MAX_BYTES bounds audio in the result store, not in Redis (an entry there is a few hundred
+    # bytes), so it is no longer held to a share of the embedded Redis's maxmemory.
     store = settings.result_store.strip()
     if store and "://" in store and not store.startswith(("file://", "s3://")):
         raise SettingsError(f"TTS_RESULT_STORE={store!r}: give a folder, file:///folder or s3://bucket/prefix")
