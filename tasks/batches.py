@@ -8,11 +8,14 @@ item starts and finishes through hooks (:func:`on_item_started`, :func:`on_items
 registered with :mod:`tasks.lifecycle`), so reading a batch's status costs one HGETALL
 and one SCARD however many inputs it has.
 
-A batch finishes once: the one transaction that sets its ``finished_at``
-(:func:`_mark_finished`) also puts its callback, if it has a ``callback_url``, in the
-callback outbox, so a process killed right after it still leaves the callback owed
+A batch finishes once: the transaction that counts its last item (:func:`_count_finished`)
+also sets its ``finished_at`` and puts its callback, if it has a ``callback_url``, in the
+callback outbox. So nobody ever reads a batch whose counts say it is done without a
+``finished_at``, and a process killed right after the count still leaves the callback owed
 (``tasks.callbacks`` queues it, or the reconciler's sweep does through the requeuer
-registered here).
+registered here). (Setting it in a second transaction left a window, seen in a test under
+load, where a batch read "succeeded" with no ``finished_at``, and a process killed in it
+left the batch without one and its callback unsent.)
 
 An input that cannot succeed (empty text, unknown voice, bad speed...) is stored at
 submit time as a failed job carrying its error, and counted; it does not sink the
@@ -165,7 +168,8 @@ def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
     with rt.redis.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(done_key)
+                # The batch record too: the count that finishes the batch sets its finished_at.
+                pipe.watch(done_key, key)
                 counted = dict(zip(values, pipe.hmget(done_key, list(values))))
                 changed = {job_id: text_or_none(old) for job_id, old in counted.items()
                            if old is None or text(old) != values[job_id]}
@@ -173,6 +177,8 @@ def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
                     pipe.unwatch()
                     rt.redis.zrem(keys.BATCH_UNCOUNTED, *values)
                     return
+                total, finished_before, finished_at, url = pipe.hmget(key, ["total", "finished", "finished_at",
+                                                                             "callback_url"])
                 pipe.multi()
                 deltas: Counter[str] = Counter()
                 audio = 0.0
@@ -191,53 +197,31 @@ def _count_finished(rt: Runtime, jobs: list[Job]) -> None:
                         pipe.hincrby(key, name, n)
                 if audio:
                     pipe.hincrbyfloat(key, "audio_seconds", round(audio, 3))
+                completes = (total is not None and finished_at is None
+                             and int(finished_before or 0) + deltas["finished"] >= int(total))
+                if completes:
+                    at = now()
+                    pipe.hset(key, "finished_at", str(at))
+                    if url:
+                        pipe.zadd(keys.CALLBACK_OUTBOX, {callbacks.outbox_member("batch", batch_id): at})
                 pipe.hset(done_key, mapping={job_id: values[job_id] for job_id in changed})
                 pipe.srem(keys.batch_running(batch_id), *changed)
                 pipe.zrem(keys.BATCH_UNCOUNTED, *values)
                 for name in (key, keys.batch_items(batch_id), done_key, keys.batch_running(batch_id)):
                     pipe.expire(name, ttl)
-                pipe.hmget(key, ["finished", "total"])
-                finished, total = pipe.execute()[-1]
+                pipe.execute()
                 break
             except redis.WatchError:
                 continue
-    if total is not None and int(finished or 0) >= int(total) and _mark_finished(rt, batch_id):
+    if completes:
         log.info("batch %s finished", batch_id)
         _batch_finished(rt, batch_id)
-
-
-def _mark_finished(rt: Runtime, batch_id: str) -> bool:
-    """Set the batch's ``finished_at``, once; True for the one call that set it.
-
-    A set-if-absent under WATCH rather than a bare HSETNX, so that the transaction that
-    sets it also puts the batch's callback (if it has a ``callback_url``) in the outbox
-    (``tasks.callbacks``): a process killed right after this leaves the callback owed,
-    and the reconciler's sweep queues it. An expired record is not recreated.
-    """
-    key = keys.batch(batch_id)
-    with rt.redis.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(key)
-                present, done, url = pipe.hmget(key, ["total", "finished_at", "callback_url"])
-                if present is None or done is not None:
-                    pipe.unwatch()
-                    return False
-                at = now()
-                pipe.multi()
-                pipe.hset(key, "finished_at", str(at))
-                if url:
-                    pipe.zadd(keys.CALLBACK_OUTBOX, {callbacks.outbox_member("batch", batch_id): at})
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                continue
 
 
 @callbacks.outbox_kind("batch")
 def _batch_finished(rt: Runtime, batch_id: str) -> callbacks.Outcome | None:
     """Queue the batch's callback if it has one; never raises. Called once, by whoever set its
-    ``finished_at`` (:func:`_mark_finished`), and by the outbox sweep for a batch whose callback
+    ``finished_at`` (:func:`_count_finished`), and by the outbox sweep for a batch whose callback
     that caller never queued. None: nothing is owed (no such batch, or no ``callback_url``)."""
     try:
         pipe = rt.redis.pipeline(transaction=False)
