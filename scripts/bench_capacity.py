@@ -45,7 +45,6 @@ import json
 import logging
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,12 +52,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +66,8 @@ import psutil
 import redis
 import requests
 
-from scripts.bench_engine import bench_text, machine
+from scripts.bench_engine import machine
+from scripts.bench_pipeline import sentences, terminate_as_interrupt, wait_finished
 from scripts.bench_stack import BenchStack, add_setting_option
 from scripts.embedded_redis import EmbeddedRedis
 from tasks import keys
@@ -90,10 +88,6 @@ _NUMBER = re.compile(r"(?<=:)\d+(?=:|$)")
 
 
 # --- texts ----------------------------------------------------------------------------------------
-def sentences() -> list[str]:
-    """The corpus chapter's sentences (tests/data, as bench_engine reads it)."""
-    body = bench_text(1_000_000)
-    return [s.strip() + "." for s in body.replace("\n", " ").split(". ") if len(s.strip()) > 20]
 
 
 def job_texts(kind: str, count: int, tag: str) -> list[str]:
@@ -310,17 +304,6 @@ def submit(session: requests.Session, api: str, text: str, voice: str, fmt: str)
     return str(r.json()["id"])
 
 
-def wait_finished(subscription: Any, ids: Sequence[str]) -> None:
-    """Wait for every job's final status on its ``finished`` channel (no polling: no extra commands)."""
-    pending = {keys.job_finished(job_id) for job_id in ids}
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while pending:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(pending)} jobs not finished after {JOB_TIMEOUT:.0f} s")
-        message = subscription.get_message(timeout=1.0)
-        if message and message.get("type") == "pmessage":
-            channel = message["channel"]
-            pending.discard(channel.decode() if isinstance(channel, bytes) else channel)
 
 
 def bodies(session: requests.Session, api: str, ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -624,18 +607,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, so the clean-up runs for it as for Ctrl-C."""
-
-    def _raise(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _tree() -> str:
@@ -657,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     events: dict[int, dict[str, Any]] = {}
     monitored: list[dict[str, Any]] = []
     tag = uuid.uuid4().hex[:8]
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         try:
             for processes in args.processes:
                 with BenchStack(f"capacity-{processes}", concurrency=processes, **dict(args.setting)) as stack:

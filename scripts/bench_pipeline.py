@@ -555,7 +555,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt, so the clean-up below runs for it as for Ctrl-C."""
 
     def _raise(_signum: int, _frame: FrameType | None) -> None:
@@ -582,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack: Stack | None = None
     rclient: redis.Redis | None = None
     cases: list[Case] = []
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         try:
             if args.url:
                 stack = Stack(api=args.url.rstrip("/"), redis_url=args.redis_url or None, env={})
