@@ -163,9 +163,9 @@ def _make_plan(rt: Runtime, job: Job) -> PartPlan:
                     replays=job.replays)
 
 
-def cleanup(rt: Runtime, job_id: str, total: int | None = None) -> None:
+def cleanup(rt: Runtime, job_id: str) -> None:
     """Drop a fanned-out job's plan, claims and the refs of its parts' audio (the objects expire by
-    themselves: content-addressed, they may be another job's too). ``total`` is not needed any more."""
+    themselves: content-addressed, they may be another job's too)."""
     rt.redis.delete(keys.job_parts(job_id), keys.job_parts_done(job_id), keys.job_parts_ready(job_id))
 
 
@@ -187,7 +187,7 @@ def queue_parts(rt: Runtime, job: Job) -> PartPlan:
     """
     plan = _load_plan(rt, job.id)
     if plan is not None and plan.replays != job.replays:
-        cleanup(rt, job.id, plan.total)  # left over from before a dead-letter replay
+        cleanup(rt, job.id)  # left over from before a dead-letter replay
         plan = None
     if plan is None:
         plan = _make_plan(rt, job)
@@ -229,7 +229,7 @@ def fan_out(rt: Runtime, job: Job) -> dict[str, Any] | None:
         return _lead(rt, job, plan)
     except lifecycle.JobCancelled:
         log.info("job %s was cancelled or failed while fanned out; dropping its parts", job.id)
-        cleanup(rt, job.id, plan.total)
+        cleanup(rt, job.id)
         return None
 
 
@@ -339,7 +339,7 @@ def _lead(rt: Runtime, job: Job, plan: PartPlan) -> dict[str, Any] | None:
              job.id, plan.total, leader.mine, leader.waited, finished - started,
              extra={"parts": plan.total, "parts_led": leader.mine, "wait_seconds": round(leader.waited, 3)})
     outcome = lifecycle.succeed(rt, job, result, job.started_at or started)
-    cleanup(rt, job.id, plan.total)
+    cleanup(rt, job.id)
     return outcome
 
 
@@ -412,7 +412,7 @@ def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | 
         _store_part(rt, job.id, index, data, samples, seconds)
     except lifecycle.JobCancelled:
         log.info("job %s was cancelled or failed; part %d dropped", job.id, index)
-        cleanup(rt, job.id, plan.total)
+        cleanup(rt, job.id)
         return None
     except lifecycle.BROKER_ERRORS:
         raise  # not the part's fault: its message goes back (see synthesize_part)
@@ -421,7 +421,7 @@ def _run_part(task: Any, rt: Runtime, job: Job, index: int) -> dict[str, Any] | 
     rt.jobs.add_history(job.id, _part_history(plan, index, attempt, started, now(), samples, lead=False))
     log.info("job %s %s stored (%.1fs of audio in %.2fs)", job.id, part_name, samples / plan.rate, seconds)
     if rt.jobs.status(job.id) in _GONE:  # cancelled while storing
-        cleanup(rt, job.id, plan.total)
+        cleanup(rt, job.id)
     return {"job_id": job.id, "part": index, "status": "stored"}
 
 
@@ -503,11 +503,11 @@ def _part_failed(task: Any, rt: Runtime, job: Job, plan: PartPlan, index: int, a
                "pid": os.getpid()}
     outcome = lifecycle.fail_or_retry(task, rt, job, exc, attempt, history,
                                       subject=f"part {index + 1} of {plan.total}", requeue_job=False,
-                                      cleanup=lambda: cleanup(rt, job.id, plan.total))
+                                      cleanup=lambda: cleanup(rt, job.id))
     return {**outcome, "part": index}
 
 
 def _fail(rt: Runtime, job: Job, plan: PartPlan, error_type: str, message: str, code: str | None = None) -> None:
     """Dead-letter the whole job (once: the status transition guards it) and drop its parts."""
     lifecycle.dead_letter(rt, rt.jobs.get(job.id), error_type, message, code=code)
-    cleanup(rt, job.id, plan.total)
+    cleanup(rt, job.id)
